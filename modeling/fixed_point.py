@@ -1,0 +1,184 @@
+"""The fixed-point solver: y* = f(y*) for a batch of sequences, each row stopping on its own.
+
+Rule (DESIGN.md section 2), per row b, iteration k = 1, 2, ...:
+    yhat = f(y^{k-1});  r_b = max_t ||yhat_t - y^{k-1}_t||_inf / (||yhat_t||_inf + eps)
+    r_b < tol  ->  row b is done: y*_b = y^{k-1}_b and its output is f(y*_b) = yhat_b (no extra call)
+    otherwise     y^k = delta_b yhat + (1 - delta_b) y^{k-1}; delta_b shrinks by `damping_decay` after
+                  `damping_patience` iterations without a new best residual.
+A done row is frozen: it is no longer evaluated, so its result never depends on the rest of the batch.
+At the cap every remaining row stops the same way (y* = last iterate, output f(y*)). In training the whole
+batch may stop once a fraction `train_quantile` of rows is done (iteration counts are heavy-tailed).
+A non-finite value raises FloatingPointError naming the layer: no silent NaN.
+
+Gradients (memory independent of the iteration count; the loop itself runs without autograd):
+    "one_step": `backward_steps` applications of f from the detached y*, with autograd (the paper's practice);
+    "implicit": one application with autograd, whose output gradient is replaced by the adjoint fixed point
+                g = dL/dy + J^T g (J = df/dy at y*), solved with vector-Jacobian products of that application.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+# f(y_rows, rows) -> (yhat_rows, aux_rows): the iteration map on the rows `rows` (LongTensor) of the batch;
+# aux is a tuple of per-row tensors (batch first) produced alongside yhat, e.g. the scan's final state.
+IterationFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, tuple[torch.Tensor, ...]]]
+# Optional hook that makes all data-parallel ranks agree to continue: (local_continue: bool) -> bool.
+ContinueSync = Callable[[bool], bool]
+
+
+@dataclass
+class SolverSettings:
+    """Stopping rule, caps and damping of one solve."""
+
+    max_iter: int
+    tol: float
+    damping: float = 1.0
+    damping_decay: float = 0.9
+    damping_patience: int = 5
+    min_damping: float = 1e-3
+    train_quantile: float = 1.0
+    eps: float = 1e-6
+
+
+@dataclass
+class SolveResult:
+    """Outcome of a solve. y_star: the fixed point found; y_out = f(y_star); aux: f's aux at y_star;
+    iterations: (batch,) evaluations of f per row; residual: (batch,) the last relative residual per row."""
+
+    y_star: torch.Tensor
+    y_out: torch.Tensor
+    aux: tuple[torch.Tensor, ...]
+    iterations: torch.Tensor
+    residual: torch.Tensor
+
+
+def relative_residual(new: torch.Tensor, old: torch.Tensor, eps: float) -> torch.Tensor:
+    """max over tokens of ||new_t - old_t||_inf / (||new_t||_inf + eps). new, old: (b, [T,] d) -> (b,)."""
+    diff = (new - old).abs().amax(-1)
+    scale = new.abs().amax(-1) + eps
+    return (diff / scale).reshape(new.shape[0], -1).amax(-1)
+
+
+def check_finite(t: torch.Tensor, layer_idx: int | None, iteration: int) -> None:
+    if not torch.isfinite(t).all():
+        where = f"layer {layer_idx}" if layer_idx is not None else "a layer"
+        raise FloatingPointError(
+            f"FP-Mamba fixed-point iteration diverged in {where} at iteration {iteration}: non-finite values "
+            "(NaN/inf). Lower the learning rate, use fp32, or enable damping (fp_damping < 1)."
+        )
+
+
+@torch.no_grad()
+def solve(
+    f: IterationFn,
+    y0: torch.Tensor,
+    settings: SolverSettings,
+    training: bool = False,
+    layer_idx: int | None = None,
+    sync: ContinueSync | None = None,
+) -> SolveResult:
+    """Iterate y <- f(y) from y0 (batch, ...) under the stopping rule of the module docstring."""
+    batch = y0.shape[0]
+    device = y0.device
+    y = y0.clone()
+    y_star = y0.clone()
+    y_out = torch.empty_like(y0)
+    aux_out: list[torch.Tensor] | None = None
+    iterations = torch.zeros(batch, dtype=torch.long, device=device)
+    residual = torch.full((batch,), float("inf"), device=device)
+    delta = torch.full((batch,), float(settings.damping), device=device)
+    best = torch.full((batch,), float("inf"), device=device)
+    stall = torch.zeros(batch, dtype=torch.long, device=device)
+    active = torch.arange(batch, device=device)
+    n_done = 0
+    k = 0
+    while True:
+        k += 1
+        y_act = y[active]
+        # With `sync`, a rank whose rows are all done still evaluates f (on no rows) so that every rank runs
+        # the same number of iterations, and so issues the same collectives.
+        yhat, aux = f(y_act, active)
+        check_finite(yhat, layer_idx, k)
+        if aux_out is None:
+            aux_out = [torch.empty((batch, *a.shape[1:]), dtype=a.dtype, device=device) for a in aux]
+        if active.numel() > 0:
+            r = relative_residual(yhat, y_act, settings.eps)
+            iterations[active] = k
+            residual[active] = r
+        else:
+            r = yhat.new_zeros(0)
+        done = r < settings.tol
+        n_after = n_done + int(done.sum())
+        go_on = k < settings.max_iter and n_after < batch
+        if training and n_after >= settings.train_quantile * batch:
+            go_on = False
+        if sync is not None:
+            go_on = sync(go_on)
+        if not go_on:
+            done = torch.ones_like(done)
+        rows = active[done]
+        y_star[rows] = y_act[done]
+        y_out[rows] = yhat[done]
+        for dst, src in zip(aux_out, aux):
+            dst[rows] = src[done]
+        n_done += int(done.sum())
+        keep = ~done
+        active = active[keep]
+        if not go_on:
+            break
+        if active.numel() == 0:
+            continue
+        # Damping with patience on the rows still running.
+        r, d, yh, ya = r[keep], delta[active], yhat[keep], y_act[keep]
+        improved = r < best[active]
+        best[active] = torch.where(improved, r, best[active])
+        st = torch.where(improved, torch.zeros_like(stall[active]), stall[active] + 1)
+        shrink = st >= settings.damping_patience
+        delta[active] = torch.where(shrink, (d * settings.damping_decay).clamp_min(settings.min_damping), d)
+        stall[active] = torch.where(shrink, torch.zeros_like(st), st)
+        dd = d.view(-1, *([1] * (yh.dim() - 1)))
+        y[active] = dd * yh + (1 - dd) * ya
+    assert aux_out is not None
+    return SolveResult(y_star, y_out, tuple(aux_out), iterations, residual)
+
+
+def one_step_output(
+    f: IterationFn, y_star: torch.Tensor, steps: int
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """`steps` applications of f from the detached fixed point, with autograd."""
+    rows = torch.arange(y_star.shape[0], device=y_star.device)
+    y = y_star.detach()
+    aux: tuple[torch.Tensor, ...] = ()
+    for _ in range(steps):
+        y, aux = f(y, rows)
+    return y, aux
+
+
+def implicit_output(
+    f: IterationFn, y_star: torch.Tensor, settings: SolverSettings, layer_idx: int | None = None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """One application of f with autograd whose incoming gradient is mapped to the adjoint fixed point."""
+    rows = torch.arange(y_star.shape[0], device=y_star.device)
+    y_in = y_star.detach().requires_grad_(True)
+    y_out, aux = f(y_in, rows)
+    if not y_out.requires_grad:
+        return y_out, aux
+
+    def adjoint(grad: torch.Tensor) -> torch.Tensor:
+        g = grad
+        for k in range(1, settings.max_iter + 1):
+            (jt_g,) = torch.autograd.grad(y_out, y_in, g, retain_graph=True)
+            g_new = grad + jt_g
+            check_finite(g_new, layer_idx, k)
+            converged = bool((relative_residual(g_new, g, settings.eps) < settings.tol).all())
+            g = g_new
+            if converged:
+                break
+        return g
+
+    y_out.register_hook(adjoint)
+    return y_out, aux

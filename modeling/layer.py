@@ -1,0 +1,326 @@
+"""FPMambaMixer: the FP-Mamba layer on a Mamba-2 backbone (parameter names as transformers' Mamba2Mixer).
+
+Whole sequence (prefill / training), iterating on y (batch, T, d_inner) from y^0 = 0 (DESIGN.md section 2):
+    y_{t-1}  = shift(y), with the cached y* of the previous call (or 0) at t = 0
+    x~       = y + Q_t (x - y)                                   Q_t from the mixer on (x_t, y_{t-1})
+    B_t, C_t = l2norm(B^x_t + W_B^y y_{t-1}), l2norm(C^x_t + W_C^y y_{t-1})     (per group, if bc_norm)
+    dt_t     = softplus(dt^x_t [+ W_dt^y y_{t-1}] + dt_bias)
+    yhat     = RMSNorm((SSD_scan(x~, dt, A, B, C) + D x~) * SiLU(z))
+then out = out_proj(f(y*)). One decode token (T = 1 with a state): the per-token loop of `ops.decode_step`.
+With Q = I and the y-projections at zero the map does not depend on y: the layer IS Mamba-2's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import ops
+from .fixed_point import ContinueSync, SolverSettings, implicit_output, one_step_output, solve
+from .mixers import MIXER_INPUTS, MIXER_KINDS, ChannelMixer, apply_mixer
+
+FP_BACKWARDS = ("one_step", "implicit")
+
+
+@dataclass
+class FPMambaLayerConfig:
+    """Every knob of one FP-Mamba layer. `validate()` raises ValueError naming the offending field."""
+
+    hidden_size: int = 256
+    state_size: int = 64
+    head_dim: int = 64
+    expand: int = 2
+    n_groups: int = 1
+    conv_kernel: int = 4
+    chunk_size: int = 64
+    use_bias: bool = False
+    use_conv_bias: bool = True
+    layer_norm_epsilon: float = 1e-5
+    norm_per_group: bool = True
+    time_step_min: float = 0.001
+    time_step_max: float = 0.1
+    time_step_floor: float = 1e-4
+    time_step_limit: tuple[float, float] = (0.0, float("inf"))
+    initializer_range: float = 0.02
+    mixer_type: str = "householder"
+    mixer_rank: int = 2
+    mixer_input: str = "concat"
+    mixer_reflection_scale: float = 1.0
+    mixer_activation: str = "silu"
+    mixer_alpha_init: float = 0.1
+    bc_norm: bool = True
+    dt_hidden_dependence: bool = False
+    fp_max_iter: int = 16
+    fp_max_iter_eval: int = 64
+    fp_tol: float = 1e-2
+    fp_damping: float = 1.0
+    fp_damping_decay: float = 0.9
+    fp_damping_patience: int = 5
+    fp_train_quantile: float = 0.9
+    fp_backward: str = "one_step"
+    fp_backward_steps: int = 1
+    fp_backward_max_iter: int = 32
+    fp_backward_tol: float = 1e-4
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.hidden_size
+
+    @property
+    def num_heads(self) -> int:
+        return self.d_inner // self.head_dim
+
+    def validate(self) -> None:
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"FPMamba config: invalid {name}={getattr(self, name)!r}: {why}")
+
+        for name in ("hidden_size", "state_size", "head_dim", "expand", "n_groups", "conv_kernel", "chunk_size",
+                     "mixer_rank", "fp_max_iter", "fp_max_iter_eval", "fp_backward_steps", "fp_backward_max_iter",
+                     "fp_damping_patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                bad(name, "must be a positive integer")
+        if self.d_inner % self.head_dim:
+            bad("head_dim", f"must divide d_inner = expand * hidden_size = {self.d_inner}")
+        if self.num_heads % self.n_groups:
+            bad("n_groups", f"must divide the number of heads ({self.num_heads})")
+        if self.mixer_type not in MIXER_KINDS:
+            bad("mixer_type", f"unknown mixer; choose one of {MIXER_KINDS}")
+        if self.mixer_input not in MIXER_INPUTS:
+            bad("mixer_input", f"choose one of {MIXER_INPUTS}")
+        if self.mixer_reflection_scale not in (1, 2):
+            bad("mixer_reflection_scale", "must be 1 (paper) or 2 (official code)")
+        if self.mixer_activation not in ("silu", "identity", "tanh", "relu"):
+            bad("mixer_activation", "choose one of silu, identity, tanh, relu")
+        if not 0.0 < self.mixer_alpha_init < 1.0:
+            bad("mixer_alpha_init", "must lie in (0, 1)")
+        if self.fp_backward not in FP_BACKWARDS:
+            bad("fp_backward", f"choose one of {FP_BACKWARDS}")
+        for name in ("fp_tol", "fp_backward_tol", "layer_norm_epsilon", "time_step_min", "time_step_max"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                bad(name, "must be a finite number > 0")
+        if not 0.0 < self.fp_damping <= 1.0:
+            bad("fp_damping", "must lie in (0, 1]")
+        if not 0.0 < self.fp_damping_decay <= 1.0:
+            bad("fp_damping_decay", "must lie in (0, 1]")
+        if not 0.0 < self.fp_train_quantile <= 1.0:
+            bad("fp_train_quantile", "must lie in (0, 1]")
+        if self.time_step_min > self.time_step_max:
+            bad("time_step_min", "must not exceed time_step_max")
+
+
+@dataclass
+class LayerState:
+    """What a layer carries between calls. conv: (b, conv_dim, conv_kernel) last pre-conv inputs;
+    ssm: (b, heads, head_dim, state) fp32 H; y_prev: (b, d_inner) fp32 y* of the last token."""
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+    y_prev: torch.Tensor
+
+
+@dataclass
+class MixerOutput:
+    """out: (b, T, hidden); state: the new LayerState (if asked for); iterations, residual: (b,)."""
+
+    out: torch.Tensor
+    state: LayerState | None
+    iterations: torch.Tensor
+    residual: torch.Tensor
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm(s * SiLU(z)) per group of channels; parameter `weight` as in Mamba-2."""
+
+    def __init__(self, d: int, group_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.group_size = group_size
+        self.variance_epsilon = eps
+
+    def forward(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return ops.gated_rms_norm(s, z, self.weight, self.variance_epsilon, self.group_size)
+
+
+class FPMambaMixer(nn.Module):
+    """One FP-Mamba layer. forward(hidden_states (b, T, hidden)) -> MixerOutput."""
+
+    def __init__(self, config: FPMambaLayerConfig, layer_idx: int | None = None) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.layer_idx = layer_idx
+        c = config
+        self.d_inner = c.d_inner
+        self.num_heads = c.num_heads
+        self.head_dim = c.head_dim
+        self.n_groups = c.n_groups
+        self.ssm_state_size = c.state_size
+        self.conv_kernel_size = c.conv_kernel
+        self.conv_dim = c.d_inner + 2 * c.n_groups * c.state_size
+        self.in_proj = nn.Linear(c.hidden_size, c.d_inner + self.conv_dim + self.num_heads, bias=c.use_bias)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, c.conv_kernel, groups=self.conv_dim,
+                                padding=c.conv_kernel - 1, bias=c.use_conv_bias)
+        self.dt_bias = nn.Parameter(torch.empty(self.num_heads))
+        self.A_log = nn.Parameter(torch.empty(self.num_heads))
+        self.D = nn.Parameter(torch.empty(self.num_heads))
+        group = c.d_inner // c.n_groups if c.norm_per_group else c.d_inner
+        self.norm = GatedRMSNorm(c.d_inner, group, c.layer_norm_epsilon)
+        self.out_proj = nn.Linear(c.d_inner, c.hidden_size, bias=c.use_bias)
+        # FP-Mamba's additions: the channel mixer and the hidden-state dependence of B, C (and dt).
+        self.mixer = ChannelMixer(c.mixer_type, c.d_inner, c.mixer_input, c.mixer_rank, c.mixer_reflection_scale,
+                                  c.mixer_activation, c.mixer_alpha_init, c.initializer_range)
+        self.bc_y_proj = nn.Linear(c.d_inner, 2 * c.n_groups * c.state_size, bias=False)
+        self.dt_y_proj = nn.Linear(c.d_inner, self.num_heads, bias=False) if c.dt_hidden_dependence else None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Mamba-2's initialisation for A_log, D, dt_bias; y-projections at zero (the iteration starts as Mamba-2
+        plus the mixer); the rest as torch's defaults."""
+        c = self.config
+        self.A_log.copy_(torch.log(torch.arange(1, self.num_heads + 1, dtype=torch.float32)))
+        self.D.fill_(1.0)
+        dt = torch.exp(torch.rand(self.num_heads) * (math.log(c.time_step_max) - math.log(c.time_step_min))
+                       + math.log(c.time_step_min)).clamp(min=c.time_step_floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.bc_y_proj.weight.zero_()
+        if self.dt_y_proj is not None:
+            self.dt_y_proj.weight.zero_()
+        self.mixer.reset_parameters()
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    def _settings(self, max_iter: int | None, tol: float | None) -> SolverSettings:
+        c = self.config
+        if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 1):
+            raise ValueError(f"fp_max_iter must be a positive integer, got {max_iter!r}")
+        if tol is not None and not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+            raise ValueError(f"fp_tol must be a finite number > 0, got {tol!r}")
+        default_cap = c.fp_max_iter if self.training else c.fp_max_iter_eval
+        return SolverSettings(
+            max_iter=max_iter if max_iter is not None else default_cap,
+            tol=float(tol if tol is not None else c.fp_tol),
+            damping=c.fp_damping, damping_decay=c.fp_damping_decay, damping_patience=c.fp_damping_patience,
+            train_quantile=c.fp_train_quantile,
+        )
+
+    def _dt(self, dt_raw: torch.Tensor, y_prev: torch.Tensor) -> torch.Tensor:
+        pre = dt_raw.float()
+        if self.dt_y_proj is not None:
+            pre = pre + F.linear(y_prev.to(self.dt_y_proj.weight.dtype), self.dt_y_proj.weight).float()
+        dt = F.softplus(pre + self.dt_bias.float())
+        lo, hi = self.config.time_step_limit
+        return dt.clamp(lo, hi) if (lo > 0.0 or hi != float("inf")) else dt
+
+    def _bc(self, Bx: torch.Tensor, Cx: torch.Tensor, y_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """B, C (..., g, n) from their x-parts and the shifted iterate y_{t-1} (..., d_inner)."""
+        gn = self.n_groups * self.ssm_state_size
+        By, Cy = F.linear(y_prev.to(self.bc_y_proj.weight.dtype), self.bc_y_proj.weight).float().split(gn, -1)
+        B = Bx + By.view(Bx.shape)
+        C = Cx + Cy.view(Cx.shape)
+        if self.config.bc_norm:
+            B, C = F.normalize(B, dim=-1, eps=1e-6), F.normalize(C, dim=-1, eps=1e-6)
+        return B, C
+
+    def _conv(self, xBC: torch.Tensor, window: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal depthwise conv + SiLU over xBC (b, T, conv_dim), continuing from `window` (b, conv_dim, k).
+        Returns (conv output (b, T, conv_dim), new window (b, conv_dim, k))."""
+        k = self.conv_kernel_size
+        seq = xBC.transpose(1, 2)
+        past = window.to(seq.dtype) if window is not None else seq.new_zeros(*seq.shape[:2], k)
+        history = torch.cat([past, seq], dim=-1)
+        out = F.conv1d(history[..., 1:], self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
+        return F.silu(out).transpose(1, 2), history[..., -k:]
+
+    def _finish(self, f, res):
+        """The differentiable output f(y*) (and aux) according to fp_backward; plain result without autograd."""
+        if not torch.is_grad_enabled():
+            return res.y_out, res.aux
+        c = self.config
+        if c.fp_backward == "implicit":
+            adj = SolverSettings(max_iter=c.fp_backward_max_iter, tol=c.fp_backward_tol)
+            return implicit_output(f, res.y_star, adj, self.layer_idx)
+        return one_step_output(f, res.y_star, c.fp_backward_steps)
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        state: LayerState | None = None,
+        return_state: bool = False,
+        fp_max_iter: int | None = None,
+        fp_tol: float | None = None,
+        sync: ContinueSync | None = None,
+    ) -> MixerOutput:
+        """hidden_states (b, T, hidden); attention_mask (b, T) with 1 for real tokens (left padding only);
+        state: the LayerState of the previous call (continues the sequence). T = 1 with a state is a decode step."""
+        b, T, _ = hidden_states.shape
+        dtype = hidden_states.dtype
+        settings = self._settings(fp_max_iter, fp_tol)
+        mask = None if attention_mask is None else attention_mask.to(torch.bool)
+        if mask is not None:
+            hidden_states = hidden_states * mask[..., None].to(dtype)
+        z, xBC, dt_raw = self.in_proj(hidden_states).split([self.d_inner, self.conv_dim, self.num_heads], dim=-1)
+        xBC, window = self._conv(xBC, None if state is None else state.conv)
+        if mask is not None:
+            xBC = xBC * mask[..., None].to(xBC.dtype)
+        gn = self.n_groups * self.ssm_state_size
+        x, Bx, Cx = xBC.float().split([self.d_inner, gn, gn], dim=-1)
+        Bx = Bx.view(b, T, self.n_groups, self.ssm_state_size)
+        Cx = Cx.view(b, T, self.n_groups, self.ssm_state_size)
+        z = z.float()
+        A = -torch.exp(self.A_log.float())
+        y_prev0 = state.y_prev.float() if state is not None else x.new_zeros(b, self.d_inner)
+        x_part = self.mixer.precompute(x)
+
+        if state is not None and T == 1:
+            return self._decode(x, z, Bx, Cx, dt_raw, A, x_part, state, window, settings, dtype, return_state)
+
+        H0 = state.ssm if state is not None else None
+        maskf = None if mask is None else mask.to(torch.float32)
+
+        def f(y: torch.Tensor, rows: torch.Tensor):
+            ys = torch.cat([y_prev0[rows, None], y[:, :-1]], dim=1)
+            xr = x[rows]
+            xt = y + apply_mixer(self.mixer.factors(None if x_part is None else x_part[rows], ys), xr - y)
+            B, C = self._bc(Bx[rows], Cx[rows], ys)
+            s, H = ops.ssd_scan(
+                xt.view(-1, T, self.num_heads, self.head_dim), self._dt(dt_raw[rows], ys), A, B, C, self.D,
+                None if H0 is None else H0[rows], None if mask is None else mask[rows], self.config.chunk_size,
+            )
+            yhat = self.norm(s.reshape(-1, T, self.d_inner), z[rows])
+            if maskf is not None:
+                yhat = yhat * maskf[rows, :, None]
+            return yhat, (H,)
+
+        res = solve(f, x.new_zeros(b, T, self.d_inner), settings, self.training, self.layer_idx, sync)
+        y_out, (H,) = self._finish(f, res)
+        out = self.out_proj(y_out.to(dtype))
+        new_state = LayerState(window, H.detach(), res.y_star[:, -1].detach()) if return_state else None
+        return MixerOutput(out, new_state, res.iterations, res.residual)
+
+    def _decode(self, x, z, Bx, Cx, dt_raw, A, x_part, state, window, settings, dtype, return_state) -> MixerOutput:
+        """One token per row through `ops.decode_step` (inference: no autograd through the inner loop)."""
+        b = x.shape[0]
+        y_prev = state.y_prev.float()
+        factors = self.mixer.factors(None if x_part is None else x_part[:, 0], y_prev)
+        B, C = self._bc(Bx[:, 0], Cx[:, 0], y_prev)
+        dt = self._dt(dt_raw[:, 0], y_prev)
+        y_out, y_star, H, iterations, residual = ops.decode_step(
+            x[:, 0].view(b, self.num_heads, self.head_dim), z[:, 0], dt, A, B, C,
+            self.D, state.ssm, factors, self.norm.weight, self.norm.variance_epsilon, self.norm.group_size,
+            settings, self.layer_idx,
+        )
+        out = self.out_proj(y_out[:, None].to(dtype))
+        new_state = LayerState(window, H, y_star) if return_state else None
+        return MixerOutput(out, new_state, iterations, residual)

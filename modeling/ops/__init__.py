@@ -1,0 +1,52 @@
+"""One public function per op; the backend is chosen at call time from the tensors' device.
+
+`FPMAMBA_KERNELS=triton|reference` forces a path (triton on CPU tensors only works under TRITON_INTERPRET=1);
+unset, CUDA tensors take the Triton kernels and everything else the PyTorch reference.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import reference
+
+_BACKENDS = ("triton", "reference")
+
+
+def backend_for(t: torch.Tensor) -> str:
+    """The backend an op on tensor `t` runs with."""
+    forced = os.environ.get("FPMAMBA_KERNELS", "").strip().lower()
+    if forced:
+        if forced not in _BACKENDS:
+            raise ValueError(f"FPMAMBA_KERNELS must be one of {_BACKENDS}, got {forced!r}")
+        return forced
+    return "triton" if t.is_cuda else "reference"
+
+
+def ssd_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba-2 SSD scan. See `reference.ssd_scan_chunked` for shapes; returns (y fp32, final_state fp32)."""
+    if backend_for(x) == "triton":
+        from .ssd_scan import ssd_scan_triton
+
+        return ssd_scan_triton(x, dt, A, B, C, D, initial_state, mask, chunk_size)
+    return reference.ssd_scan_chunked(x, dt, A, B, C, D, initial_state, mask, chunk_size)
+
+
+def decode_step(*args, **kwargs):
+    """One decode token of every row: inner fixed-point loop + state update. See `reference.decode_step`."""
+    return reference.decode_step(*args, **kwargs)
+
+
+gated_rms_norm = reference.gated_rms_norm

@@ -1,0 +1,189 @@
+"""Pure-PyTorch reference of every op: the executable spec, and the CPU path.
+
+Shapes (Mamba-2 layout):
+    x      (batch, T, heads, head_dim)        input of the scan (the mixed input x~)
+    dt     (batch, T, heads)                  step size, already softplus'ed and clamped
+    A      (heads,)                           negative decay rate per head
+    B, C   (batch, T, groups, state)          shared by the heads of a group
+    D      (heads,)                           skip
+    state  (batch, heads, head_dim, state)    fp32 recurrent state H
+Recurrence: H_t = exp(dt_t A) H_{t-1} + dt_t x_t B_t^T ;  y_t = H_t C_t + D x_t.
+All accumulation is fp32; outputs are fp32.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ..fixed_point import SolverSettings
+    from ..mixers import MixerFactors
+
+
+def _heads_of_groups(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(b, T, g, n) -> (b, T, heads, n): each group's B/C serves heads // g consecutive heads."""
+    groups = t.shape[2]
+    return t.repeat_interleave(heads // groups, dim=2)
+
+
+def _prepare(x, dt, B, C, mask):
+    x, dt, B, C = x.float(), dt.float(), B.float(), C.float()
+    if mask is not None:
+        # A padded position must leave the state untouched: zero input and dt (decay exp(0) = 1).
+        m = mask.to(torch.float32)
+        x = x * m[:, :, None, None]
+        dt = dt * m[:, :, None]
+    return x, dt, _heads_of_groups(B, x.shape[2]), _heads_of_groups(C, x.shape[2])
+
+
+def ssd_scan_sequential(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recurrence token by token. Returns (y (b, T, h, p) fp32, final_state (b, h, p, n) fp32)."""
+    x, dt, Bh, Ch = _prepare(x, dt, B, C, mask)
+    b, T, h, p = x.shape
+    n = Bh.shape[-1]
+    H = x.new_zeros(b, h, p, n) if initial_state is None else initial_state.float().clone()
+    ys = []
+    for t in range(T):
+        decay = torch.exp(dt[:, t] * A.float())  # (b, h)
+        H = decay[:, :, None, None] * H + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None, :]
+        ys.append(torch.einsum("bhpn,bhn->bhp", H, Ch[:, t]))
+    y = torch.stack(ys, dim=1) if T > 0 else x.new_zeros(b, 0, h, p)
+    if D is not None:
+        y = y + D.float()[None, None, :, None] * x
+    return y, H
+
+
+def ssd_scan_chunked(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba-2's chunked (SSD) form: quadratic inside a chunk, recurrent across chunks.
+
+    Same signature and results as `ssd_scan_sequential`; `chunk_size` need not divide T.
+    """
+    x, dt, Bh, Ch = _prepare(x, dt, B, C, mask)
+    b, T, h, p = x.shape
+    n = Bh.shape[-1]
+    L = chunk_size
+    pad = (-T) % L
+    if pad:
+        # Zero dt and x on the tail: state unchanged, outputs discarded below.
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))
+        dt = F.pad(dt, (0, 0, 0, pad))
+        Bh = F.pad(Bh, (0, 0, 0, 0, 0, pad))
+        Ch = F.pad(Ch, (0, 0, 0, 0, 0, pad))
+    c = (T + pad) // L
+    xc = x.view(b, c, L, h, p)
+    dtc = dt.view(b, c, L, h)
+    Bc = Bh.view(b, c, L, h, n)
+    Cc = Ch.view(b, c, L, h, n)
+
+    a = (dtc * A.float()).permute(0, 1, 3, 2)  # (b, c, h, L) log-decay per step
+    a_cum = torch.cumsum(a, dim=-1)
+    # Decay from step j to step i inside a chunk: exp(a_cum_i - a_cum_j) for i >= j.
+    seg = a_cum[..., :, None] - a_cum[..., None, :]
+    causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+    decay_ij = torch.exp(seg.masked_fill(~causal, float("-inf")))  # (b, c, h, L, L)
+
+    xdt = xc * dtc[..., None]  # (b, c, L, h, p)
+    scores = torch.einsum("bclhn,bcshn->bchls", Cc, Bc) * decay_ij
+    y_diag = torch.einsum("bchls,bcshp->bclhp", scores, xdt)
+
+    # State contributed by each chunk alone, at its end.
+    decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, c, h, L)
+    chunk_states = torch.einsum("bchl,bclhn,bclhp->bchpn", decay_to_end, Bc, xdt)
+
+    # Recurrence across chunks (few steps): state entering each chunk.
+    H = x.new_zeros(b, h, p, n) if initial_state is None else initial_state.float()
+    chunk_decay = torch.exp(a_cum[..., -1])  # (b, c, h)
+    entering = []
+    for k in range(c):
+        entering.append(H)
+        H = chunk_decay[:, k, :, None, None] * H + chunk_states[:, k]
+    H_in = torch.stack(entering, dim=1)  # (b, c, h, p, n)
+
+    y_off = torch.einsum("bclhn,bchpn,bchl->bclhp", Cc, H_in, torch.exp(a_cum))
+    y = (y_diag + y_off).reshape(b, c * L, h, p)[:, :T]
+    if D is not None:
+        y = y + D.float()[None, None, :, None] * x[:, :T]
+    return y, H
+
+
+def gated_rms_norm(
+    s: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float, group_size: int
+) -> torch.Tensor:
+    """Mamba-2's gated RMSNorm: RMSNorm(s * SiLU(z)) over groups of `group_size` channels, fp32 result.
+
+    s, z: (..., d) ; weight: (d,).
+    """
+    v = s.float() * F.silu(z.float())
+    shape = v.shape
+    v = v.reshape(*shape[:-1], shape[-1] // group_size, group_size)
+    v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps)
+    return weight.float() * v.reshape(shape)
+
+
+def decode_step(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    state: torch.Tensor,
+    factors: "MixerFactors",
+    norm_weight: torch.Tensor,
+    norm_eps: float,
+    norm_group_size: int,
+    settings: "SolverSettings",
+    layer_idx: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One token of every row: the inner fixed-point loop on y_t, then one state update (DESIGN.md section 3).
+
+    x (b, h, p) conv'ed input; z (b, d) gate; dt (b, h); B, C (b, g, n) final (normalised) B_t, C_t;
+    state (b, h, p, n) fp32 H_{t-1}; factors: Q_t of each row (fixed within the token).
+    Everything that depends on y_{t-1} is fixed, so with a = C . (exp(dt A) H_{t-1}) and g = dt (C . B) + D
+    each iteration is   x~ = y + Q (x - y);  yhat = RMSNorm((a + g x~) * SiLU(z)).
+    Returns (y_out = f(y*) (b, d), y* (b, d), new state (b, h, p, n), iterations (b,), residual (b,)).
+    """
+    from ..fixed_point import solve
+    from ..mixers import apply_mixer
+
+    b, h, p = x.shape
+    d = h * p
+    x = x.float().reshape(b, d)
+    Bh = _heads_of_groups(B.float()[:, None], h)[:, 0]  # (b, h, n)
+    Ch = _heads_of_groups(C.float()[:, None], h)[:, 0]
+    dt = dt.float()
+    decayed = torch.exp(dt * A.float())[:, :, None, None] * state.float()
+    a = torch.einsum("bhpn,bhn->bhp", decayed, Ch).reshape(b, d)
+    g = (dt * (Ch * Bh).sum(-1) + D.float()).repeat_interleave(p, dim=1)  # (b, d)
+
+    def f(y: torch.Tensor, rows: torch.Tensor):
+        xt = y + apply_mixer(factors.select(rows), x[rows] - y)
+        return gated_rms_norm(a[rows] + g[rows] * xt, z[rows], norm_weight, norm_eps, norm_group_size), (xt,)
+
+    res = solve(f, x.new_zeros(b, d), settings, training=False, layer_idx=layer_idx)
+    (xt,) = res.aux
+    new_state = decayed + (dt[:, :, None] * xt.view(b, h, p))[..., None] * Bh[:, :, None, :]
+    return res.y_out, res.y_star, new_state, res.iterations, res.residual
