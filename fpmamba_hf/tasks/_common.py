@@ -1,0 +1,104 @@
+"""Shared helpers: padded dataset assembly, on-disk caching and array conversion.
+
+Label convention used by every task: ``labels[i]`` is the target for the model
+output at position ``i`` (logits ``[:, i]``), *without* the next-token shift that
+Hugging Face causal-LM losses apply; ``IGNORE_INDEX`` marks unsupervised
+positions. All datasets are right-padded to a fixed width, so rows stack into
+batches directly (``attention_mask`` is 1 on real tokens, 0 on padding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+
+IGNORE_INDEX = -100
+
+# Bump when the generated content of any task changes, so stale caches are not reused.
+CACHE_VERSION = 1
+
+
+def pad_rows(
+    rows: Sequence[Sequence[int]], width: int, pad_value: int, dtype: type = np.int32
+) -> np.ndarray:
+    """Right-pad variable-length rows into a ``(len(rows), width)`` array."""
+    out = np.full((len(rows), width), pad_value, dtype=dtype)
+    for i, row in enumerate(rows):
+        if len(row) > width:
+            raise ValueError(f"row {i} has {len(row)} tokens, more than pad_to={width}")
+        out[i, : len(row)] = row
+    return out
+
+
+def make_dataset(
+    input_ids: np.ndarray, labels: np.ndarray, real_tokens: np.ndarray, length: np.ndarray
+) -> datasets.Dataset:
+    """Assemble the standard columns from ``(N, T)`` arrays.
+
+    ``real_tokens[n]`` is the number of non-padding tokens of row ``n``; ``length``
+    is the task-level length (word length, string length, ...) kept for metrics.
+    """
+    width = input_ids.shape[1]
+    attention_mask = (np.arange(width)[None, :] < np.asarray(real_tokens)[:, None]).astype(np.int8)
+    return datasets.Dataset.from_dict(
+        {
+            "input_ids": input_ids.astype(np.int32),
+            "labels": labels.astype(np.int32),
+            "attention_mask": attention_mask,
+            "length": np.asarray(length, dtype=np.int32),
+        }
+    )
+
+
+def cached(
+    cache_dir: str | Path | None, name: str, params: dict[str, Any], build: Callable[[], datasets.Dataset]
+) -> datasets.Dataset:
+    """Load ``name`` with ``params`` from ``cache_dir`` if present, else build and save it.
+
+    The directory name carries a hash of all parameters, so any change of
+    parameters (or of ``CACHE_VERSION``) produces a fresh dataset.
+    """
+    if cache_dir is None:
+        return build()
+    key = json.dumps({"version": CACHE_VERSION, **params}, sort_keys=True)
+    path = Path(cache_dir) / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if path.exists():
+        return datasets.load_from_disk(str(path))
+    dataset = build()
+    # Save under a per-process temporary name and rename, so an interrupted or
+    # concurrent save is never loaded half-written.
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    dataset.save_to_disk(str(tmp))
+    try:
+        tmp.rename(path)
+    except OSError:  # another process finished the same dataset first
+        shutil.rmtree(tmp)
+    return datasets.load_from_disk(str(path))
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Convert a torch tensor (any device), array or nested list to a numpy array."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def sequences_correct(pred_ids: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-position correctness and supervision masks for aligned predictions.
+
+    Returns ``(correct, supervised)``, both boolean ``(N, T)``; ``correct`` is
+    True on unsupervised positions so that ``all(axis=1)`` gives sequence accuracy.
+    """
+    pred, lab = to_numpy(pred_ids), to_numpy(labels)
+    if pred.shape != lab.shape:
+        raise ValueError(f"pred_ids shape {pred.shape} != labels shape {lab.shape}")
+    supervised = lab != IGNORE_INDEX
+    return (pred == lab) | ~supervised, supervised
