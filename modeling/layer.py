@@ -183,19 +183,27 @@ class FPMambaMixer(nn.Module):
         self.dt_y_proj = nn.Linear(c.d_inner, self.num_heads, bias=False) if c.dt_hidden_dependence else None
         self.reset_parameters()
 
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Mamba-2's initialisation for A_log, D, dt_bias; y-projections at zero (the iteration starts as Mamba-2
-        plus the mixer); the rest as torch's defaults."""
+    def initial_values(self) -> dict[str, torch.Tensor]:
+        """Initial values of the parameters this layer initialises specially, by name: Mamba-2's A_log, D and
+        dt_bias, and the y-projections at zero (the iteration starts as Mamba-2 plus the mixer). Used by
+        `reset_parameters` here and by the transformers model's `_init_weights`."""
         c = self.config
-        self.A_log.copy_(torch.log(torch.arange(1, self.num_heads + 1, dtype=torch.float32)))
-        self.D.fill_(1.0)
         dt = torch.exp(torch.rand(self.num_heads) * (math.log(c.time_step_max) - math.log(c.time_step_min))
                        + math.log(c.time_step_min)).clamp(min=c.time_step_floor)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        self.bc_y_proj.weight.zero_()
+        values = {
+            "A_log": torch.log(torch.arange(1, self.num_heads + 1, dtype=torch.float32)),
+            "D": torch.ones(self.num_heads),
+            "dt_bias": dt + torch.log(-torch.expm1(-dt)),  # inverse softplus
+            "bc_y_proj.weight": torch.zeros_like(self.bc_y_proj.weight),
+        }
         if self.dt_y_proj is not None:
-            self.dt_y_proj.weight.zero_()
+            values["dt_y_proj.weight"] = torch.zeros_like(self.dt_y_proj.weight)
+        return values
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for name, value in self.initial_values().items():
+            self.get_parameter(name).copy_(value)
         self.mixer.reset_parameters()
 
     # ----------------------------------------------------------------------------------------------- helpers

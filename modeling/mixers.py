@@ -116,18 +116,22 @@ class ChannelMixer(nn.Module):
         self.gain = nn.Parameter(torch.ones(()))
         self.reset_parameters()
 
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Random directions, small mixing strengths (alpha ~ alpha_init): Q starts near the identity."""
+    def initial_values(self) -> dict[str, torch.Tensor]:
+        """Initial parameter values by name: random directions, gates at alpha_init, gain 1 (Q near identity)."""
         if self.proj is None:
-            return
-        nn.init.normal_(self.proj.weight, std=self.initializer_range)
+            return {}
         logit = math.log(self.alpha_init / (1.0 - self.alpha_init))
-        self.proj.bias.zero_()
+        bias = torch.zeros_like(self.proj.bias)
         # Biases of the gates (alpha for householder/dplr, the sigmoid diagonals for kronecker).
         gate_start = self.split_sizes[0] if self.kind != "kronecker" else sum(self.split_sizes[:2])
-        self.proj.bias[gate_start:] = logit
-        self.gain.fill_(1.0)
+        bias[gate_start:] = logit
+        weight = torch.randn_like(self.proj.weight) * self.initializer_range
+        return {"proj.weight": weight, "proj.bias": bias, "gain": torch.ones_like(self.gain)}
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for name, value in self.initial_values().items():
+            self.get_parameter(name).copy_(value)
 
     def precompute(self, x: torch.Tensor) -> torch.Tensor | None:
         """The x-part of the projection (with bias), computed once per layer call. x: (..., d)."""

@@ -1,0 +1,57 @@
+"""Glue between a layer's `LayerState` and transformers' stock `DynamicCache`.
+
+Generation builds `DynamicCache(config=...)`, which gives each block a linear-attention cache layer with one conv
+state and one recurrent state. FP-Mamba needs one more tensor per layer, y*_{t-1} (batch, d_inner): it rides in the
+recurrent state as an extra column, (b, heads, head_dim, state + 1), so that beam reordering, batch expansion and
+offloading of the stock cache carry it along untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from modeling.layer import LayerState
+
+
+def _layer(cache, layer_idx: int):
+    layers = getattr(cache, "layers", None)
+    if layers is None or layer_idx >= len(layers) or not hasattr(layers[layer_idx], "recurrent_states"):
+        raise TypeError(
+            "cache_params must be a transformers DynamicCache built from an FPMambaConfig "
+            f"(DynamicCache(config=model.config)), got {type(cache).__name__}"
+        )
+    return layers[layer_idx]
+
+
+def read_state(cache, layer_idx: int, batch_size: int) -> LayerState | None:
+    """The state stored for `layer_idx`, or None if the cache is still empty for that layer."""
+    layer = _layer(cache, layer_idx)
+    if not layer.is_recurrent_states_initialized[0]:
+        return None
+    packed = layer.recurrent_states[0]
+    if packed.shape[0] != batch_size:
+        raise ValueError(
+            f"cache_params holds a batch of {packed.shape[0]} sequences but the input has {batch_size} rows; "
+            "pass a cache built for this batch (or none)"
+        )
+    b, h, p, _ = packed.shape
+    return LayerState(conv=layer.conv_states[0], ssm=packed[..., :-1], y_prev=packed[..., -1].reshape(b, h * p))
+
+
+def write_state(cache, layer_idx: int, state: LayerState) -> None:
+    """Store `state` for `layer_idx` (in place, keeping the tensors' addresses once allocated)."""
+    layer = _layer(cache, layer_idx)
+    b, h, p, _ = state.ssm.shape
+    packed = torch.cat([state.ssm.float(), state.y_prev.float().reshape(b, h, p, 1)], dim=-1)
+    if not layer.is_recurrent_states_initialized[0] or layer.recurrent_states[0].shape != packed.shape:
+        layer.is_recurrent_states_initialized[0] = False
+        layer.is_conv_states_initialized[0] = False
+        layer.lazy_initialization(conv_states=state.conv, recurrent_states=packed)
+    layer.conv_states[0].copy_(state.conv)
+    layer.recurrent_states[0].copy_(packed)
+    layer.has_previous_state[0] = True
+
+
+def has_state(cache) -> bool:
+    """Whether any layer of the cache already holds a state (i.e. the cache continues a sequence)."""
+    return any(getattr(layer, "is_recurrent_states_initialized", {0: False})[0] for layer in cache.layers)

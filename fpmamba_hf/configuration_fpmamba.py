@@ -1,0 +1,121 @@
+"""FPMambaConfig: the transformers configuration of FP-Mamba (model_type "fp_mamba").
+
+Names follow Mamba2Config where they are shared (hidden_size, state_size, head_dim, expand, n_groups, conv_kernel,
+chunk_size, ...). The layer knobs and their defaults live in one place, `modeling.FPMambaLayerConfig`; this class
+exposes them as config fields and validates them through it.
+"""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers.configuration_utils import PreTrainedConfig
+
+from modeling.layer import FPMambaLayerConfig
+
+_L = FPMambaLayerConfig()  # the single source of the layer defaults
+
+
+@strict(accept_kwargs=True)
+class FPMambaConfig(PreTrainedConfig):
+    r"""
+    Configuration of an FP-Mamba language model: Mamba-2 blocks whose mixer output is the fixed point of a
+    diagonal linear RNN iterated with a structured channel mixer Q_t.
+
+    Backbone (as Mamba2Config): vocab_size, hidden_size, num_hidden_layers, state_size, head_dim, expand
+    (d_inner = expand * hidden_size = num_heads * head_dim), n_groups, conv_kernel, chunk_size, use_bias,
+    use_conv_bias, layer_norm_epsilon, residual_in_fp32, time_step_min/max/floor/limit, initializer_range,
+    rescale_prenorm_residual, tie_word_embeddings. norm_per_group: gated RMSNorm per group of channels (Mamba-2's
+    original) or over all of d_inner.
+
+    Mixer: mixer_type ("householder" | "dplr" | "kronecker" | "none"), mixer_rank (reflections / rank r),
+    mixer_input ("concat" = [x_t; y_{t-1}], "sum" = x_t + y_{t-1}, "x" = no hidden dependence),
+    mixer_reflection_scale (1 = paper, 2 = official code, allows negative eigenvalues), mixer_activation,
+    mixer_alpha_init (initial mixing strength; Q starts near the identity).
+    bc_norm: L2-normalise B and C per group. dt_hidden_dependence: dt also depends on y_{t-1}.
+
+    Fixed-point solver: fp_max_iter (cap in training), fp_max_iter_eval (cap in eval and generation), fp_tol
+    (relative inf-norm residual, per sequence), fp_damping / fp_damping_decay / fp_damping_patience,
+    fp_train_quantile (in training the batch stops when this fraction of rows converged).
+    Per-call `fp_max_iter` / `fp_tol` arguments of forward() and generate() override these caps and tolerance.
+    Gradients: fp_backward ("one_step": fp_backward_steps applications from the detached fixed point;
+    "implicit": adjoint fixed point, capped by fp_backward_max_iter at fp_backward_tol).
+    """
+
+    model_type = "fp_mamba"
+
+    vocab_size: int = 32000
+    hidden_size: int = _L.hidden_size
+    num_hidden_layers: int = 4
+    state_size: int = _L.state_size
+    head_dim: int = _L.head_dim
+    expand: int = _L.expand
+    n_groups: int = _L.n_groups
+    conv_kernel: int = _L.conv_kernel
+    chunk_size: int = _L.chunk_size
+    use_bias: bool = _L.use_bias
+    use_conv_bias: bool = _L.use_conv_bias
+    layer_norm_epsilon: float = _L.layer_norm_epsilon
+    norm_per_group: bool = _L.norm_per_group
+    residual_in_fp32: bool = True
+    time_step_min: float = _L.time_step_min
+    time_step_max: float = _L.time_step_max
+    time_step_floor: float = _L.time_step_floor
+    time_step_limit: list[float] | tuple[float, ...] = _L.time_step_limit
+    initializer_range: float = _L.initializer_range
+    rescale_prenorm_residual: bool = False
+    mixer_type: str = _L.mixer_type
+    mixer_rank: int = _L.mixer_rank
+    mixer_input: str = _L.mixer_input
+    mixer_reflection_scale: float | int = _L.mixer_reflection_scale
+    mixer_activation: str = _L.mixer_activation
+    mixer_alpha_init: float = _L.mixer_alpha_init
+    bc_norm: bool = _L.bc_norm
+    dt_hidden_dependence: bool = _L.dt_hidden_dependence
+    fp_max_iter: int = _L.fp_max_iter
+    fp_max_iter_eval: int = _L.fp_max_iter_eval
+    fp_tol: float = _L.fp_tol
+    fp_damping: float = _L.fp_damping
+    fp_damping_decay: float = _L.fp_damping_decay
+    fp_damping_patience: int = _L.fp_damping_patience
+    fp_train_quantile: float = _L.fp_train_quantile
+    fp_backward: str = _L.fp_backward
+    fp_backward_steps: int = _L.fp_backward_steps
+    fp_backward_max_iter: int = _L.fp_backward_max_iter
+    fp_backward_tol: float = _L.fp_backward_tol
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    tie_word_embeddings: bool = True
+
+    def validate_architecture(self) -> None:
+        """Run by `@strict` at construction: every layer knob is checked, errors name the field."""
+        if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
+            raise ValueError(f"FPMamba config: invalid vocab_size={self.vocab_size!r}: must be a positive integer")
+        if not isinstance(self.num_hidden_layers, int) or self.num_hidden_layers < 1:
+            raise ValueError(
+                f"FPMamba config: invalid num_hidden_layers={self.num_hidden_layers!r}: must be a positive integer"
+            )
+        self.layer_config().validate()
+
+    def layer_config(self) -> FPMambaLayerConfig:
+        """The per-layer settings (a plain dataclass of the `modeling` package)."""
+        values = {name: getattr(self, name) for name in FPMambaLayerConfig.field_names()}
+        values["time_step_limit"] = tuple(values["time_step_limit"])
+        return FPMambaLayerConfig(**values)
+
+    @property
+    def intermediate_size(self) -> int:
+        return self.expand * self.hidden_size
+
+    @property
+    def num_heads(self) -> int:
+        return self.intermediate_size // self.head_dim
+
+    @property
+    def layer_types(self) -> list[str]:
+        # Read by transformers' DynamicCache: one linear-attention (conv + recurrent state) layer per block.
+        return ["linear_attention"] * self.num_hidden_layers
+
+
+__all__ = ["FPMambaConfig"]

@@ -1,0 +1,415 @@
+"""FP-Mamba for transformers: FPMambaModel and FPMambaForCausalLM.
+
+The stack is Mamba-2's (embeddings -> [RMSNorm -> FPMambaMixer -> residual] x L -> RMSNorm -> LM head), parameter
+for parameter, so `FPMambaForCausalLM.from_mamba2` converts a Mamba2ForCausalLM exactly. The layer math lives in
+the `modeling` package; this file adds what a transformers model needs: config, weights init, cache, loss,
+generation (with a per-call fixed-point budget) and telemetry (`fp_iterations`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from modeling.layer import FPMambaMixer, GatedRMSNorm
+from modeling.mixers import ChannelMixer
+
+from .cache import has_state, read_state, write_state
+from .configuration_fpmamba import FPMambaConfig
+
+_FP_CALL_KEYS = ("fp_max_iter", "fp_tol")
+
+
+class FPMambaRMSNorm(nn.Module):
+    """RMSNorm of the residual stream (as Mamba2RMSNorm), computed in fp32."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        h = hidden_states.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * h.to(input_dtype)
+
+
+class FPMambaBlock(GradientCheckpointingLayer):
+    """Pre-norm residual block around one FPMambaMixer. Returns (hidden_states, iterations (batch,))."""
+
+    def __init__(self, config: FPMambaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.residual_in_fp32 = config.residual_in_fp32
+        self.norm = FPMambaRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.mixer = FPMambaMixer(config.layer_config(), layer_idx=layer_idx)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cache_params: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        fp_max_iter: int | None = None,
+        fp_tol: float | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        residual = hidden_states
+        hidden_states = self.norm(hidden_states.to(dtype=self.norm.weight.dtype))
+        if self.residual_in_fp32:
+            residual = residual.to(torch.float32)
+        state = None
+        if cache_params is not None:
+            state = read_state(cache_params, self.layer_idx, hidden_states.shape[0])
+        out = self.mixer(
+            hidden_states,
+            attention_mask=attention_mask,
+            state=state,
+            return_state=cache_params is not None,
+            fp_max_iter=fp_max_iter,
+            fp_tol=fp_tol,
+        )
+        if cache_params is not None:
+            write_state(cache_params, self.layer_idx, out.state)
+        return residual + out.out, out.iterations
+
+
+class FPMambaPreTrainedModel(PreTrainedModel):
+    config_class = FPMambaConfig
+    config: FPMambaConfig
+    base_model_prefix = "backbone"
+    _no_split_modules = ["FPMambaBlock"]
+    supports_gradient_checkpointing = True
+    _is_stateful = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """transformers' defaults, then FP-Mamba's own values (Mamba-2's A_log, D, dt_bias, conv; mixers near
+        identity; y-projections at zero) through the guarded init helpers, so loaded weights are never touched."""
+        super()._init_weights(module)
+        if isinstance(module, (FPMambaMixer, ChannelMixer)):
+            for name, value in module.initial_values().items():
+                param = module.get_parameter(name)
+                init.copy_(param, value.to(param.device, param.dtype))
+        if isinstance(module, FPMambaMixer):
+            init.kaiming_uniform_(module.conv1d.weight, a=math.sqrt(5))
+            if module.conv1d.bias is not None:
+                init.zeros_(module.conv1d.bias)
+            init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
+            if self.config.rescale_prenorm_residual and not getattr(module.out_proj.weight, "_is_hf_initialized", False):
+                module.out_proj.weight /= math.sqrt(self.config.num_hidden_layers)
+        if isinstance(module, (GatedRMSNorm, FPMambaRMSNorm)):
+            init.ones_(module.weight)
+
+
+@dataclass
+class FPMambaOutput(ModelOutput):
+    """last_hidden_state (batch, T, hidden); cache_params: the DynamicCache to continue from (if use_cache);
+    hidden_states: per-layer outputs if asked; fp_iterations: LongTensor (batch, num_layers), fixed-point
+    iterations each layer used for each sequence in this call."""
+
+    last_hidden_state: torch.Tensor | None = None
+    cache_params: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    fp_iterations: torch.LongTensor | None = None
+
+
+@dataclass
+class FPMambaCausalLMOutput(ModelOutput):
+    """loss (labels shifted inside, -100 ignored); logits (batch, T, vocab) fp32; cache_params; hidden_states;
+    fp_iterations: LongTensor (batch, num_layers)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    cache_params: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    fp_iterations: torch.LongTensor | None = None
+
+
+def _check_inputs(input_ids, inputs_embeds, attention_mask, vocab_size: int, continuing: bool):
+    """Clear errors for bad input, raised before anything touches the embedding or the cache."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+    ref = input_ids if input_ids is not None else inputs_embeds
+    if ref.dim() < 2 or ref.shape[1] == 0:
+        raise ValueError(f"FP-Mamba needs a non-empty (batch, sequence) input, got shape {tuple(ref.shape)}")
+    if input_ids is not None and input_ids.numel():
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(
+                f"input_ids contain token id {lo if lo < 0 else hi} outside the vocabulary [0, {vocab_size})"
+            )
+    if attention_mask is None:
+        return None
+    T = ref.shape[1]
+    if attention_mask.dim() != 2 or attention_mask.shape[0] != ref.shape[0] or attention_mask.shape[1] < T:
+        raise ValueError(
+            f"attention_mask must be (batch, >= sequence length) = ({ref.shape[0]}, {T}), got {tuple(attention_mask.shape)}"
+        )
+    mask = attention_mask[:, -T:].to(torch.bool)
+    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise ValueError("attention_mask has right padding (a 0 after a 1): FP-Mamba supports left padding only")
+    if continuing and not bool(mask.all()):
+        raise ValueError("padding inside a continued sequence: new tokens fed with a cache must all be real (mask 1)")
+    return None if bool(mask.all()) else mask
+
+
+class FPMambaModel(FPMambaPreTrainedModel):
+    def __init__(self, config: FPMambaConfig) -> None:
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([FPMambaBlock(config, layer_idx=i) for i in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+        self.norm_f = FPMambaRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings
+
+    def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
+        self.embeddings = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache_params: Cache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        fp_max_iter: int | None = None,
+        fp_tol: float | None = None,
+        **kwargs: Any,
+    ) -> tuple | FPMambaOutput:
+        r"""
+        cache_params (`DynamicCache`, *optional*): continue the sequences held in this cache (new tokens only).
+        fp_max_iter (`int`, *optional*): iteration cap for this call (default: config.fp_max_iter in training,
+            config.fp_max_iter_eval otherwise).
+        fp_tol (`float`, *optional*): relative residual tolerance for this call (default: config.fp_tol).
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache if not self.training else False)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        continuing = cache_params is not None and has_state(cache_params)
+        mask = _check_inputs(input_ids, inputs_embeds, attention_mask, self.config.vocab_size, continuing)
+        if inputs_embeds is None:
+            inputs_embeds = self.embeddings(input_ids)
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        if use_cache and cache_params is None:
+            cache_params = DynamicCache(config=self.config)
+        if not use_cache:
+            cache_params = None
+
+        hidden_states = inputs_embeds
+        all_hidden_states = () if output_hidden_states else None
+        iterations = []
+        for block in self.layers:
+            hidden_states, its = block(
+                hidden_states, cache_params=cache_params, attention_mask=mask, fp_max_iter=fp_max_iter, fp_tol=fp_tol
+            )
+            iterations.append(its)
+            if output_hidden_states:
+                all_hidden_states = all_hidden_states + (hidden_states,)
+        hidden_states = self.norm_f(hidden_states)
+        if output_hidden_states:
+            all_hidden_states = all_hidden_states + (hidden_states,)
+        fp_iterations = torch.stack(iterations, dim=1)
+
+        if not return_dict:
+            return tuple(v for v in [hidden_states, cache_params, all_hidden_states, fp_iterations] if v is not None)
+        return FPMambaOutput(
+            last_hidden_state=hidden_states,
+            cache_params=cache_params,
+            hidden_states=all_hidden_states,
+            fp_iterations=fp_iterations,
+        )
+
+
+class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
+
+    def __init__(self, config: FPMambaConfig) -> None:
+        super().__init__(config)
+        self.backbone = FPMambaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._fp_generation_log: list[torch.Tensor] | None = None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
+        self.backbone.set_input_embeddings(new_embeddings)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache_params: Cache | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        use_cache: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        fp_max_iter: int | None = None,
+        fp_tol: float | None = None,
+        **kwargs: Any,
+    ) -> tuple | FPMambaCausalLMOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*): next-token targets; they
+            are shifted inside the model (labels = input_ids works), -100 is ignored.
+        fp_max_iter, fp_tol: the fixed-point budget for this call only (see FPMambaModel.forward).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.backbone(
+            input_ids,
+            inputs_embeds=inputs_embeds,
+            cache_params=cache_params,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            attention_mask=attention_mask,
+            fp_max_iter=fp_max_iter,
+            fp_tol=fp_tol,
+        )
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        elif isinstance(logits_to_keep, torch.Tensor):
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.lm_head(hidden_states.to(self.lm_head.weight.dtype)).float()
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        if self._fp_generation_log is not None:
+            self._fp_generation_log.append(outputs.fp_iterations)
+
+        if not return_dict:
+            output = (logits, outputs.cache_params, outputs.hidden_states, outputs.fp_iterations)
+            output = tuple(v for v in output if v is not None)
+            return ((loss,) + output) if loss is not None else output
+        return FPMambaCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            cache_params=outputs.cache_params,
+            hidden_states=outputs.hidden_states,
+            fp_iterations=outputs.fp_iterations,
+        )
+
+    # ------------------------------------------------------------------------------------------ generation
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        cache_params: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs: Any,
+    ) -> dict:
+        if is_first_iteration and cache_params is not None and has_state(cache_params):
+            # generate() re-feeds the whole prompt on its first step: on top of a filled cache that would count the
+            # prompt twice. Refuse instead of returning a silently wrong continuation.
+            raise ValueError(
+                "generate() cannot continue from a cache that already holds a sequence (it would re-feed the whole "
+                "prompt). Call generate() on the full sequence without cache_params, or step forward() with only "
+                "the new tokens and cache_params."
+            )
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            cache_params=cache_params,
+            attention_mask=attention_mask,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
+        if use_cache and not is_first_iteration:
+            # Decode steps feed one real token; the padding is already folded into the cached state.
+            model_inputs["attention_mask"] = None
+        return model_inputs
+
+    def _prepare_generation_config(self, generation_config, **kwargs: Any):
+        """`fp_max_iter` / `fp_tol` set in generation_config (e.g. generation_config.json) become model kwargs."""
+        generation_config, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
+        for key in _FP_CALL_KEYS:
+            value = getattr(generation_config, key, None)
+            if key not in model_kwargs and value is not None:
+                model_kwargs[key] = value
+        return generation_config, model_kwargs
+
+    def generate(self, *args: Any, **kwargs: Any):
+        """GenerationMixin.generate, plus `fp_iterations` (LongTensor (rows, new_tokens, num_layers)) on the output
+        when `return_dict_in_generate=True`; rows are the generated sequences (batch x num_beams for beam search,
+        where rows follow the beams of each step, not the returned sequences)."""
+        self._fp_generation_log = []
+        try:
+            out = super().generate(*args, **kwargs)
+        finally:
+            log, self._fp_generation_log = self._fp_generation_log, None
+        if isinstance(out, ModelOutput) and log:
+            out["fp_iterations"] = torch.stack(log, dim=1)
+        return out
+
+    # ------------------------------------------------------------------------------------------ conversion
+    @classmethod
+    def from_mamba2(cls, model_or_path: Any, **config_overrides: Any) -> "FPMambaForCausalLM":
+        """Convert a transformers Mamba2ForCausalLM (instance or path) into an FP-Mamba whose fixed point is exactly
+        the Mamba-2 output: mixer gain 0 (Q = I), y-projections 0, B/C not normalised (Mamba-2 does not).
+        The mixers keep their random directions, so fine-tuning can grow the gain into a dense RNN."""
+        from transformers import Mamba2ForCausalLM
+
+        source = Mamba2ForCausalLM.from_pretrained(model_or_path) if isinstance(model_or_path, str) else model_or_path
+        src = source.config
+        if src.hidden_act != "silu":
+            raise ValueError(f"from_mamba2: only hidden_act='silu' Mamba-2 models convert, got {src.hidden_act!r}")
+        if src.num_heads * src.head_dim != src.expand * src.hidden_size:
+            raise ValueError("from_mamba2: num_heads * head_dim must equal expand * hidden_size")
+        first_norm = source.backbone.layers[0].mixer.norm
+        d_inner = src.expand * src.hidden_size
+        norm_per_group = getattr(first_norm, "group_size", d_inner) != d_inner
+        values = dict(
+            vocab_size=src.vocab_size, hidden_size=src.hidden_size, num_hidden_layers=src.num_hidden_layers,
+            state_size=src.state_size, head_dim=src.head_dim, expand=src.expand, n_groups=src.n_groups,
+            conv_kernel=src.conv_kernel, chunk_size=src.chunk_size, use_bias=src.use_bias,
+            use_conv_bias=src.use_conv_bias, layer_norm_epsilon=src.layer_norm_epsilon,
+            residual_in_fp32=src.residual_in_fp32, time_step_min=src.time_step_min, time_step_max=src.time_step_max,
+            time_step_floor=src.time_step_floor, time_step_limit=tuple(src.time_step_limit),
+            rescale_prenorm_residual=src.rescale_prenorm_residual, tie_word_embeddings=src.tie_word_embeddings,
+            pad_token_id=src.pad_token_id, bos_token_id=src.bos_token_id, eos_token_id=src.eos_token_id,
+            norm_per_group=norm_per_group, bc_norm=False,
+        )
+        values.update(config_overrides)
+        model = cls(FPMambaConfig(**values)).to(source.dtype)
+        missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+        added = (".mixer.mixer.", ".mixer.bc_y_proj.", ".mixer.dt_y_proj.")
+        if unexpected or any(not any(a in k for a in added) for k in missing):
+            raise ValueError(f"from_mamba2: weights do not map 1:1 (missing {missing}, unexpected {unexpected})")
+        with torch.no_grad():
+            for block in model.backbone.layers:
+                if block.mixer.mixer.proj is not None:
+                    block.mixer.mixer.gain.zero_()
+                block.mixer.bc_y_proj.weight.zero_()
+                if block.mixer.dt_y_proj is not None:
+                    block.mixer.dt_y_proj.weight.zero_()
+        if model.config.tie_word_embeddings:
+            model.tie_weights()
+        return model
+
+
+__all__ = ["FPMambaForCausalLM", "FPMambaModel", "FPMambaPreTrainedModel"]
