@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from . import ops
 from .fixed_point import ContinueSync, SolverSettings, implicit_output, one_step_output, solve
+from .ops.reference import acc
 from .mixers import MIXER_INPUTS, MIXER_KINDS, ChannelMixer, apply_mixer
 
 FP_BACKWARDS = ("one_step", "implicit")
@@ -222,17 +223,17 @@ class FPMambaMixer(nn.Module):
         )
 
     def _dt(self, dt_raw: torch.Tensor, y_prev: torch.Tensor) -> torch.Tensor:
-        pre = dt_raw.float()
+        pre = acc(dt_raw)
         if self.dt_y_proj is not None:
-            pre = pre + F.linear(y_prev.to(self.dt_y_proj.weight.dtype), self.dt_y_proj.weight).float()
-        dt = F.softplus(pre + self.dt_bias.float())
+            pre = pre + acc(F.linear(y_prev.to(self.dt_y_proj.weight.dtype), self.dt_y_proj.weight))
+        dt = F.softplus(pre + acc(self.dt_bias))
         lo, hi = self.config.time_step_limit
         return dt.clamp(lo, hi) if (lo > 0.0 or hi != float("inf")) else dt
 
     def _bc(self, Bx: torch.Tensor, Cx: torch.Tensor, y_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """B, C (..., g, n) from their x-parts and the shifted iterate y_{t-1} (..., d_inner)."""
         gn = self.n_groups * self.ssm_state_size
-        By, Cy = F.linear(y_prev.to(self.bc_y_proj.weight.dtype), self.bc_y_proj.weight).float().split(gn, -1)
+        By, Cy = acc(F.linear(y_prev.to(self.bc_y_proj.weight.dtype), self.bc_y_proj.weight)).split(gn, -1)
         B = Bx + By.view(Bx.shape)
         C = Cx + Cy.view(Cx.shape)
         if self.config.bc_norm:
@@ -283,19 +284,19 @@ class FPMambaMixer(nn.Module):
         if mask is not None:
             xBC = xBC * mask[..., None].to(xBC.dtype)
         gn = self.n_groups * self.ssm_state_size
-        x, Bx, Cx = xBC.float().split([self.d_inner, gn, gn], dim=-1)
+        x, Bx, Cx = acc(xBC).split([self.d_inner, gn, gn], dim=-1)
         Bx = Bx.view(b, T, self.n_groups, self.ssm_state_size)
         Cx = Cx.view(b, T, self.n_groups, self.ssm_state_size)
-        z = z.float()
-        A = -torch.exp(self.A_log.float())
-        y_prev0 = state.y_prev.float() if state is not None else x.new_zeros(b, self.d_inner)
+        z = acc(z)
+        A = -torch.exp(acc(self.A_log))
+        y_prev0 = acc(state.y_prev) if state is not None else x.new_zeros(b, self.d_inner)
         x_part = self.mixer.precompute(x)
 
         if state is not None and T == 1:
             return self._decode(x, z, Bx, Cx, dt_raw, A, x_part, state, window, settings, dtype, return_state)
 
         H0 = state.ssm if state is not None else None
-        maskf = None if mask is None else mask.to(torch.float32)
+        maskf = None if mask is None else mask.to(x.dtype)
 
         def f(y: torch.Tensor, rows: torch.Tensor):
             ys = torch.cat([y_prev0[rows, None], y[:, :-1]], dim=1)
@@ -320,7 +321,7 @@ class FPMambaMixer(nn.Module):
     def _decode(self, x, z, Bx, Cx, dt_raw, A, x_part, state, window, settings, dtype, return_state) -> MixerOutput:
         """One token per row through `ops.decode_step` (inference: no autograd through the inner loop)."""
         b = x.shape[0]
-        y_prev = state.y_prev.float()
+        y_prev = acc(state.y_prev)
         factors = self.mixer.factors(None if x_part is None else x_part[:, 0], y_prev)
         B, C = self._bc(Bx[:, 0], Cx[:, 0], y_prev)
         dt = self._dt(dt_raw[:, 0], y_prev)

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .ops.reference import acc
+
 MIXER_KINDS = ("householder", "dplr", "kronecker", "none")
 MIXER_INPUTS = ("concat", "sum", "x")
 _ACTIVATIONS = {"silu": F.silu, "identity": lambda t: t, "tanh": torch.tanh, "relu": F.relu}
@@ -58,7 +60,7 @@ class MixerFactors:
 
 def apply_mixer(factors: MixerFactors, v: torch.Tensor) -> torch.Tensor:
     """Q v for v (..., d), in fp32."""
-    v = v.float()
+    v = acc(v)
     if factors.kind == "none":
         return v
     if factors.kind == "householder":
@@ -139,7 +141,7 @@ class ChannelMixer(nn.Module):
             return None
         d = self.d_inner
         w = self.proj.weight[:, :d] if self.input_mode == "concat" else self.proj.weight
-        return F.linear(x.to(w.dtype), w, self.proj.bias).float()
+        return acc(F.linear(x.to(w.dtype), w, self.proj.bias))
 
     def factors(self, x_part: torch.Tensor | None, y_prev: torch.Tensor) -> MixerFactors:
         """Q_t's factors given the precomputed x-part (..., P) and the shifted iterate y_{t-1} (..., d)."""
@@ -149,8 +151,8 @@ class ChannelMixer(nn.Module):
         pre = x_part
         if self.input_mode != "x":
             w = self.proj.weight[:, d:] if self.input_mode == "concat" else self.proj.weight
-            pre = pre + F.linear(y_prev.to(w.dtype), w).float()
-        strength = self.reflection_scale * self.gain.float().clamp(0.0, 1.0)
+            pre = pre + acc(F.linear(y_prev.to(w.dtype), w))
+        strength = self.reflection_scale * acc(self.gain).clamp(0.0, 1.0)
         lead = pre.shape[:-1]
         if self.kind in ("householder", "dplr"):
             u_raw, a_raw = pre.split(self.split_sizes, dim=-1)

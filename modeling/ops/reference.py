@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from ..mixers import MixerFactors
 
 
+def acc(t: torch.Tensor) -> torch.Tensor:
+    """Accumulation precision: fp32, except that fp64 stays fp64 (exact gradient checks)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _heads_of_groups(t: torch.Tensor, heads: int) -> torch.Tensor:
     """(b, T, g, n) -> (b, T, heads, n): each group's B/C serves heads // g consecutive heads."""
     groups = t.shape[2]
@@ -30,10 +35,10 @@ def _heads_of_groups(t: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def _prepare(x, dt, B, C, mask):
-    x, dt, B, C = x.float(), dt.float(), B.float(), C.float()
+    x, dt, B, C = acc(x), acc(dt), acc(B), acc(C)
     if mask is not None:
         # A padded position must leave the state untouched: zero input and dt (decay exp(0) = 1).
-        m = mask.to(torch.float32)
+        m = mask.to(x.dtype)
         x = x * m[:, :, None, None]
         dt = dt * m[:, :, None]
     return x, dt, _heads_of_groups(B, x.shape[2]), _heads_of_groups(C, x.shape[2])
@@ -53,15 +58,15 @@ def ssd_scan_sequential(
     x, dt, Bh, Ch = _prepare(x, dt, B, C, mask)
     b, T, h, p = x.shape
     n = Bh.shape[-1]
-    H = x.new_zeros(b, h, p, n) if initial_state is None else initial_state.float().clone()
+    H = x.new_zeros(b, h, p, n) if initial_state is None else acc(initial_state).clone()
     ys = []
     for t in range(T):
-        decay = torch.exp(dt[:, t] * A.float())  # (b, h)
+        decay = torch.exp(dt[:, t] * acc(A))  # (b, h)
         H = decay[:, :, None, None] * H + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None, :]
         ys.append(torch.einsum("bhpn,bhn->bhp", H, Ch[:, t]))
     y = torch.stack(ys, dim=1) if T > 0 else x.new_zeros(b, 0, h, p)
     if D is not None:
-        y = y + D.float()[None, None, :, None] * x
+        y = y + acc(D)[None, None, :, None] * x
     return y, H
 
 
@@ -97,7 +102,7 @@ def ssd_scan_chunked(
     Bc = Bh.view(b, c, L, h, n)
     Cc = Ch.view(b, c, L, h, n)
 
-    a = (dtc * A.float()).permute(0, 1, 3, 2)  # (b, c, h, L) log-decay per step
+    a = (dtc * acc(A)).permute(0, 1, 3, 2)  # (b, c, h, L) log-decay per step
     a_cum = torch.cumsum(a, dim=-1)
     # Decay from step j to step i inside a chunk: exp(a_cum_i - a_cum_j) for i >= j.
     seg = a_cum[..., :, None] - a_cum[..., None, :]
@@ -113,7 +118,7 @@ def ssd_scan_chunked(
     chunk_states = torch.einsum("bchl,bclhn,bclhp->bchpn", decay_to_end, Bc, xdt)
 
     # Recurrence across chunks (few steps): state entering each chunk.
-    H = x.new_zeros(b, h, p, n) if initial_state is None else initial_state.float()
+    H = x.new_zeros(b, h, p, n) if initial_state is None else acc(initial_state)
     chunk_decay = torch.exp(a_cum[..., -1])  # (b, c, h)
     entering = []
     for k in range(c):
@@ -124,7 +129,7 @@ def ssd_scan_chunked(
     y_off = torch.einsum("bclhn,bchpn,bchl->bclhp", Cc, H_in, torch.exp(a_cum))
     y = (y_diag + y_off).reshape(b, c * L, h, p)[:, :T]
     if D is not None:
-        y = y + D.float()[None, None, :, None] * x[:, :T]
+        y = y + acc(D)[None, None, :, None] * x[:, :T]
     return y, H
 
 
@@ -135,11 +140,11 @@ def gated_rms_norm(
 
     s, z: (..., d) ; weight: (d,).
     """
-    v = s.float() * F.silu(z.float())
+    v = acc(s) * F.silu(acc(z))
     shape = v.shape
     v = v.reshape(*shape[:-1], shape[-1] // group_size, group_size)
     v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps)
-    return weight.float() * v.reshape(shape)
+    return acc(weight) * v.reshape(shape)
 
 
 def decode_step(
@@ -171,13 +176,13 @@ def decode_step(
 
     b, h, p = x.shape
     d = h * p
-    x = x.float().reshape(b, d)
-    Bh = _heads_of_groups(B.float()[:, None], h)[:, 0]  # (b, h, n)
-    Ch = _heads_of_groups(C.float()[:, None], h)[:, 0]
-    dt = dt.float()
-    decayed = torch.exp(dt * A.float())[:, :, None, None] * state.float()
+    x = acc(x).reshape(b, d)
+    Bh = _heads_of_groups(acc(B)[:, None], h)[:, 0]  # (b, h, n)
+    Ch = _heads_of_groups(acc(C)[:, None], h)[:, 0]
+    dt = acc(dt)
+    decayed = torch.exp(dt * acc(A))[:, :, None, None] * acc(state)
     a = torch.einsum("bhpn,bhn->bhp", decayed, Ch).reshape(b, d)
-    g = (dt * (Ch * Bh).sum(-1) + D.float()).repeat_interleave(p, dim=1)  # (b, d)
+    g = (dt * (Ch * Bh).sum(-1) + acc(D)).repeat_interleave(p, dim=1)  # (b, d)
 
     def f(y: torch.Tensor, rows: torch.Tensor):
         xt = y + apply_mixer(factors.select(rows), x[rows] - y)
