@@ -38,15 +38,24 @@ def ssd_scan(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mamba-2 SSD scan. See `reference.ssd_scan_chunked` for shapes; returns (y fp32, final_state fp32)."""
     if backend_for(x) == "triton":
-        from .ssd_scan import ssd_scan_triton
+        # The kernel module is not named `ssd_scan`: importing a submodule binds its name on this package,
+        # which would shadow this function.
+        from .ssd_scan_triton import ssd_scan_triton
 
         return ssd_scan_triton(x, dt, A, B, C, D, initial_state, mask, chunk_size)
     return reference.ssd_scan_chunked(x, dt, A, B, C, D, initial_state, mask, chunk_size)
 
 
-def decode_step(*args, **kwargs):
-    """One decode token of every row: inner fixed-point loop + state update. See `reference.decode_step`."""
-    return reference.decode_step(*args, **kwargs)
+def decode_step(x: torch.Tensor, *args, **kwargs):
+    """One decode token of every row: inner fixed-point loop + state update. See `reference.decode_step`.
+
+    The Triton kernel covers the householder, dplr and none mixers; kronecker runs the reference."""
+    factors = args[7] if len(args) > 7 else kwargs["factors"]
+    if backend_for(x) == "triton" and factors.kind != "kronecker":
+        from .decode import decode_step_triton
+
+        return decode_step_triton(x, *args, **kwargs)
+    return reference.decode_step(x, *args, **kwargs)
 
 
 gated_rms_norm = reference.gated_rms_norm

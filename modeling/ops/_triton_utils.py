@@ -1,0 +1,26 @@
+"""Small helpers shared by the Triton kernels (interpreter detection, block sizes, dot precision)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1, set before import)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def pow2_at_least(n: int, floor: int = 16) -> int:
+    """The smallest power of two >= max(n, floor): tl.dot needs every dimension >= 16."""
+    v = floor
+    while v < n:
+        v *= 2
+    return v
+
+
+def dot_precision(t: torch.Tensor) -> str:
+    """tl.dot precision: exact fp32 ("ieee") for fp32 inputs, tf32 for half-precision inputs (whose own
+    rounding already dominates); operands are always fp32 values inside the kernels."""
+    return "ieee" if t.dtype == torch.float32 else "tf32"
