@@ -37,7 +37,7 @@ def ssd_scan(
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mamba-2 SSD scan. See `reference.ssd_scan_chunked` for shapes; returns (y fp32, final_state fp32)."""
-    if backend_for(x) == "triton":
+    if backend_for(x) == "triton" and x.dtype != torch.float64:  # fp64 (gradient checks) stays exact
         # The kernel module is not named `ssd_scan`: importing a submodule binds its name on this package,
         # which would shadow this function.
         from .ssd_scan_triton import ssd_scan_triton
@@ -49,9 +49,10 @@ def ssd_scan(
 def decode_step(x: torch.Tensor, *args, **kwargs):
     """One decode token of every row: inner fixed-point loop + state update. See `reference.decode_step`.
 
-    The Triton kernel covers the householder, dplr and none mixers; kronecker runs the reference."""
+    The Triton kernel covers the householder, dplr and none mixers in fp32; kronecker and fp64 run the
+    reference."""
     factors = args[7] if len(args) > 7 else kwargs["factors"]
-    if backend_for(x) == "triton" and factors.kind != "kronecker":
+    if backend_for(x) == "triton" and factors.kind != "kronecker" and x.dtype != torch.float64:
         from .decode import decode_step_triton
 
         return decode_step_triton(x, *args, **kwargs)

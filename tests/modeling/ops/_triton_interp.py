@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def run_interpreted(code: str, timeout: int = 240) -> str:
+def run_interpreted(code: str, timeout: int = 600) -> str:
     """Executes `code` with the repo on sys.path and TRITON_INTERPRET=1; fails the test with its output."""
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", FPMAMBA_KERNELS="", PYTHONPATH=str(ROOT))
