@@ -21,6 +21,9 @@ def pow2_at_least(n: int, floor: int = 16) -> int:
 
 
 def dot_precision(t: torch.Tensor) -> str:
-    """tl.dot precision: exact fp32 ("ieee") for fp32 inputs, tf32 for half-precision inputs (whose own
-    rounding already dominates); operands are always fp32 values inside the kernels."""
-    return "ieee" if t.dtype == torch.float32 else "tf32"
+    """tl.dot precision (operands are fp32 values inside the kernels): tf32 for half-precision inputs, whose own
+    rounding dominates; for fp32 inputs it follows torch's switch for fp32 matmuls,
+    `torch.set_float32_matmul_precision`: "highest" (torch's default) -> exact fp32 ("ieee"), else tf32."""
+    if t.dtype != torch.float32:
+        return "tf32"
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
