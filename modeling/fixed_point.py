@@ -89,9 +89,9 @@ def solve(
     y_out = torch.empty_like(y0)
     aux_out: list[torch.Tensor] | None = None
     iterations = torch.zeros(batch, dtype=torch.long, device=device)
-    residual = torch.full((batch,), float("inf"), device=device)
-    delta = torch.full((batch,), float(settings.damping), device=device)
-    best = torch.full((batch,), float("inf"), device=device)
+    residual = torch.full((batch,), float("inf"), device=device, dtype=y0.dtype)
+    delta = torch.full((batch,), float(settings.damping), device=device, dtype=y0.dtype)
+    best = torch.full((batch,), float("inf"), device=device, dtype=y0.dtype)
     stall = torch.zeros(batch, dtype=torch.long, device=device)
     active = torch.arange(batch, device=device)
     n_done = 0
@@ -168,16 +168,25 @@ def implicit_output(
     if not y_out.requires_grad:
         return y_out, aux
 
+    solving = False
+
     def adjoint(grad: torch.Tensor) -> torch.Tensor:
-        g = grad
-        for k in range(1, settings.max_iter + 1):
-            (jt_g,) = torch.autograd.grad(y_out, y_in, g, retain_graph=True)
-            g_new = grad + jt_g
-            check_finite(g_new, layer_idx, k)
-            converged = bool((relative_residual(g_new, g, settings.eps) < settings.tol).all())
-            g = g_new
-            if converged:
-                break
+        nonlocal solving
+        if solving:  # the vector-Jacobian products below flow through y_out too: leave those alone
+            return grad
+        solving = True
+        try:
+            g = grad
+            for k in range(1, settings.max_iter + 1):
+                (jt_g,) = torch.autograd.grad(y_out, y_in, g, retain_graph=True)
+                g_new = grad + jt_g
+                check_finite(g_new, layer_idx, k)
+                converged = bool((relative_residual(g_new, g, settings.eps) < settings.tol).all())
+                g = g_new
+                if converged:
+                    break
+        finally:
+            solving = False
         return g
 
     y_out.register_hook(adjoint)

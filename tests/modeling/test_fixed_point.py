@@ -1,0 +1,81 @@
+"""The solver: finds fixed points of contractive maps, per-row stopping, caps, damping, divergence detection."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modeling.fixed_point import SolverSettings, solve
+
+
+def _affine_map(W: torch.Tensor, c: torch.Tensor):
+    """f(y)_b = W_b y_b + c_b (contractive when ||W_b|| < 1); aux = 2 * yhat, to check aux bookkeeping."""
+
+    def f(y, rows):
+        yhat = torch.einsum("bij,bj->bi", W[rows], y) + c[rows]
+        return yhat, (2 * yhat,)
+
+    return f
+
+
+@settings(max_examples=30, deadline=None)
+@given(b=st.integers(1, 5), d=st.integers(1, 8), lip=st.floats(0.05, 0.9), seed=st.integers(0, 10_000))
+def test_finds_fixed_point_of_contraction(b, d, lip, seed):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(b, d, d, generator=g, dtype=torch.float64)
+    W = lip * W / torch.linalg.matrix_norm(W, 2)[:, None, None]
+    c = torch.randn(b, d, generator=g, dtype=torch.float64)
+    res = solve(_affine_map(W, c), torch.zeros(b, d, dtype=torch.float64), SolverSettings(max_iter=2000, tol=1e-12))
+    exact = torch.linalg.solve(torch.eye(d, dtype=torch.float64) - W, c)
+    torch.testing.assert_close(res.y_star, exact, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(res.aux[0], 2 * res.y_out)
+    assert bool((res.residual < 1e-12).all())
+
+
+def test_rows_stop_on_their_own_and_do_not_depend_on_the_batch():
+    d = 4
+    W = torch.stack([0.1 * torch.eye(d), 0.8 * torch.eye(d), 0.5 * torch.eye(d)]).double()
+    c = torch.randn(3, d, dtype=torch.float64)
+    s = SolverSettings(max_iter=500, tol=1e-8)
+    together = solve(_affine_map(W, c), torch.zeros(3, d, dtype=torch.float64), s)
+    assert together.iterations[0] < together.iterations[2] < together.iterations[1]
+    for i in range(3):
+        alone = solve(_affine_map(W[i : i + 1], c[i : i + 1]), torch.zeros(1, d, dtype=torch.float64), s)
+        assert torch.equal(alone.y_star[0], together.y_star[i])
+        assert alone.iterations[0] == together.iterations[i]
+
+
+def test_cap_is_respected_and_reported():
+    W = 0.99 * torch.eye(3, dtype=torch.float64)[None]
+    res = solve(_affine_map(W, torch.ones(1, 3, dtype=torch.float64)), torch.zeros(1, 3, dtype=torch.float64),
+                SolverSettings(max_iter=7, tol=1e-12))
+    assert res.iterations.tolist() == [7]
+    assert res.residual[0] > 1e-12
+
+
+def test_train_quantile_stops_the_batch_early():
+    d = 2
+    W = torch.stack([0.01 * torch.eye(d)] * 3 + [0.95 * torch.eye(d)]).double()
+    c = torch.ones(4, d, dtype=torch.float64)
+    s = SolverSettings(max_iter=1000, tol=1e-6, train_quantile=0.75)
+    res = solve(_affine_map(W, c), torch.zeros(4, d, dtype=torch.float64), s, training=True)
+    assert res.iterations.max() == res.iterations[:3].max()  # the slow row was cut with the others
+    full = solve(_affine_map(W, c), torch.zeros(4, d, dtype=torch.float64), s, training=False)
+    assert full.iterations[3] > res.iterations[3]
+
+
+def test_damping_rescues_an_oscillating_map():
+    """f(y) = -1.5 y + 1 diverges undamped; damping shrinks after stalls and converges to y* = 0.4."""
+    W = torch.full((1, 1, 1), -1.5, dtype=torch.float64)
+    c = torch.ones(1, 1, dtype=torch.float64)
+    s = SolverSettings(max_iter=400, tol=1e-8, damping=1.0, damping_decay=0.5, damping_patience=2)
+    res = solve(_affine_map(W, c), torch.zeros(1, 1, dtype=torch.float64), s)
+    torch.testing.assert_close(res.y_star, torch.full((1, 1), 0.4, dtype=torch.float64), rtol=1e-6, atol=1e-6)
+
+
+def test_non_finite_values_raise_naming_the_layer():
+    def f(y, rows):
+        return y + float("nan"), ()
+
+    with pytest.raises(FloatingPointError, match="layer 3"):
+        solve(f, torch.zeros(2, 3), SolverSettings(max_iter=5, tol=1e-3), layer_idx=3)
