@@ -39,6 +39,9 @@ class FPMambaConfig(PreTrainedConfig):
     Per-call `fp_max_iter` / `fp_tol` arguments of forward() and generate() override these caps and tolerance.
     Gradients: fp_backward ("one_step": fp_backward_steps applications from the detached fixed point;
     "implicit": adjoint fixed point, capped by fp_backward_max_iter at fp_backward_tol).
+    fp_sync_ranks: in training under torch.distributed (more than one rank), all ranks run the same number of
+    iterations per solve (one all-reduce per iteration), so sharded training cannot deadlock; see
+    fpmamba_hf/distributed.py.
     """
 
     model_type = "fp_mamba"
@@ -82,6 +85,7 @@ class FPMambaConfig(PreTrainedConfig):
     fp_backward_steps: int = _L.fp_backward_steps
     fp_backward_max_iter: int = _L.fp_backward_max_iter
     fp_backward_tol: float = _L.fp_backward_tol
+    fp_sync_ranks: bool = True
     use_cache: bool = True
     pad_token_id: int | None = None
     bos_token_id: int | None = None

@@ -21,11 +21,14 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput
 
+from modeling.checkpointing import FixedPointReplay
+from modeling.fixed_point import ContinueSync
 from modeling.layer import FPMambaMixer, GatedRMSNorm
 from modeling.mixers import ChannelMixer
 
 from .cache import has_state, read_state, write_state
 from .configuration_fpmamba import FPMambaConfig
+from .distributed import training_sync
 
 _FP_CALL_KEYS = ("fp_max_iter", "fp_tol")
 
@@ -46,7 +49,12 @@ class FPMambaRMSNorm(nn.Module):
 
 
 class FPMambaBlock(GradientCheckpointingLayer):
-    """Pre-norm residual block around one FPMambaMixer. Returns (hidden_states, iterations (batch,))."""
+    """Pre-norm residual block around one FPMambaMixer. Returns (hidden_states, iterations (batch,)).
+
+    The whole fixed-point loop runs inside this block, which is the unit of activation checkpointing and of FSDP
+    sharding (`_no_split_modules`): one parameter all-gather per block forward, whatever the iteration count.
+    `fp_sync` / `fp_replay` are passed by keyword so that a checkpoint binds them once for forward and recompute.
+    """
 
     def __init__(self, config: FPMambaConfig, layer_idx: int) -> None:
         super().__init__()
@@ -62,6 +70,8 @@ class FPMambaBlock(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         fp_max_iter: int | None = None,
         fp_tol: float | None = None,
+        fp_sync: ContinueSync | None = None,
+        fp_replay: FixedPointReplay | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         residual = hidden_states
@@ -78,6 +88,8 @@ class FPMambaBlock(GradientCheckpointingLayer):
             return_state=cache_params is not None,
             fp_max_iter=fp_max_iter,
             fp_tol=fp_tol,
+            sync=fp_sync,
+            replay=fp_replay,
         )
         if cache_params is not None:
             write_state(cache_params, self.layer_idx, out.state)
@@ -217,9 +229,13 @@ class FPMambaModel(FPMambaPreTrainedModel):
         hidden_states = inputs_embeds
         all_hidden_states = () if output_hidden_states else None
         iterations = []
+        sync = training_sync(self.config.fp_sync_ranks, self.training, hidden_states.device)
         for block in self.layers:
+            # A checkpointed block's recompute replays the fixed point its forward found (modeling/checkpointing.py).
+            replay = FixedPointReplay() if block.gradient_checkpointing and block.training else None
             hidden_states, its = block(
-                hidden_states, cache_params=cache_params, attention_mask=mask, fp_max_iter=fp_max_iter, fp_tol=fp_tol
+                hidden_states, cache_params=cache_params, attention_mask=mask, fp_max_iter=fp_max_iter,
+                fp_tol=fp_tol, fp_sync=sync, fp_replay=replay,
             )
             iterations.append(its)
             if output_hidden_states:
@@ -273,6 +289,8 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*): next-token targets; they
             are shifted inside the model (labels = input_ids works), -100 is ignored.
+        shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*, in kwargs): targets
+            already aligned with the logits (used instead of shifting `labels`), e.g. `fpmamba_hf.tasks` labels.
         fp_max_iter, fp_tol: the fixed-point budget for this call only (see FPMambaModel.forward).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -294,7 +312,10 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
             hidden_states = hidden_states[:, logits_to_keep]
         logits = self.lm_head(hidden_states.to(self.lm_head.weight.dtype)).float()
         loss = None
-        if labels is not None:
+        if labels is not None or kwargs.get("shift_labels") is not None:
+            # transformers' causal-LM loss contract: `labels` are shifted inside; already aligned targets come as
+            # `shift_labels` (labels[:, i] = target of position i); `num_items_in_batch` (Trainer, gradient
+            # accumulation) turns the mean into sum / items so accumulated micro-batches equal one big batch.
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         if self._fp_generation_log is not None:
             self._fp_generation_log.append(outputs.fp_iterations)

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
+from .checkpointing import FixedPointReplay
 from .fixed_point import ContinueSync, SolverSettings, implicit_output, one_step_output, solve
 from .ops.reference import acc
 from .mixers import MIXER_INPUTS, MIXER_KINDS, ChannelMixer, apply_mixer
@@ -250,15 +251,20 @@ class FPMambaMixer(nn.Module):
         out = F.conv1d(history[..., 1:], self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
         return F.silu(out).transpose(1, 2), history[..., -k:]
 
-    def _finish(self, f, res):
-        """The differentiable output f(y*) (and aux) according to fp_backward; plain result without autograd."""
-        if not torch.is_grad_enabled():
-            return res.y_out, res.aux
+    def _finish(self, f, y_star: torch.Tensor, plain: tuple | None):
+        """The output f(y*) and aux. With autograd: differentiable according to fp_backward. Without: the solver's
+        own f(y*) (`plain`), or computed when there is none (a checkpoint replay) or when training uses several
+        one-step applications (so a checkpoint's no-grad first forward yields the value its recompute
+        differentiates)."""
         c = self.config
-        if c.fp_backward == "implicit":
+        grad = torch.is_grad_enabled()
+        if grad and c.fp_backward == "implicit":
             adj = SolverSettings(max_iter=c.fp_backward_max_iter, tol=c.fp_backward_tol)
-            return implicit_output(f, res.y_star, adj, self.layer_idx)
-        return one_step_output(f, res.y_star, c.fp_backward_steps)
+            return implicit_output(f, y_star, adj, self.layer_idx)
+        steps = c.fp_backward_steps if (grad or self.training) and c.fp_backward == "one_step" else 1
+        if grad or plain is None or steps > 1:
+            return one_step_output(f, y_star, steps)
+        return plain
 
     # ----------------------------------------------------------------------------------------------- forward
     def forward(
@@ -270,9 +276,12 @@ class FPMambaMixer(nn.Module):
         fp_max_iter: int | None = None,
         fp_tol: float | None = None,
         sync: ContinueSync | None = None,
+        replay: FixedPointReplay | None = None,
     ) -> MixerOutput:
         """hidden_states (b, T, hidden); attention_mask (b, T) with 1 for real tokens (left padding only);
-        state: the LayerState of the previous call (continues the sequence). T = 1 with a state is a decode step."""
+        state: the LayerState of the previous call (continues the sequence). T = 1 with a state is a decode step.
+        sync: makes data-parallel ranks agree to continue each iteration (see fixed_point.solve).
+        replay: activation checkpointing; an empty one records y*, a filled one is applied instead of solving."""
         b, T, _ = hidden_states.shape
         dtype = hidden_states.dtype
         settings = self._settings(fp_max_iter, fp_tol)
@@ -301,22 +310,33 @@ class FPMambaMixer(nn.Module):
         def f(y: torch.Tensor, rows: torch.Tensor):
             ys = torch.cat([y_prev0[rows, None], y[:, :-1]], dim=1)
             xr = x[rows]
-            xt = y + apply_mixer(self.mixer.factors(None if x_part is None else x_part[rows], ys), xr - y)
+            factors = self.mixer.factors(None if x_part is None else x_part[rows], ys)
             B, C = self._bc(Bx[rows], Cx[rows], ys)
-            s, H = ops.ssd_scan(
-                xt.view(-1, T, self.num_heads, self.head_dim), self._dt(dt_raw[rows], ys), A, B, C, self.D,
-                None if H0 is None else H0[rows], None if mask is None else mask[rows], self.config.chunk_size,
-            )
-            yhat = self.norm(s.reshape(-1, T, self.d_inner), z[rows])
+            dt = self._dt(dt_raw[rows], ys)
+            # The projections above may run in bf16/fp16 under autocast (matmul inputs only, results upcast);
+            # the iterate, the scan's state and its accumulation stay fp32.
+            with torch.autocast(y.device.type, enabled=False):
+                xt = y + apply_mixer(factors, xr - y)
+                s, H = ops.ssd_scan(
+                    xt.view(-1, T, self.num_heads, self.head_dim), dt, A, B, C, self.D,
+                    None if H0 is None else H0[rows], None if mask is None else mask[rows], self.config.chunk_size,
+                )
+                yhat = self.norm(s.reshape(-1, T, self.d_inner), z[rows])
             if maskf is not None:
                 yhat = yhat * maskf[rows, :, None]
             return yhat, (H,)
 
-        res = solve(f, x.new_zeros(b, T, self.d_inner), settings, self.training, self.layer_idx, sync)
-        y_out, (H,) = self._finish(f, res)
+        if replay is not None and replay.filled:
+            y_star, iterations, residual, plain = replay.y_star, replay.iterations, replay.residual, None
+        else:
+            res = solve(f, x.new_zeros(b, T, self.d_inner), settings, self.training, self.layer_idx, sync)
+            y_star, iterations, residual, plain = res.y_star, res.iterations, res.residual, (res.y_out, res.aux)
+            if replay is not None:
+                replay.record(y_star, iterations, residual)
+        y_out, (H,) = self._finish(f, y_star, plain)
         out = self.out_proj(y_out.to(dtype))
-        new_state = LayerState(window, H.detach(), res.y_star[:, -1].detach()) if return_state else None
-        return MixerOutput(out, new_state, res.iterations, res.residual)
+        new_state = LayerState(window, H.detach(), y_star[:, -1].detach()) if return_state else None
+        return MixerOutput(out, new_state, iterations, residual)
 
     def _decode(self, x, z, Bx, Cx, dt_raw, A, x_part, state, window, settings, dtype, return_state) -> MixerOutput:
         """One token per row through `ops.decode_step` (inference: no autograd through the inner loop)."""
