@@ -1,0 +1,121 @@
+"""The `fpmamba` console script: train and evaluate FP-Mamba and baselines on the paper's synthetic tasks.
+
+    fpmamba task list
+    fpmamba task train --task S3 --models fpmamba diagonal --train-length 8 --steps 300 --output-dir outputs/s3
+    fpmamba task train --config examples/recipes/a5.json          # a recipe; flags given explicitly override it
+    fpmamba task eval --task S3 --train-length 8 --model-dir outputs/s3/models/fpmamba --fp-max-iter 40
+
+Both subcommands write results.json, results.csv, table.txt, accuracy_vs_length.png and iterations_vs_length.png
+into --output-dir and print the length-generalisation table. The logic lives in fpmamba_hf.experiments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from .experiments import MODEL_KINDS, ExperimentConfig, ModelSpec, TrainSettings, load_config, run_evaluation
+from .experiments import run_experiment
+from .tasks import TASKS
+
+# Flags that map onto ExperimentConfig / ModelSpec / TrainSettings fields (dest name == field name).
+_TOP = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"model", "training"}
+_MODEL = {f.name for f in dataclasses.fields(ModelSpec)}
+_TRAINING = {f.name for f in dataclasses.fields(TrainSettings)}
+
+
+def _add_common_eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", help="task name: " + ", ".join(TASKS) + ", or a group such as S3, A4, Z7")
+    p.add_argument("--train-length", dest="train_length", type=int, help="longest training length (marked on plots)")
+    p.add_argument("--output-dir", dest="output_dir", help="where results and plots go")
+    p.add_argument("--eval-factor", dest="eval_factor", type=int, help="evaluate up to this x the training length")
+    p.add_argument("--eval-points", dest="eval_points", type=int, help="at most about this many lengths")
+    p.add_argument("--eval-examples", dest="eval_examples", type=int, help="rows per evaluated length")
+    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
+    p.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fpmamba", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = parser.add_subparsers(dest="group", required=True)
+    task = groups.add_parser("task", help="synthetic tasks: list, train, eval")
+    commands = task.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list the registered tasks")
+
+    train = commands.add_parser("train", help="train models with Trainer and evaluate length generalisation")
+    train.add_argument("--config", help="JSON recipe (examples/recipes/*.json); explicit flags override it")
+    _add_common_eval_flags(train)
+    train.add_argument("--models", nargs="+", choices=MODEL_KINDS, help="model kinds to train (default: fpmamba)")
+    train.add_argument("--min-train-length", dest="min_train_length", type=int)
+    train.add_argument("--train-examples", dest="train_examples", type=int)
+    train.add_argument("--eval-fp-max-iter", dest="eval_fp_max_iter", type=int)
+    train.add_argument("--eval-fp-tol", dest="eval_fp_tol", type=float)
+    train.add_argument("--save-models", dest="save_models", action="store_true", default=None)
+    train.add_argument("--hidden-size", dest="hidden_size", type=int)
+    train.add_argument("--state-size", dest="state_size", type=int)
+    train.add_argument("--head-dim", dest="head_dim", type=int)
+    train.add_argument("--num-layers", dest="num_layers", type=int, help="default: the kind's own (1; mamba2: 2)")
+    train.add_argument("--chunk-size", dest="chunk_size", type=int)
+    train.add_argument("--mixer-type", dest="mixer_type", choices=("householder", "dplr", "kronecker"))
+    train.add_argument("--mixer-rank", dest="mixer_rank", type=int)
+    train.add_argument("--mixer-reflection-scale", dest="mixer_reflection_scale", type=int, choices=(1, 2))
+    train.add_argument("--fp-max-iter", dest="fp_max_iter", type=int, help="training iteration cap")
+    train.add_argument("--fp-max-iter-eval", dest="fp_max_iter_eval", type=int, help="evaluation iteration cap")
+    train.add_argument("--fp-tol", dest="fp_tol", type=float)
+    train.add_argument("--steps", type=int)
+    train.add_argument("--batch-size", dest="batch_size", type=int)
+    train.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float)
+    train.add_argument("--weight-decay", dest="weight_decay", type=float)
+    train.add_argument("--seed", type=int)
+
+    evaluate = commands.add_parser("eval", help="evaluate saved models (save_pretrained directories)")
+    _add_common_eval_flags(evaluate)
+    evaluate.add_argument("--model-dir", dest="model_dirs", nargs="+", required=True)
+    evaluate.add_argument("--fp-max-iter", dest="fp_max_iter", type=int, help="FP-Mamba iteration cap")
+    evaluate.add_argument("--fp-tol", dest="fp_tol", type=float)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """The recipe (if any) with every explicitly given flag applied on top."""
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("group", "command", "config")}
+    config = load_config(args.config) if args.config else None
+    if config is None:
+        missing = [name for name in ("task", "train_length", "output_dir") if name not in given]
+        if missing:
+            raise SystemExit(f"fpmamba task train: give --config or all of {', '.join('--' + m.replace('_', '-') for m in missing)}")
+        config = ExperimentConfig(task=given["task"], models=["fpmamba"], output_dir=given["output_dir"],
+                                  train_length=given["train_length"])
+    top = {k: v for k, v in given.items() if k in _TOP}
+    model = dataclasses.replace(config.model, **{k: v for k, v in given.items() if k in _MODEL})
+    training = dataclasses.replace(config.training, **{k: v for k, v in given.items() if k in _TRAINING})
+    return dataclasses.replace(config, model=model, training=training, **top)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "list":
+        for name, spec in TASKS.items():
+            print(f"{name:20s} vocab {spec.vocab_size:4d}  paper train lengths {spec.train_lengths}, "
+                  f"eval {spec.eval_lengths}")
+        print("(any group name, e.g. S3, A4, Z7, is a word-problem task too)")
+        return 0
+    if args.command == "train":
+        result = run_experiment(config_from_args(args))
+    else:
+        missing = [f for f in ("task", "train_length", "output_dir") if getattr(args, f) is None]
+        if missing:
+            raise SystemExit(f"fpmamba task eval: missing {', '.join('--' + m.replace('_', '-') for m in missing)}")
+        optional = {k: getattr(args, k) for k in ("eval_factor", "eval_points", "eval_examples", "eval_batch_size",
+                                                   "progress_bar") if getattr(args, k) is not None}
+        result = run_evaluation(args.model_dirs, args.task, args.train_length, args.output_dir,
+                                fp_max_iter=args.fp_max_iter, fp_tol=args.fp_tol, **optional)
+    print(result.table)
+    print("wrote: " + ", ".join(str(p) for p in result.files.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

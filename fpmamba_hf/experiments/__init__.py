@@ -1,0 +1,22 @@
+"""Training and length-generalisation harness for the paper's synthetic tasks (PAPER.md section 6).
+
+`run_experiment(ExperimentConfig(...))` trains FP-Mamba and/or baselines with transformers' Trainer and writes
+results.json / results.csv / table.txt / accuracy_vs_length.png / iterations_vs_length.png. The `fpmamba`
+console script (fpmamba_hf.cli) and examples/demo.py are thin layers over it. Importing this package registers
+the LSTM baseline (model_type "fpmamba_lstm") with the Auto classes.
+"""
+
+from .data import collate, eval_lengths
+from .evaluation import LengthResult, evaluate_lengths, primary_metric
+from .lstm import LSTMConfig, LSTMForCausalLM
+from .models import MODEL_KINDS, ModelSpec, build_model, count_parameters
+from .reporting import format_table, load_results_csv, plot_results, write_results
+from .runner import ExperimentConfig, ExperimentResult, load_config, run_evaluation, run_experiment
+from .training import AlignedLabelTrainer, TrainSettings, train
+
+__all__ = [
+    "MODEL_KINDS", "AlignedLabelTrainer", "ExperimentConfig", "ExperimentResult", "LSTMConfig", "LSTMForCausalLM",
+    "LengthResult", "ModelSpec", "TrainSettings", "build_model", "collate", "count_parameters", "eval_lengths",
+    "evaluate_lengths", "format_table", "load_config", "load_results_csv", "plot_results", "primary_metric",
+    "run_evaluation", "run_experiment", "train", "write_results",
+]

@@ -1,0 +1,91 @@
+"""Length generalisation: accuracy and mean fixed-point iterations at every evaluated length."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..modeling_fpmamba import FPMambaForCausalLM
+from ..tasks import TaskSpec
+from .data import collate
+
+# The headline metric of each task family, first match wins (word problems, copy, arithmetic / parity).
+PRIMARY_METRICS = ("seq_acc", "string_acc", "acc")
+
+
+@dataclass
+class LengthResult:
+    """One evaluated length: the task's primary accuracy, all its metrics, and the mean / max fixed-point
+    iterations per sequence (averaged over layers; None for models without a fixed-point solver)."""
+
+    length: int
+    accuracy: float
+    metrics: dict[str, float]
+    fp_iterations_mean: float | None
+    fp_iterations_max: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def primary_metric(metrics: dict[str, float]) -> str:
+    """Name of the headline accuracy among a task's metrics."""
+    for name in PRIMARY_METRICS:
+        if name in metrics:
+            return name
+    raise KeyError(f"none of {PRIMARY_METRICS} among the metrics {sorted(metrics)}")
+
+
+@torch.no_grad()
+def evaluate_length(
+    model: nn.Module, task: TaskSpec, length: int, num_examples: int, batch_size: int, seed: int,
+    fp_max_iter: int | None = None, fp_tol: float | None = None,
+) -> LengthResult:
+    """Evaluate on `num_examples` fresh rows of exactly `length` (seeded per length, so every model sees the
+    same rows). fp_max_iter / fp_tol override an FP-Mamba's evaluation budget for this call."""
+    dataset = task.build(num_examples, length, length, seed + length)
+    fp_kwargs = {}
+    if isinstance(model, FPMambaForCausalLM):
+        fp_kwargs = {k: v for k, v in (("fp_max_iter", fp_max_iter), ("fp_tol", fp_tol)) if v is not None}
+    device = next(model.parameters()).device
+    preds, labels, iterations = [], [], []
+    for start in range(0, num_examples, batch_size):
+        batch = collate(dataset.select(range(start, min(start + batch_size, num_examples))))
+        out = model(input_ids=batch["input_ids"].to(device), **fp_kwargs)
+        preds.append(out.logits.argmax(-1).cpu())
+        labels.append(batch["labels"])
+        its = getattr(out, "fp_iterations", None)
+        if its is not None:
+            iterations.append(its.float().mean(dim=1).cpu())  # per sequence, averaged over layers
+    metrics = task.metrics(torch.cat(preds), torch.cat(labels))
+    its = torch.cat(iterations).numpy() if iterations else None
+    return LengthResult(
+        length=length,
+        accuracy=metrics[primary_metric(metrics)],
+        metrics={k: v for k, v in metrics.items() if "@" not in k},  # per-prefix entries are redundant here
+        fp_iterations_mean=float(np.mean(its)) if its is not None else None,
+        fp_iterations_max=float(np.max(its)) if its is not None else None,
+    )
+
+
+def evaluate_lengths(
+    model: nn.Module, task: TaskSpec, lengths: list[int], num_examples: int = 256, batch_size: int = 128,
+    seed: int = 10_000, fp_max_iter: int | None = None, fp_tol: float | None = None, progress_bar: bool = True,
+) -> list[LengthResult]:
+    """`evaluate_length` at every length, in eval mode (the model's mode is restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return [
+            evaluate_length(model, task, n, num_examples, batch_size, seed, fp_max_iter, fp_tol)
+            for n in tqdm(lengths, desc="eval lengths", disable=not progress_bar)
+        ]
+    finally:
+        model.train(was_training)
+
+
+__all__ = ["LengthResult", "PRIMARY_METRICS", "evaluate_length", "evaluate_lengths", "primary_metric"]

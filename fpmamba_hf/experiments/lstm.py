@@ -1,0 +1,71 @@
+"""A small LSTM language model, the recurrent baseline of the paper's experiments (PAPER.md section 6).
+
+It is a `PreTrainedModel` so the same `Trainer`, `save_pretrained` and `AutoModelForCausalLM` paths serve it and
+FP-Mamba alike; importing `fpmamba_hf.experiments` registers model_type "fpmamba_lstm" with the Auto classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.configuration_utils import PreTrainedConfig
+from transformers.modeling_utils import PreTrainedModel
+from transformers.utils import ModelOutput
+
+
+@strict(accept_kwargs=True)
+class LSTMConfig(PreTrainedConfig):
+    """vocab_size, hidden_size (embedding and LSTM width), num_hidden_layers (stacked LSTM layers)."""
+
+    model_type = "fpmamba_lstm"
+
+    vocab_size: int = 32
+    hidden_size: int = 128
+    num_hidden_layers: int = 1
+    tie_word_embeddings: bool = False
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+
+@dataclass
+class LSTMOutput(ModelOutput):
+    """loss (next-token, labels shifted inside like any HF causal LM); logits (batch, T, vocab) fp32."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+class LSTMForCausalLM(PreTrainedModel):
+    """Embedding -> nn.LSTM -> linear head. forward(input_ids, labels=None) -> LSTMOutput."""
+
+    config_class = LSTMConfig
+    config: LSTMConfig
+    base_model_prefix = "lstm"
+
+    def __init__(self, config: LSTMConfig) -> None:
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.lstm = nn.LSTM(config.hidden_size, config.hidden_size, config.num_hidden_layers, batch_first=True)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(self, input_ids: torch.LongTensor, labels: torch.LongTensor | None = None, **kwargs: Any) -> LSTMOutput:
+        hidden, _ = self.lstm(self.embeddings(input_ids))
+        logits = self.lm_head(hidden).float()
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        return LSTMOutput(loss=loss, logits=logits)
+
+
+AutoConfig.register(LSTMConfig.model_type, LSTMConfig, exist_ok=True)
+AutoModelForCausalLM.register(LSTMConfig, LSTMForCausalLM, exist_ok=True)
+
+__all__ = ["LSTMConfig", "LSTMForCausalLM", "LSTMOutput"]
