@@ -92,8 +92,8 @@ class FPMambaConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
     tie_word_embeddings: bool = True
 
-    def validate_architecture(self) -> None:
-        """Run by `@strict` at construction: every layer knob is checked, errors name the field."""
+    def __post_init__(self, **kwargs) -> None:
+        """Every knob is checked at construction (and on load); a ValueError names the offending field."""
         if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
             raise ValueError(f"FPMamba config: invalid vocab_size={self.vocab_size!r}: must be a positive integer")
         if not isinstance(self.num_hidden_layers, int) or self.num_hidden_layers < 1:
@@ -101,6 +101,7 @@ class FPMambaConfig(PreTrainedConfig):
                 f"FPMamba config: invalid num_hidden_layers={self.num_hidden_layers!r}: must be a positive integer"
             )
         self.layer_config().validate()
+        super().__post_init__(**kwargs)
 
     def layer_config(self) -> FPMambaLayerConfig:
         """The per-layer settings (a plain dataclass of the `modeling` package)."""

@@ -1,0 +1,81 @@
+"""Bad input raises a clear error naming the problem, before anything is computed or cached."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from fpmamba_hf import FPMambaConfig
+from tests.fpmamba_hf.helpers import VOCAB, tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def test_token_ids_outside_the_vocabulary(model):
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model(torch.tensor([[1, 2, VOCAB]]))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model(torch.tensor([[-1, 2]]))
+
+
+def test_empty_sequence(model):
+    with pytest.raises(ValueError, match="non-empty"):
+        model(torch.zeros(2, 0, dtype=torch.long))
+
+
+def test_right_padded_mask(model):
+    ids = torch.randint(0, VOCAB, (2, 5))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    with pytest.raises(ValueError, match="right padding"):
+        model(ids, attention_mask=mask)
+
+
+def test_cache_of_the_wrong_batch_size(model):
+    ids = torch.randint(0, VOCAB, (2, 5))
+    cache = model(ids, use_cache=True).cache_params
+    before = [layer.recurrent_states[0].clone() for layer in cache.layers]
+    with pytest.raises(ValueError, match="batch of 2"):
+        model(torch.randint(0, VOCAB, (3, 1)), cache_params=cache, use_cache=True)
+    assert all(torch.equal(b, layer.recurrent_states[0]) for b, layer in zip(before, cache.layers))
+
+
+def test_generate_refuses_to_refeed_a_filled_cache(model):
+    ids = torch.randint(0, VOCAB, (1, 5))
+    cache = model(ids, use_cache=True).cache_params
+    with pytest.raises(ValueError, match="re-feed"):
+        model.generate(ids, cache_params=cache, max_new_tokens=2)
+
+
+def test_wrong_cache_type(model):
+    with pytest.raises(TypeError, match="DynamicCache"):
+        model(torch.randint(0, VOCAB, (1, 3)), cache_params=object(), use_cache=True)
+
+
+def test_bad_per_call_budget(model):
+    ids = torch.randint(0, VOCAB, (1, 3))
+    with pytest.raises(ValueError, match="fp_max_iter"):
+        model(ids, fp_max_iter=0)
+    with pytest.raises(ValueError, match="fp_tol"):
+        model(ids, fp_tol=-1.0)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("mixer_type", "circulant"), ("fp_tol", 0.0), ("fp_tol", float("nan")), ("head_dim", 7), ("n_groups", 3),
+     ("fp_backward", "unrolled"), ("mixer_reflection_scale", 3), ("fp_train_quantile", 1.5), ("fp_max_iter", 0),
+     ("vocab_size", 0), ("mixer_input", "product")],
+)
+def test_invalid_config_values_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        FPMambaConfig(**{**dict(hidden_size=32, head_dim=16), field: value})
+
+
+def test_diverging_iteration_is_reported_not_returned():
+    model = tiny_model(num_hidden_layers=2)
+    with torch.no_grad():
+        model.backbone.layers[1].mixer.out_proj.weight.fill_(float("nan"))
+        model.backbone.layers[1].mixer.in_proj.weight.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match="layer 1"):
+        model(torch.randint(0, VOCAB, (1, 4)))

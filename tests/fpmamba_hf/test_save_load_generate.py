@@ -1,0 +1,89 @@
+"""save_pretrained -> from_pretrained in a fresh process; generate with cache, budgets, sampling and beams."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+import fpmamba_hf
+from tests.fpmamba_hf.helpers import VOCAB, tiny_model
+
+
+def test_save_and_load_in_a_fresh_process_gives_identical_logits(tmp_path):
+    model = tiny_model(mixer_type="kronecker", fp_tol=1e-4)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    ids = torch.randint(0, VOCAB, (2, 11))
+    with torch.no_grad():
+        expected = model(ids).logits
+    torch.save(ids, tmp_path / "ids.pt")
+    script = textwrap.dedent(f"""
+        import torch, fpmamba_hf
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}).eval()
+        assert type(model).__name__ == "FPMambaForCausalLM"
+        with torch.no_grad():
+            torch.save(model(torch.load({str(tmp_path / 'ids.pt')!r})).logits, {str(tmp_path / 'out.pt')!r})
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "fp_mamba" and saved["mixer_type"] == "kronecker"
+    reloaded, original = AutoConfig.from_pretrained(tmp_path).to_dict(), model.config.to_dict()
+    for d in (reloaded, original):
+        d.pop("_name_or_path")
+    assert reloaded == original
+
+
+def test_greedy_with_cache_equals_without_cache():
+    model = tiny_model(fp_tol=1e-5)
+    ids = torch.randint(0, VOCAB, (2, 7))
+    with_cache = model.generate(ids, max_new_tokens=8, do_sample=False)
+    without = model.generate(ids, max_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(with_cache, without)
+
+
+def test_iteration_budget_per_call_is_recorded_and_respected():
+    model = tiny_model(fp_tol=1e-6)
+    ids = torch.randint(0, VOCAB, (2, 7))
+    small = model.generate(ids, max_new_tokens=6, do_sample=False, fp_max_iter=1, return_dict_in_generate=True,
+                           output_logits=True)
+    large = model.generate(ids, max_new_tokens=6, do_sample=False, fp_max_iter=16, return_dict_in_generate=True)
+    assert small.fp_iterations.shape == (2, 6, model.config.num_hidden_layers)
+    assert small.fp_iterations.dtype == torch.long
+    assert int(small.fp_iterations.max()) == 1
+    assert int(large.fp_iterations.max()) <= 16 and int(large.fp_iterations.max()) > 1
+    assert len(small.logits) == 6
+
+
+def test_generation_config_supplies_the_default_budget(tmp_path):
+    model = tiny_model(fp_tol=1e-6)
+    model.generation_config = GenerationConfig(fp_max_iter=2, max_new_tokens=4, do_sample=False)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, VOCAB, (1, 5))
+    out = reloaded.generate(ids, return_dict_in_generate=True)
+    assert int(out.fp_iterations.max()) == 2
+    out = reloaded.generate(ids, return_dict_in_generate=True, fp_max_iter=3)  # the call overrides the file
+    assert int(out.fp_iterations.max()) == 3
+
+
+def test_sampling_and_beam_search_run():
+    model = tiny_model()
+    ids = torch.randint(0, VOCAB, (2, 5))
+    torch.manual_seed(1)
+    sampled = model.generate(ids, max_new_tokens=5, do_sample=True, top_k=10, num_return_sequences=2,
+                             return_dict_in_generate=True)
+    assert sampled.sequences.shape == (4, 10) and sampled.fp_iterations.shape[:2] == (4, 5)
+    beams = model.generate(ids, max_new_tokens=5, num_beams=3, do_sample=False)
+    assert beams.shape == (2, 10)
+    assert bool(((beams >= 0) & (beams < VOCAB)).all())
+
+
+def test_auto_classes_are_registered():
+    assert AutoConfig.for_model("fp_mamba").__class__ is fpmamba_hf.FPMambaConfig
+    model = AutoModelForCausalLM.from_config(fpmamba_hf.FPMambaConfig(vocab_size=10, hidden_size=32, head_dim=16))
+    assert isinstance(model, fpmamba_hf.FPMambaForCausalLM)
