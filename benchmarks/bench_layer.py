@@ -23,7 +23,7 @@ from modeling.layer import FPMambaLayerConfig, FPMambaMixer  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[2048])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--fp32-matmul", default="high", choices=["highest", "high"])
     ap.add_argument("--reference-max-len", type=int, default=2048)
@@ -57,6 +57,7 @@ def main() -> None:
                 row[f"train_{k}it_ms"] = median_ms(step, warmup_ms=20, rep_ms=100)
                 row[f"train_{k}it_peak_MiB"] = peak_mib(step)
             rows.append(row)
+            print(row, flush=True)
             torch.cuda.empty_cache()
     os.environ.pop("FPMAMBA_KERNELS", None)
     report(f"FPMambaMixer layer, batch {args.batch}, d_model 768, householder r=2, bf16 weights, "

@@ -52,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192])
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--reference-lengths", type=int, nargs="*", default=[2048])
     args = ap.parse_args()
     h, p, n, g = 24, 64, 128, 1
     try:
@@ -66,7 +66,7 @@ def main() -> None:
             ts = inputs(args.batch, T, h, p, g, n, torch.bfloat16, bwd)
             ours = lambda x, dt, A, B, C, D: ssd_scan_triton(x, dt, A, B, C, D)  # noqa: E731
             row["ours_ms"] = time_scan(ours, ts, bwd)
-            if not args.no_reference:
+            if T in args.reference_lengths:
                 ref = lambda x, dt, A, B, C, D: reference.ssd_scan_chunked(x, dt, A, B, C, D)  # noqa: E731
                 row["reference_ms"] = time_scan(ref, ts, bwd)
             if chunk_simple_gla is not None:
@@ -85,6 +85,7 @@ def main() -> None:
                 except RuntimeError as e:  # fla refuses its gated backward on Triton < 3.7.1 + Hopper
                     row["fla_chunk_simple_gla_ms"] = "refused: " + str(e).split("(")[0].strip()[:60]
             rows.append(row)
+            print(row, flush=True)
             del ts
             torch.cuda.empty_cache()
     report("SSD scan, batch %d, 24 heads x 64, d_state 128, n_groups 1, bf16" % args.batch, rows,

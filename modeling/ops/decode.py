@@ -67,10 +67,12 @@ def _solve_kernel(x_ptr, z_ptr, a_ptr, g_ptr, w_ptr, u_ptr, coef_ptr,
     a = tl.load(a_ptr + base + idx, mask=valid, other=0.0)
     g = tl.load(g_ptr + row * (d // P) + idx // P, mask=valid, other=0.0)
     w = tl.load(w_ptr + idx, mask=valid, other=0.0).to(tl.float32)
+    # Separate initial values: loop-carried variables aliasing one value miscompiled on the GPU (y* came
+    # back wrong with y_star = y at init), so every carried tensor gets its own.
     y = tl.zeros((BG, BGS), dtype=tl.float32)
-    y_star = y
-    y_out = y
-    xt_keep = y
+    y_star = tl.zeros((BG, BGS), dtype=tl.float32)
+    y_out = tl.zeros((BG, BGS), dtype=tl.float32)
+    xt_keep = tl.zeros((BG, BGS), dtype=tl.float32)
     k = tl.program_id(0) * 0
     stall = k
     r = damping * 0.0
@@ -103,7 +105,7 @@ def _solve_kernel(x_ptr, z_ptr, a_ptr, g_ptr, w_ptr, u_ptr, coef_ptr,
         scale = tl.max(tl.max(tl.abs(yhat), 1), 0) + res_eps
         r = diff / scale
         done = (r < tol) | (k >= max_iter)
-        y_star = y
+        y_star = tl.where(valid, y, 0.0)  # a new value, not an alias of the carried y
         y_out = yhat
         xt_keep = xt
         # Damping with patience (takes effect from the next iteration, as in fixed_point.solve).
