@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--chunk-size", dest="chunk_size", type=int)
     train.add_argument("--mixer-type", dest="mixer_type", choices=("householder", "dplr", "kronecker"))
     train.add_argument("--mixer-rank", dest="mixer_rank", type=int)
+    train.add_argument("--mixer-input", dest="mixer_input", choices=("concat", "sum", "x"))
     train.add_argument("--mixer-reflection-scale", dest="mixer_reflection_scale", type=int, choices=(1, 2))
     train.add_argument("--fp-max-iter", dest="fp_max_iter", type=int, help="training iteration cap")
     train.add_argument("--fp-max-iter-eval", dest="fp_max_iter_eval", type=int, help="evaluation iteration cap")

@@ -38,6 +38,7 @@ class ModelSpec:
     chunk_size: int = 16
     mixer_type: str = "householder"
     mixer_rank: int = 2
+    mixer_input: str = "concat"
     mixer_reflection_scale: int = 2
     fp_max_iter: int = 16
     fp_max_iter_eval: int = 64
@@ -70,7 +71,7 @@ def build_model(
         hidden_size=spec.hidden_size, num_hidden_layers=layers, state_size=spec.state_size, head_dim=spec.head_dim,
         expand=spec.expand, chunk_size=spec.chunk_size,
         mixer_type="none" if diagonal else spec.mixer_type, mixer_rank=spec.mixer_rank,
-        mixer_reflection_scale=spec.mixer_reflection_scale,
+        mixer_input=spec.mixer_input, mixer_reflection_scale=spec.mixer_reflection_scale,
         fp_max_iter=1 if diagonal else spec.fp_max_iter, fp_max_iter_eval=1 if diagonal else spec.fp_max_iter_eval,
         fp_tol=spec.fp_tol, **tokens,
     )
