@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--reference-lengths", type=int, nargs="*", default=[2048])
+    ap.add_argument("--fla-backward", action="store_true",
+                    help="also time fla fwd+bwd (fla 0.6.0 refuses it on Hopper with Triton < 3.7.1)")
     args = ap.parse_args()
     h, p, n, g = 24, 64, 128, 1
     try:
@@ -69,7 +71,7 @@ def main() -> None:
             if T in args.reference_lengths:
                 ref = lambda x, dt, A, B, C, D: reference.ssd_scan_chunked(x, dt, A, B, C, D)  # noqa: E731
                 row["reference_ms"] = time_scan(ref, ts, bwd)
-            if chunk_simple_gla is not None:
+            if chunk_simple_gla is not None and (not bwd or args.fla_backward):
                 x, dt, A, B, C, D = ts
                 # Same recurrence in fla's layout: q = C, k = B (per head), v = x dt, log-decay g = dt A.
                 q = C.detach().expand(-1, -1, h, -1).contiguous().requires_grad_(bwd)
