@@ -1,0 +1,55 @@
+"""The `fpmamba` console script: train -> save -> eval round trip, task listing, and the GPU recipes' schema."""
+
+from pathlib import Path
+
+import pytest
+
+from fpmamba_hf.cli import build_parser, config_from_args, main
+from fpmamba_hf.experiments import load_config, load_results_csv
+from fpmamba_hf.tasks import TASKS
+
+ROOT = Path(__file__).resolve().parents[3]
+RECIPES = sorted((ROOT / "examples" / "recipes").glob("*.json"))
+TINY = ["--train-length", "4", "--eval-points", "3", "--eval-examples", "5", "--hidden-size", "16", "--head-dim", "8",
+        "--state-size", "8", "--fp-max-iter", "2", "--fp-max-iter-eval", "3", "--no-progress"]
+
+
+def test_train_then_eval_the_saved_model_gives_the_same_numbers(tmp_path, capsys):
+    assert main(["task", "train", "--task", "parity", "--models", "fpmamba", "--steps", "2", "--batch-size", "4",
+                 "--output-dir", str(tmp_path / "run"), "--save-models", *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert (tmp_path / "run" / "table.txt").read_text().strip() in printed
+    model_dir = tmp_path / "run" / "models" / "fpmamba"
+    assert main(["task", "eval", "--task", "parity", "--train-length", "4", "--eval-points", "3",
+                 "--eval-examples", "5", "--model-dir", str(model_dir), "--output-dir", str(tmp_path / "eval"),
+                 "--no-progress"]) == 0
+    trained = load_results_csv(tmp_path / "run" / "results.csv")
+    reloaded = load_results_csv(tmp_path / "eval" / "results.csv")
+    assert [r["model"] for r in reloaded] == ["fpmamba"] * len(trained)
+    for a, b in zip(trained, reloaded):
+        assert (a["length"], a["accuracy"], a["fp_iterations_mean"]) == (b["length"], b["accuracy"], b["fp_iterations_mean"])
+
+
+def test_list_names_every_task(capsys):
+    assert main(["task", "list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in TASKS)
+
+
+def test_train_without_config_needs_task_length_and_output():
+    with pytest.raises(SystemExit, match="--task"):
+        main(["task", "train", "--train-length", "4", "--output-dir", "x"])
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipes_load_and_flags_override_them(recipe):
+    config = load_config(recipe)
+    assert config.task in TASKS and config.train_length >= 1 and config.models
+    args = build_parser().parse_args(["task", "train", "--config", str(recipe), "--steps", "7", "--hidden-size", "32"])
+    overridden = config_from_args(args)
+    assert overridden.training.steps == 7 and overridden.model.hidden_size == 32
+    assert overridden.model.mixer_rank == config.model.mixer_rank and overridden.task == config.task
+
+
+def test_recipes_cover_the_paper_tasks():
+    assert {load_config(p).task for p in RECIPES} >= {"A5", "S5", "copy", "modular_arithmetic"}
