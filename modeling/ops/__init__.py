@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import os
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from . import reference
+
+if TYPE_CHECKING:
+    from ..fixed_point import SolverSettings
+    from ..mixers import MixerFactors
 
 _BACKENDS = ("triton", "reference")
 
@@ -46,17 +52,32 @@ def ssd_scan(
     return reference.ssd_scan_chunked(x, dt, A, B, C, D, initial_state, mask, chunk_size)
 
 
-def decode_step(x: torch.Tensor, *args, **kwargs):
+def decode_step(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    state: torch.Tensor,
+    factors: MixerFactors,
+    norm_weight: torch.Tensor,
+    norm_eps: float,
+    norm_group_size: int,
+    settings: SolverSettings,
+    layer_idx: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One decode token of every row: inner fixed-point loop + state update. See `reference.decode_step`.
 
     The Triton kernel covers the householder, dplr and none mixers in fp32; kronecker and fp64 run the
     reference."""
-    factors = args[7] if len(args) > 7 else kwargs["factors"]
+    args = (x, z, dt, A, B, C, D, state, factors, norm_weight, norm_eps, norm_group_size, settings, layer_idx)
     if backend_for(x) == "triton" and factors.kind != "kronecker" and x.dtype != torch.float64:
         from .decode import decode_step_triton
 
-        return decode_step_triton(x, *args, **kwargs)
-    return reference.decode_step(x, *args, **kwargs)
+        return decode_step_triton(*args)
+    return reference.decode_step(*args)
 
 
 gated_rms_norm = reference.gated_rms_norm
