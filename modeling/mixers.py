@@ -115,7 +115,7 @@ class ChannelMixer(nn.Module):
             self.split_sizes = [m1 * m1, m2 * m2, m1, m2]
         in_dim = 2 * d_inner if input_mode == "concat" else d_inner
         self.proj = nn.Linear(in_dim, sum(self.split_sizes), bias=True)
-        self.gain = nn.Parameter(torch.ones(()))
+        self.gain = nn.Parameter(torch.ones(1))  # shape (1,), not (): FSDP2's fully_shard rejects 0-dim parameters
         self.reset_parameters()
 
     def initial_values(self) -> dict[str, torch.Tensor]:
@@ -152,7 +152,7 @@ class ChannelMixer(nn.Module):
         if self.input_mode != "x":
             w = self.proj.weight[:, d:] if self.input_mode == "concat" else self.proj.weight
             pre = pre + acc(F.linear(y_prev.to(w.dtype), w))
-        strength = self.reflection_scale * acc(self.gain).clamp(0.0, 1.0)
+        strength = self.reflection_scale * acc(self.gain[0]).clamp(0.0, 1.0)
         lead = pre.shape[:-1]
         if self.kind in ("householder", "dplr"):
             u_raw, a_raw = pre.split(self.split_sizes, dim=-1)
