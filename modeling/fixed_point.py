@@ -98,7 +98,7 @@ def solve(
     k = 0
     while True:
         k += 1
-        y_act = y[active]
+        y_act = y if active.numel() == batch else y[active]  # no gather while every row iterates
         # With `sync`, a rank whose rows are all done still evaluates f (on no rows) so that every rank runs
         # the same number of iterations, and so issues the same collectives.
         yhat, aux = f(y_act, active)

@@ -308,22 +308,24 @@ class FPMambaMixer(nn.Module):
         maskf = None if mask is None else mask.to(x.dtype)
 
         def f(y: torch.Tensor, rows: torch.Tensor):
-            ys = torch.cat([y_prev0[rows, None], y[:, :-1]], dim=1)
-            xr = x[rows]
-            factors = self.mixer.factors(None if x_part is None else x_part[rows], ys)
-            B, C = self._bc(Bx[rows], Cx[rows], ys)
-            dt = self._dt(dt_raw[rows], ys)
+            # Gather the rows still iterating; while all are (the common case) use the tensors as they are.
+            take = (lambda t: t) if rows.numel() == b else (lambda t: None if t is None else t[rows])  # noqa: E731
+            ys = torch.cat([take(y_prev0)[:, None], y[:, :-1]], dim=1)
+            xr = take(x)
+            factors = self.mixer.factors(take(x_part), ys)
+            B, C = self._bc(take(Bx), take(Cx), ys)
+            dt = self._dt(take(dt_raw), ys)
             # The projections above may run in bf16/fp16 under autocast (matmul inputs only, results upcast);
             # the iterate, the scan's state and its accumulation stay fp32.
             with torch.autocast(y.device.type, enabled=False):
                 xt = y + apply_mixer(factors, xr - y)
                 s, H = ops.ssd_scan(
                     xt.view(-1, T, self.num_heads, self.head_dim), dt, A, B, C, self.D,
-                    None if H0 is None else H0[rows], None if mask is None else mask[rows], self.config.chunk_size,
+                    take(H0), take(mask), self.config.chunk_size,
                 )
-                yhat = self.norm(s.reshape(-1, T, self.d_inner), z[rows])
+                yhat = self.norm(s.reshape(-1, T, self.d_inner), take(z))
             if maskf is not None:
-                yhat = yhat * maskf[rows, :, None]
+                yhat = yhat * take(maskf)[:, :, None]
             return yhat, (H,)
 
         if replay is not None and replay.filled:
