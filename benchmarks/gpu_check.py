@@ -4,7 +4,8 @@
 
 Relative RMS error ||out - ref|| / ||ref|| for every output and gradient; limits: fp32 1e-4, bf16 5e-3.
 Sections: SSD scan (forward + backward; masks, initial state, n_groups > 1, ragged lengths), decode step
-(householder / dplr / none), FPMambaMixer layer forward + backward, whole-model logits (when fpmamba_hf exists).
+(householder / dplr / none), FPMambaMixer layer forward + backward, whole-model logits, and the loss curve of a
+few training steps (triton vs reference from the same initialisation).
 Exits non-zero if any check fails.
 """
 
@@ -143,11 +144,8 @@ def layer_section() -> None:
 
 
 def model_section() -> None:
-    try:
-        from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM
-    except ImportError as e:
-        print(f"skip model logits: {e}")
-        return
+    from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM
+
     torch.manual_seed(0)
     cfg = FPMambaConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=2, state_size=64, head_dim=64)
     model = FPMambaForCausalLM(cfg).cuda().eval()
@@ -161,13 +159,43 @@ def model_section() -> None:
     check("model fp32 logits", logits["triton"], logits["reference"], 1e-4)
 
 
+def train_section() -> None:
+    """A few AdamW steps from the same init on each backend: the loss curves must agree."""
+    from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = FPMambaConfig(vocab_size=512, hidden_size=256, num_hidden_layers=2, state_size=64, head_dim=64,
+                        fp_max_iter=8, fp_tol=1e-3)
+    init = FPMambaForCausalLM(cfg).state_dict()
+    ids = torch.randint(0, 512, (4, 256), device="cuda")
+    curves = {}
+    for backend in ("reference", "triton"):
+        os.environ["FPMAMBA_KERNELS"] = backend
+        model = FPMambaForCausalLM(cfg)
+        model.load_state_dict(init)
+        model.cuda().train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        losses = []
+        for _ in range(6):
+            loss = model(ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        curves[backend] = torch.tensor(losses)
+    os.environ.pop("FPMAMBA_KERNELS")
+    print(f"     train losses triton={[round(v, 5) for v in curves['triton'].tolist()]}", flush=True)
+    print(f"     train losses reference={[round(v, 5) for v in curves['reference'].tolist()]}", flush=True)
+    check("train fp32 loss curve (6 AdamW steps)", curves["triton"], curves["reference"], 1e-3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--sections", nargs="+", default=["scan", "decode", "layer", "model"])
+    ap.add_argument("--sections", nargs="+", default=["scan", "decode", "layer", "model", "train"])
     args = ap.parse_args()
     sections = {"scan": lambda: scan_section(args.quick), "decode": decode_section, "layer": layer_section,
-                "model": model_section}
+                "model": model_section, "train": train_section}
     for s in args.sections:
         try:
             sections[s]()
