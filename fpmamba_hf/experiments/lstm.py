@@ -9,11 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import initialization as init
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput
@@ -55,6 +58,20 @@ class LSTMForCausalLM(PreTrainedModel):
         self.lstm = nn.LSTM(config.hidden_size, config.hidden_size, config.num_hidden_layers, batch_first=True)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """PyTorch's own LSTM initialisation (uniform +-1/sqrt(hidden)) and unit-variance embeddings:
+        transformers' default (std 0.02 embeddings) leaves the LSTM inputs near zero and it does not learn
+        the word problems in a CPU-sized run."""
+        if isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=1.0)
+        elif isinstance(module, nn.LSTM):
+            bound = 1.0 / math.sqrt(module.hidden_size)
+            for param in module.parameters():
+                init.uniform_(param, -bound, bound)
+        elif isinstance(module, nn.Linear):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
 
     def forward(self, input_ids: torch.LongTensor, labels: torch.LongTensor | None = None, **kwargs: Any) -> LSTMOutput:
         hidden, _ = self.lstm(self.embeddings(input_ids))
