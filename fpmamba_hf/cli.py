@@ -15,8 +15,8 @@ import argparse
 import dataclasses
 import sys
 
-from .experiments import MODEL_KINDS, ExperimentConfig, ModelSpec, TrainSettings, load_config, run_evaluation
-from .experiments import run_experiment
+from .experiments import (MODEL_KINDS, ExperimentConfig, ModelSpec, TrainSettings, load_config, run_evaluation,
+                          run_experiment)
 from .tasks import TASKS
 
 # Flags that map onto ExperimentConfig / ModelSpec / TrainSettings fields (dest name == field name).
