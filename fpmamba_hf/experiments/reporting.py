@@ -56,8 +56,10 @@ def write_results(out_dir: Path, payload: dict, results: dict[str, list[LengthRe
     return {"json": json_path, "csv": csv_path}
 
 
-def plot_results(out_dir: Path, results: dict[str, list[LengthResult]], train_length: int, title: str) -> dict[str, Path]:
-    """accuracy_vs_length.png (training length marked) and, if any model iterates, iterations_vs_length.png."""
+def plot_results(out_dir: Path, results: dict[str, list[LengthResult]], train_length: int, title: str,
+                 iteration_cap: int | None = None) -> dict[str, Path]:
+    """accuracy_vs_length.png (training length marked) and, if any model iterates, iterations_vs_length.png
+    (with the evaluation cap as a dotted line when given: a curve reaching it was stopped by the budget)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"accuracy": out_dir / "accuracy_vs_length.png"}
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -79,6 +81,9 @@ def plot_results(out_dir: Path, results: dict[str, list[LengthResult]], train_le
             ax.plot([r.length for r in rows], [r.fp_iterations_mean for r in rows], marker="o", markersize=3,
                     label=f"{name} (mean)")
         ax.axvline(train_length, color="gray", linestyle="--", label=f"train length {train_length}")
+        if iteration_cap is not None:
+            ax.axhline(iteration_cap, color="red", linestyle=":", label=f"iteration cap {iteration_cap}")
+            ax.set_ylim(0, 1.1 * iteration_cap)  # keep the cap line inside the frame
         ax.set(xlabel="sequence length", ylabel="fixed-point iterations per sequence",
                title=f"{title}: iterations vs length")
         ax.grid(alpha=0.3)

@@ -58,13 +58,13 @@ class ExperimentResult:
 
 
 def _report(out_dir: Path, payload: dict, results: dict[str, list[LengthResult]], train_length: int,
-            title: str) -> tuple[str, dict[str, Path]]:
+            title: str, iteration_cap: int | None) -> tuple[str, dict[str, Path]]:
     """Write results.json, results.csv, table.txt and the plots; return the table and the file paths."""
     table = format_table(results, train_length)
     files = write_results(out_dir, payload, results)
     files["table"] = out_dir / "table.txt"
     files["table"].write_text(table + "\n")
-    files.update(plot_results(out_dir, results, train_length, title=title))
+    files.update(plot_results(out_dir, results, train_length, title=title, iteration_cap=iteration_cap))
     return table, files
 
 
@@ -99,7 +99,8 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
             model.save_pretrained(out_dir / "models" / kind)
 
     payload = {"config": config.to_dict(), "training": summaries, "torch_threads": torch.get_num_threads()}
-    table, files = _report(out_dir, payload, results, config.train_length, config.task)
+    cap = (config.eval_fp_max_iter or config.model.fp_max_iter_eval) if "fpmamba" in config.models else None
+    table, files = _report(out_dir, payload, results, config.train_length, config.task, cap)
     return ExperimentResult(results=results, training=summaries, models=models, table=table, files=files)
 
 
@@ -121,7 +122,7 @@ def run_evaluation(
         models[model_dir.name] = model
     payload = {"task": task_name, "train_length": train_length, "model_dirs": [str(d) for d in model_dirs],
                "fp_max_iter": fp_max_iter, "fp_tol": fp_tol, "eval_examples": eval_examples}
-    table, files = _report(Path(output_dir), payload, results, train_length, task_name)
+    table, files = _report(Path(output_dir), payload, results, train_length, task_name, fp_max_iter)
     return ExperimentResult(results=results, training={}, models=models, table=table, files=files)
 
 
