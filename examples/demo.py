@@ -9,8 +9,8 @@
    the iterations each new token used.
 
 Everything is seeded (reruns print the same table); the settings below were chosen by short CPU experiments
-(see docs/tasks.md). Measured on the 2-core CPU, 2026-11-23: 27 s in all on a quiet machine, 138 s while other
-jobs kept it at a load of about 5.
+(see docs/tasks.md). Measured on the 2-core CPU, 2026-11-23: 15 s in all on an otherwise idle machine, 138 s while
+other jobs kept it at a load of about 5.
 """
 
 from __future__ import annotations
