@@ -33,3 +33,15 @@ def test_converted_model_fine_tunes_into_a_dense_rnn():
     mixer = fp.backbone.layers[0].mixer
     assert mixer.mixer.gain.grad.abs() > 0  # the mixer can leave the identity
     assert mixer.bc_y_proj.weight.grad.abs().sum() > 0
+
+
+def test_converts_from_a_saved_checkpoint_path(tmp_path):
+    cfg = Mamba2Config(vocab_size=50, hidden_size=32, head_dim=16, num_heads=4, state_size=8, n_groups=1,
+                       num_hidden_layers=1, chunk_size=8, expand=2, tie_word_embeddings=False)
+    mamba2 = Mamba2ForCausalLM(cfg).eval()
+    mamba2.save_pretrained(tmp_path)
+    fp = FPMambaForCausalLM.from_mamba2(str(tmp_path)).eval()
+    assert fp.config.tie_word_embeddings is False
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        assert (fp(ids).logits - mamba2(ids).logits).abs().max() <= 1e-4
