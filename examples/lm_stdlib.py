@@ -95,7 +95,9 @@ def matched_diagonal_width(args: argparse.Namespace, vocab_size: int, target: in
 def train_and_evaluate(model, train_set, val_set, args: argparse.Namespace, out_dir: Path) -> dict:
     """Stock Trainer with the model's own loss; returns parameters, runtime and validation perplexity."""
     training_args = TrainingArguments(
-        output_dir=str(out_dir), per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
+        output_dir=str(out_dir),
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
         max_steps=args.steps, learning_rate=args.learning_rate, weight_decay=0.1, adam_beta2=0.95,
         lr_scheduler_type="cosine", warmup_steps=math.ceil(0.1 * args.steps), max_grad_norm=1.0,
         logging_steps=max(1, args.steps // 10), save_strategy="no", report_to="none", seed=args.seed,
@@ -159,7 +161,8 @@ def main() -> None:
 
     print("\nvalidation perplexity (per BPE token):")
     for name, r in results.items():
-        print(f"  {name:9s} hidden {r['hidden_size']:4d}  {r['parameters']:>9,} params  ppl {r['val_perplexity']:8.2f}  "
+        print(f"  {name:9s} hidden {r['hidden_size']:4d}  {r['parameters']:>9,} params  "
+              f"ppl {r['val_perplexity']:8.2f}  "
               f"(train {r['train_runtime_s']:.0f} s)")
 
     model_dir = args.output_dir / "fpmamba-stdlib"

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     lo, hi = spec.train_lengths
     lo, hi = args.min_len or lo, args.max_len or hi
     width = spec.seq_len(hi)
-    train = spec.build(args.train_examples, lo, hi, args.seed, pad_to=width).remove_columns(["attention_mask", "length"])
+    train = spec.build(args.train_examples, lo, hi, args.seed, pad_to=width)
+    train = train.remove_columns(["attention_mask", "length"])
     evalset = spec.build(args.eval_examples, lo, hi, args.seed + 1, pad_to=width)
 
     torch.manual_seed(args.seed)

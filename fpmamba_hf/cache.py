@@ -54,4 +54,5 @@ def write_state(cache, layer_idx: int, state: LayerState) -> None:
 
 def has_state(cache) -> bool:
     """Whether any layer of the cache already holds a state (i.e. the cache continues a sequence)."""
-    return any(_layer(cache, i).is_recurrent_states_initialized[0] for i in range(len(getattr(cache, "layers", [None]))))
+    n_layers = len(getattr(cache, "layers", [None]))
+    return any(_layer(cache, i).is_recurrent_states_initialized[0] for i in range(n_layers))

@@ -15,8 +15,15 @@ import argparse
 import dataclasses
 import sys
 
-from .experiments import (MODEL_KINDS, ExperimentConfig, ModelSpec, TrainSettings, load_config, run_evaluation,
-                          run_experiment)
+from .experiments import (
+    MODEL_KINDS,
+    ExperimentConfig,
+    ModelSpec,
+    TrainSettings,
+    load_config,
+    run_evaluation,
+    run_experiment,
+)
 from .tasks import TASKS
 
 # Flags that map onto ExperimentConfig / ModelSpec / TrainSettings fields (dest name == field name).
@@ -86,7 +93,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     if config is None:
         missing = [name for name in ("task", "train_length", "output_dir") if name not in given]
         if missing:
-            raise SystemExit(f"fpmamba task train: give --config or all of {', '.join('--' + m.replace('_', '-') for m in missing)}")
+            flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+            raise SystemExit(f"fpmamba task train: give --config or all of {flags}")
         config = ExperimentConfig(task=given["task"], models=["fpmamba"], output_dir=given["output_dir"],
                                   train_length=given["train_length"])
     top = {k: v for k, v in given.items() if k in _TOP}

@@ -118,8 +118,9 @@ class FPMambaPreTrainedModel(PreTrainedModel):
             if module.conv1d.bias is not None:
                 init.zeros_(module.conv1d.bias)
             init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
-            if self.config.rescale_prenorm_residual and not getattr(module.out_proj.weight, "_is_hf_initialized", False):
-                module.out_proj.weight /= math.sqrt(self.config.num_hidden_layers)
+            weight = module.out_proj.weight
+            if self.config.rescale_prenorm_residual and not getattr(weight, "_is_hf_initialized", False):
+                weight /= math.sqrt(self.config.num_hidden_layers)
         if isinstance(module, (GatedRMSNorm, FPMambaRMSNorm)):
             init.ones_(module.weight)
 
@@ -166,7 +167,8 @@ def _check_inputs(input_ids, inputs_embeds, attention_mask, vocab_size: int, con
     T = ref.shape[1]
     if attention_mask.dim() != 2 or attention_mask.shape[0] != ref.shape[0] or attention_mask.shape[1] < T:
         raise ValueError(
-            f"attention_mask must be (batch, >= sequence length) = ({ref.shape[0]}, {T}), got {tuple(attention_mask.shape)}"
+            f"attention_mask must be (batch, >= sequence length) = ({ref.shape[0]}, {T}), "
+            f"got {tuple(attention_mask.shape)}"
         )
     mask = attention_mask[:, -T:].to(torch.bool)
     if bool((mask[:, 1:] < mask[:, :-1]).any()):

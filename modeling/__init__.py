@@ -1,6 +1,6 @@
 """FP-Mamba, the method: layer, fixed-point solver, channel mixers and kernels. No transformers import here."""
 
-from .fixed_point import SolverSettings, SolveResult, solve
+from .fixed_point import SolveResult, SolverSettings, solve
 from .layer import FPMambaLayerConfig, FPMambaMixer, LayerState, MixerOutput
 from .mixers import ChannelMixer, MixerFactors, apply_mixer
 

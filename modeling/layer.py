@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from . import ops
 from .checkpointing import FixedPointReplay
 from .fixed_point import ContinueSync, SolverSettings, implicit_output, one_step_output, solve
-from .ops.reference import acc
 from .mixers import MIXER_INPUTS, MIXER_KINDS, ChannelMixer, apply_mixer
+from .ops.reference import acc
 
 FP_BACKWARDS = ("one_step", "implicit")
 

@@ -6,10 +6,9 @@ FP-Mamba alike; importing `fpmamba_hf.experiments` registers model_type "fpmamba
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
-
-import math
 
 import torch
 import torch.nn as nn

@@ -7,7 +7,6 @@ unset, CUDA tensors take the Triton kernels and everything else the PyTorch refe
 from __future__ import annotations
 
 import os
-
 from typing import TYPE_CHECKING
 
 import torch

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 from fpmamba_hf import FPMambaConfig
 from tests.fpmamba_hf.helpers import VOCAB, tiny_model

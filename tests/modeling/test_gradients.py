@@ -1,4 +1,4 @@
-"""Gradients: implicit == unrolled at the fixed point; one_step reaches every parameter; memory is O(1) in iterations."""
+"""Gradients: implicit == unrolled at the fixed point; one_step reaches every parameter; O(1) memory in iterations."""
 
 import pytest
 import torch

@@ -27,7 +27,8 @@ def test_train_then_eval_the_saved_model_gives_the_same_numbers(tmp_path, capsys
     reloaded = load_results_csv(tmp_path / "eval" / "results.csv")
     assert [r["model"] for r in reloaded] == ["fpmamba"] * len(trained)
     for a, b in zip(trained, reloaded):
-        assert (a["length"], a["accuracy"], a["fp_iterations_mean"]) == (b["length"], b["accuracy"], b["fp_iterations_mean"])
+        keys = ("length", "accuracy", "fp_iterations_mean")
+        assert [a[k] for k in keys] == [b[k] for k in keys]
 
 
 def test_list_names_every_task(capsys):

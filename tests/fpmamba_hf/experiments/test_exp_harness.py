@@ -6,8 +6,14 @@ import json
 import matplotlib.image as mpimg
 import pytest
 
-from fpmamba_hf.experiments import (ExperimentConfig, ModelSpec, TrainSettings, eval_lengths, load_results_csv,
-                                    run_experiment)
+from fpmamba_hf.experiments import (
+    ExperimentConfig,
+    ModelSpec,
+    TrainSettings,
+    eval_lengths,
+    load_results_csv,
+    run_experiment,
+)
 from fpmamba_hf.tasks import TASKS
 
 TINY_MODEL = ModelSpec(hidden_size=16, state_size=8, head_dim=8, chunk_size=8, fp_max_iter=3, fp_max_iter_eval=5)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import datasets
 import torch
-
 from train_helpers import tiny_model, token_batch
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
+from train_helpers import enable_checkpointing, tiny_model, token_batch
 
 import fpmamba_hf.distributed
-from train_helpers import enable_checkpointing, tiny_model, token_batch
 
 ROUNDS = [0]
 

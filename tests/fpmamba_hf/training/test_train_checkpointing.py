@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from train_helpers import enable_checkpointing, tiny_model, token_batch
 
 import modeling.layer
-from train_helpers import enable_checkpointing, tiny_model, token_batch
 
 # A tolerance-based stopping rule that actually stops rows at different iterations, with the batch quantile rule.
 RULE = dict(fp_tol=1e-2, fp_max_iter=12, fp_train_quantile=0.75)

@@ -6,8 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
-
-from train_helpers import HERE, REPO, launch, torchrun, tiny_model
+from train_helpers import HERE, REPO, launch, tiny_model, torchrun
 
 WORKER = HERE / "ddp_worker.py"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 from train_helpers import HERE, torchrun
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from train_helpers import tiny_model
 
 from fpmamba_hf import FPMambaForCausalLM
-from train_helpers import tiny_model
 
 
 def test_from_pretrained_keeps_every_loaded_weight(tmp_path) -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from train_helpers import tiny_model, token_batch
 
 import modeling.layer
 import modeling.ops
-from train_helpers import tiny_model, token_batch
 
 IDS = token_batch(4, 16, seed=11)
 

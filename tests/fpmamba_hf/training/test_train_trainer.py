@@ -8,9 +8,8 @@ import datasets
 import pytest
 import torch
 import torch.nn.functional as F
+from train_helpers import REPO, tiny_model, token_batch
 from transformers import Trainer, TrainingArguments
-
-from train_helpers import REPO, VOCAB, tiny_model, token_batch
 
 
 def _example():

@@ -56,7 +56,8 @@ def launch(args: list[str], timeout: float, env_extra: dict[str, str] | None = N
         proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         raise AssertionError(f"{args[:3]} hung for {timeout}s (deadlock?)\n{e.stdout}\n{e.stderr}") from e
-    assert proc.returncode == 0, f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    command = " ".join(args)
+    assert proc.returncode == 0, f"{command} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
     return proc
 
 
