@@ -51,3 +51,47 @@ def test_primary_metric_per_task_family():
     assert primary_metric({"token_acc": 0.5, "seq_acc": 0.1}) == "seq_acc"
     assert primary_metric({"char_acc": 0.5, "string_acc": 0.1}) == "string_acc"
     assert primary_metric({"acc": 0.3, "scaled_acc": 0.1}) == "acc"
+
+
+class CopyOracle(nn.Module):
+    """Copies exactly: after `|` it emits the string again, then `.` (no generate(): exercises the fallback)."""
+
+    def __init__(self, wrong: bool = False) -> None:
+        super().__init__()
+        self.wrong = wrong
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids: torch.Tensor, **kwargs) -> ModelOutput:
+        from fpmamba_hf.tasks import copying
+
+        nxt = torch.zeros_like(input_ids)
+        for b, row in enumerate(input_ids.tolist()):
+            sep = row.index(copying.SEP_ID)
+            source = row[1:sep] + [copying.EOS_ID]
+            for j in range(sep, len(row)):
+                if j - sep < len(source):
+                    nxt[b, j] = source[j - sep] if not self.wrong else copying.FIRST_LETTER_ID
+        return ModelOutput(logits=torch.nn.functional.one_hot(nxt, get_task("copy").vocab_size).float())
+
+
+def test_copy_is_scored_teacher_forced_and_autoregressively():
+    task = get_task("copy")
+    right = evaluate_lengths(CopyOracle(), task, [3, 9], num_examples=12, batch_size=5, progress_bar=False)
+    wrong = evaluate_lengths(CopyOracle(wrong=True), task, [9], num_examples=12, batch_size=5, progress_bar=False)
+    for r in right:
+        assert r.metrics["string_acc"] == 1.0 and r.metrics["ar_string_acc"] == 1.0 and r.metrics["ar_char_acc"] == 1.0
+    assert wrong[0].metrics["ar_string_acc"] == 0.0 and wrong[0].metrics["ar_char_acc"] < 0.5
+
+
+def test_autoregressive_copy_goes_through_generate_for_fp_mamba():
+    from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM
+
+    task = get_task("copy")
+    model = FPMambaForCausalLM(FPMambaConfig(vocab_size=task.vocab_size, hidden_size=32, head_dim=16,
+                                             state_size=8, num_hidden_layers=1)).eval()
+    calls = []
+    original = model.generate
+    model.generate = lambda *a, **k: calls.append(k) or original(*a, **k)
+    result = evaluate_lengths(model, task, [5], num_examples=6, batch_size=4, fp_max_iter=3, progress_bar=False)[0]
+    assert len(calls) == 2 and all(k["fp_max_iter"] == 3 and k["max_new_tokens"] == 6 for k in calls)
+    assert 0.0 <= result.metrics["ar_char_acc"] <= 1.0 and "ar_string_acc" in result.metrics
