@@ -157,10 +157,10 @@ def _check_inputs(input_ids, inputs_embeds, attention_mask, vocab_size: int, con
     if ref.dim() < 2 or ref.shape[1] == 0:
         raise ValueError(f"FP-Mamba needs a non-empty (batch, sequence) input, got shape {tuple(ref.shape)}")
     if input_ids is not None and input_ids.numel():
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= vocab_size:
+        outside = (input_ids < 0) | (input_ids >= vocab_size)
+        if bool(outside.any()):  # one host sync per call in the common case
             raise ValueError(
-                f"input_ids contain token id {lo if lo < 0 else hi} outside the vocabulary [0, {vocab_size})"
+                f"input_ids contain token id {int(input_ids[outside][0])} outside the vocabulary [0, {vocab_size})"
             )
     if attention_mask is None:
         return None
