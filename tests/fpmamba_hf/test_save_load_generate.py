@@ -87,3 +87,16 @@ def test_auto_classes_are_registered():
     assert AutoConfig.for_model("fp_mamba").__class__ is fpmamba_hf.FPMambaConfig
     model = AutoModelForCausalLM.from_config(fpmamba_hf.FPMambaConfig(vocab_size=10, hidden_size=32, head_dim=16))
     assert isinstance(model, fpmamba_hf.FPMambaForCausalLM)
+
+
+def test_generate_on_a_left_padded_batch_equals_rows_alone():
+    model = tiny_model(fp_tol=1e-6, pad_token_id=0)
+    rows = [torch.randint(1, VOCAB, (1, n)) for n in (9, 4)]
+    ids = torch.zeros(2, 9, dtype=torch.long)
+    mask = torch.zeros(2, 9, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, 9 - r.shape[1] :], mask[i, 9 - r.shape[1] :] = r[0], 1
+    batch = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    for i, r in enumerate(rows):
+        alone = model.generate(r, max_new_tokens=6, do_sample=False)
+        assert torch.equal(batch[i, 9:], alone[0, r.shape[1] :])
