@@ -26,6 +26,16 @@ IGNORE_INDEX = -100
 CACHE_VERSION = 1
 
 
+def row_width(min_length: int, max_length: int, longest: int, pad_to: int | None) -> int:
+    """Validate a length range and return the row width: `pad_to`, or `longest` (the longest row's token count)."""
+    if not 1 <= min_length <= max_length:
+        raise ValueError(f"need 1 <= min_length <= max_length, got {min_length}, {max_length}")
+    width = longest if pad_to is None else pad_to
+    if width < longest:
+        raise ValueError(f"pad_to={width} is shorter than the longest sequence ({longest} tokens)")
+    return width
+
+
 def pad_rows(
     rows: Sequence[Sequence[int]], width: int, pad_value: int, dtype: type = np.int32
 ) -> np.ndarray:

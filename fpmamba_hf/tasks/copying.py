@@ -28,7 +28,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from ._common import IGNORE_INDEX, cached, make_dataset, to_numpy
+from ._common import IGNORE_INDEX, cached, make_dataset, row_width, to_numpy
 
 PAD_ID = 0
 BOS_ID = 1  # "$"
@@ -68,11 +68,7 @@ def copy_dataset(
 
     ``pad_to`` defaults to ``2 * max_length + 3``, the longest sequence.
     """
-    if not 1 <= min_length <= max_length:
-        raise ValueError(f"need 1 <= min_length <= max_length, got {min_length}, {max_length}")
-    width = 2 * max_length + 3 if pad_to is None else pad_to
-    if width < 2 * max_length + 3:
-        raise ValueError(f"pad_to={width} is shorter than the longest sequence {2 * max_length + 3}")
+    width = row_width(min_length, max_length, 2 * max_length + 3, pad_to)
 
     def build() -> datasets.Dataset:
         rng = np.random.default_rng(seed)

@@ -32,7 +32,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from ._common import IGNORE_INDEX, cached, make_dataset, pad_rows, sequences_correct
+from ._common import IGNORE_INDEX, cached, make_dataset, pad_rows, row_width, sequences_correct
 
 MODULUS = 5
 PLUS_ID, MINUS_ID, TIMES_ID, LPAREN_ID, RPAREN_ID, EQUALS_ID, PAD_ID = range(MODULUS, MODULUS + 7)
@@ -137,11 +137,7 @@ def modular_arithmetic_dataset(
 
     ``pad_to`` defaults to ``max_length + 2`` (expression, ``=``, result).
     """
-    if not 1 <= min_length <= max_length:
-        raise ValueError(f"need 1 <= min_length <= max_length, got {min_length}, {max_length}")
-    width = max_length + 2 if pad_to is None else pad_to
-    if width < max_length + 2:
-        raise ValueError(f"pad_to={width} is shorter than the longest sequence {max_length + 2}")
+    width = row_width(min_length, max_length, max_length + 2, pad_to)
 
     def build() -> datasets.Dataset:
         rng = random.Random(seed)

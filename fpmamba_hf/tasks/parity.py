@@ -23,7 +23,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from ._common import IGNORE_INDEX, cached, make_dataset, sequences_correct
+from ._common import IGNORE_INDEX, cached, make_dataset, row_width, sequences_correct
 
 PAD_ID = 2
 VOCAB_SIZE = 3
@@ -41,11 +41,7 @@ def parity_dataset(
 
     ``pad_to`` defaults to ``max_length``.
     """
-    if not 1 <= min_length <= max_length:
-        raise ValueError(f"need 1 <= min_length <= max_length, got {min_length}, {max_length}")
-    width = max_length if pad_to is None else pad_to
-    if width < max_length:
-        raise ValueError(f"pad_to={width} is shorter than max_length={max_length}")
+    width = row_width(min_length, max_length, max_length, pad_to)
 
     def build() -> datasets.Dataset:
         rng = np.random.default_rng(seed)

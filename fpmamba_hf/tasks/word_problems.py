@@ -27,7 +27,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from ._common import IGNORE_INDEX, cached, make_dataset, sequences_correct
+from ._common import IGNORE_INDEX, cached, make_dataset, row_width, sequences_correct
 from .groups import PermutationGroup, get_group
 
 # The paper's vocabulary is |G| + 7; we use two of the specials (BOS, PAD).
@@ -72,11 +72,7 @@ def word_problem_dataset(
     """
     group = get_group(group) if isinstance(group, str) else group
     min_length = length if min_length is None else min_length
-    if not 1 <= min_length <= length:
-        raise ValueError(f"need 1 <= min_length <= length, got {min_length}, {length}")
-    width = length + 1 if pad_to is None else pad_to
-    if width < length + 1:
-        raise ValueError(f"pad_to={width} is shorter than BOS + {length} elements")
+    width = row_width(min_length, length, length + 1, pad_to)
 
     def build() -> datasets.Dataset:
         rng = np.random.default_rng(seed)
