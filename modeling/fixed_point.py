@@ -23,9 +23,10 @@ from typing import Callable
 
 import torch
 
-# f(y_rows, rows) -> (yhat_rows, aux_rows): the iteration map on the rows `rows` (LongTensor) of the batch;
-# aux is a tuple of per-row tensors (batch first) produced alongside yhat, e.g. the scan's final state.
-IterationFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, tuple[torch.Tensor, ...]]]
+# f(y_rows, rows) -> (yhat_rows, aux_rows[, residual_rows]): the iteration map on the rows `rows` (LongTensor)
+# of the batch; aux is a tuple of per-row tensors (batch first) produced alongside yhat, e.g. the scan's final
+# state. A fused implementation may return the rows' relative residual too (it has yhat and y at hand).
+IterationFn = Callable[[torch.Tensor, torch.Tensor], tuple]
 # Optional hook that makes all data-parallel ranks agree to continue: (local_continue: bool) -> bool.
 ContinueSync = Callable[[bool], bool]
 
@@ -61,6 +62,18 @@ def relative_residual(new: torch.Tensor, old: torch.Tensor, eps: float) -> torch
     diff = (new - old).abs().amax(-1)
     scale = new.abs().amax(-1) + eps
     return (diff / scale).reshape(new.shape[0], -1).amax(-1)
+
+
+def evaluate(
+    f: IterationFn, y: torch.Tensor, rows: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
+    """f on the rows `rows`: (yhat, aux, residual (rows,)). A fused f returns the residual itself; else it is
+    `relative_residual(yhat, y)`."""
+    out = f(y, rows)
+    if len(out) == 3:
+        return out
+    yhat, aux = out
+    return yhat, aux, relative_residual(yhat, y, eps) if rows.numel() else yhat.new_zeros(0)
 
 
 def check_finite(t: torch.Tensor, layer_idx: int | None, iteration: int) -> None:
@@ -101,47 +114,52 @@ def solve(
         y_act = y if active.numel() == batch else y[active]  # no gather while every row iterates
         # With `sync`, a rank whose rows are all done still evaluates f (on no rows) so that every rank runs
         # the same number of iterations, and so issues the same collectives.
-        yhat, aux = f(y_act, active)
-        check_finite(yhat, layer_idx, k)
+        yhat, aux, r = evaluate(f, y_act, active, settings.eps)
         if aux_out is None:
             aux_out = [torch.empty((batch, *a.shape[1:]), dtype=a.dtype, device=device) for a in aux]
         if active.numel() > 0:
-            r = relative_residual(yhat, y_act, settings.eps)
+            # A non-finite yhat makes its row's residual NaN: checking (rows,) values is checking yhat.
+            check_finite(r, layer_idx, k)
             iterations[active] = k
             residual[active] = r
-        else:
-            r = yhat.new_zeros(0)
         done = r < settings.tol
-        n_after = n_done + int(done.sum())
-        go_on = k < settings.max_iter and n_after < batch
-        if training and n_after >= settings.train_quantile * batch:
+        n_new = int(done.sum())  # the one host sync of an iteration
+        go_on = k < settings.max_iter and n_done + n_new < batch
+        if training and n_done + n_new >= settings.train_quantile * batch:
             go_on = False
         if sync is not None:
             go_on = sync(go_on)
         if not go_on:
             done = torch.ones_like(done)
-        rows = active[done]
-        y_star[rows] = y_act[done]
-        y_out[rows] = yhat[done]
-        for dst, src in zip(aux_out, aux):
-            dst[rows] = src[done]
-        n_done += int(done.sum())
-        keep = ~done
-        active = active[keep]
+            n_new = done.numel()
+        if n_new:
+            rows = active[done]
+            y_star[rows] = y_act[done]
+            y_out[rows] = yhat[done]
+            for dst, src in zip(aux_out, aux):
+                dst[rows] = src[done]
+            n_done += n_new
+            keep = ~done
+            active = active[keep]
+            r, yhat, y_act = r[keep], yhat[keep], y_act[keep]
         if not go_on:
             break
         if active.numel() == 0:
             continue
         # Damping with patience on the rows still running.
-        r, d, yh, ya = r[keep], delta[active], yhat[keep], y_act[keep]
+        d = delta[active]
         improved = r < best[active]
         best[active] = torch.where(improved, r, best[active])
         st = torch.where(improved, torch.zeros_like(stall[active]), stall[active] + 1)
         shrink = st >= settings.damping_patience
         delta[active] = torch.where(shrink, (d * settings.damping_decay).clamp_min(settings.min_damping), d)
         stall[active] = torch.where(shrink, torch.zeros_like(st), st)
-        dd = d.view(-1, *([1] * (yh.dim() - 1)))
-        y[active] = dd * yh + (1 - dd) * ya
+        dd = d.view(-1, *([1] * (yhat.dim() - 1)))
+        stepped = dd * yhat + (1 - dd) * y_act
+        if active.numel() == batch:
+            y = stepped
+        else:
+            y[active] = stepped
     assert aux_out is not None
     return SolveResult(y_star, y_out, tuple(aux_out), iterations, residual)
 
@@ -154,7 +172,7 @@ def one_step_output(
     y = y_star.detach()
     aux: tuple[torch.Tensor, ...] = ()
     for _ in range(steps):
-        y, aux = f(y, rows)
+        y, aux = f(y, rows)[:2]
     return y, aux
 
 
@@ -164,7 +182,7 @@ def implicit_output(
     """One application of f with autograd whose incoming gradient is mapped to the adjoint fixed point."""
     rows = torch.arange(y_star.shape[0], device=y_star.device)
     y_in = y_star.detach().requires_grad_(True)
-    y_out, aux = f(y_in, rows)
+    y_out, aux = f(y_in, rows)[:2]
     if not y_out.requires_grad:
         return y_out, aux
 

@@ -266,6 +266,29 @@ class FPMambaMixer(nn.Module):
             return one_step_output(f, y_star, steps)
         return plain
 
+    def _fused_inputs(self, x, x_part, Bx, Cx, dt_raw, z, y_prev0, H0, mask, A, settings: SolverSettings):
+        """The per-call inputs of the fused iteration kernels (`ops.fused_iteration`), or None where they do
+        not apply (reference backend, fp64, the kronecker mixer): then every iteration runs the composed map."""
+        c = self.config
+        if not ops.fused_iteration_supported(x, c.mixer_type):
+            return None
+        from .ops.fused_iteration_triton import FusedIterationInputs
+
+        with torch.no_grad():
+            weights = [w for w in (self.mixer.y_weight(), self.bc_y_proj.weight,
+                                   None if self.dt_y_proj is None else self.dt_y_proj.weight) if w is not None]
+            weight_y = torch.cat([w.to(self.bc_y_proj.weight.dtype) for w in weights])
+            strength = self.mixer.strength().detach() if self.mixer.proj is not None else x.new_zeros(())
+        return FusedIterationInputs(
+            x=x, x_part=x_part, Bx=Bx, Cx=Cx, dt_raw=dt_raw, z=z, y_prev0=y_prev0, H0=H0, mask=mask,
+            weight_y=weight_y, A=A.detach(), D=self.D.detach(), dt_bias=self.dt_bias.detach(), strength=strength,
+            norm_weight=self.norm.weight.detach(), norm_eps=self.norm.variance_epsilon,
+            norm_group_size=self.norm.group_size, mixer_kind=c.mixer_type, mixer_rank=c.mixer_rank,
+            mixer_activation=c.mixer_activation, mixer_reads_y=self.mixer.y_weight() is not None,
+            dt_reads_y=self.dt_y_proj is not None, bc_norm=c.bc_norm, dt_limit=tuple(c.time_step_limit),
+            chunk_size=c.chunk_size, head_dim=self.head_dim, residual_eps=settings.eps,
+        )
+
     # ----------------------------------------------------------------------------------------------- forward
     def forward(
         self,
@@ -306,8 +329,11 @@ class FPMambaMixer(nn.Module):
 
         H0 = state.ssm if state is not None else None
         maskf = None if mask is None else mask.to(x.dtype)
+        fused = self._fused_inputs(x, x_part, Bx, Cx, dt_raw, z, y_prev0, H0, mask, A, settings)
 
         def f(y: torch.Tensor, rows: torch.Tensor):
+            if fused is not None and not torch.is_grad_enabled():
+                return ops.fused_iteration(fused, y, rows)
             # Gather the rows still iterating; while all are (the common case) use the tensors as they are.
             take = (lambda t: t) if rows.numel() == b else (lambda t: None if t is None else t[rows])  # noqa: E731
             ys = torch.cat([take(y_prev0)[:, None], y[:, :-1]], dim=1)

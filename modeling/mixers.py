@@ -143,16 +143,26 @@ class ChannelMixer(nn.Module):
         w = self.proj.weight[:, :d] if self.input_mode == "concat" else self.proj.weight
         return acc(F.linear(x.to(w.dtype), w, self.proj.bias))
 
+    def y_weight(self) -> torch.Tensor | None:
+        """The weight applied to y_{t-1} (P, d), or None when the mixer does not read the iterate."""
+        if self.proj is None or self.input_mode == "x":
+            return None
+        return self.proj.weight[:, self.d_inner:] if self.input_mode == "concat" else self.proj.weight
+
+    def strength(self) -> torch.Tensor:
+        """c * clamp(g, 0, 1): the factor in front of every rank-one term, a () tensor."""
+        return self.reflection_scale * acc(self.gain[0]).clamp(0.0, 1.0)
+
     def factors(self, x_part: torch.Tensor | None, y_prev: torch.Tensor) -> MixerFactors:
         """Q_t's factors given the precomputed x-part (..., P) and the shifted iterate y_{t-1} (..., d)."""
         if self.proj is None:
             return MixerFactors("none")
         d = self.d_inner
         pre = x_part
-        if self.input_mode != "x":
-            w = self.proj.weight[:, d:] if self.input_mode == "concat" else self.proj.weight
+        w = self.y_weight()
+        if w is not None:
             pre = pre + acc(F.linear(y_prev.to(w.dtype), w))
-        strength = self.reflection_scale * acc(self.gain[0]).clamp(0.0, 1.0)
+        strength = self.strength()
         lead = pre.shape[:-1]
         if self.kind in ("householder", "dplr"):
             u_raw, a_raw = pre.split(self.split_sizes, dim=-1)

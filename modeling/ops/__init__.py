@@ -16,6 +16,7 @@ from . import reference
 if TYPE_CHECKING:
     from ..fixed_point import SolverSettings
     from ..mixers import MixerFactors
+    from .fused_iteration_triton import FusedIterationInputs
 
 _BACKENDS = ("triton", "reference")
 
@@ -77,6 +78,20 @@ def decode_step(
 
         return decode_step_triton(*args)
     return reference.decode_step(*args)
+
+
+def fused_iteration_supported(x: torch.Tensor, mixer_kind: str) -> bool:
+    """Whether the no-autograd iterations of a layer call on tensor `x` run `fused_iteration`: the Triton
+    backend, fp32 (fp64 gradient checks stay exact) and a mixer the kernels cover (not kronecker)."""
+    return backend_for(x) == "triton" and x.dtype == torch.float32 and mixer_kind in ("householder", "dplr", "none")
+
+
+def fused_iteration(inputs: FusedIterationInputs, y: torch.Tensor, rows: torch.Tensor):
+    """One fixed-point iteration of the rows `rows` on the fused Triton kernels; see
+    `fused_iteration_triton.fused_iteration` (returns yhat, (final state,), residual)."""
+    from .fused_iteration_triton import fused_iteration as run
+
+    return run(inputs, y, rows)
 
 
 gated_rms_norm = reference.gated_rms_norm
