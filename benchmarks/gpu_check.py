@@ -137,10 +137,18 @@ def layer_section() -> None:
         o = layer(hs)
         o.out.square().mean().backward()
         outs[backend] = (o.out.detach(), [p.grad.clone() for p in layer.parameters() if p.grad is not None])
-    os.environ.pop("FPMAMBA_KERNELS")
     check("layer fp32 out", outs["triton"][0], outs["reference"][0], 1e-4)
     for i, (gt, gr) in enumerate(zip(outs["triton"][1], outs["reference"][1])):
         check(f"layer fp32 grad[{i}]", gt, gr, 1e-3)
+    # Inference at the reference shape with bf16 weights: the fused iterations (bf16 GEMM of every y-projection).
+    layer = layer.to(torch.bfloat16).eval()
+    hs = torch.randn(8, 2048, 768, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        for backend in ("reference", "triton"):
+            os.environ["FPMAMBA_KERNELS"] = backend
+            outs[backend] = layer(hs, fp_max_iter=6, fp_tol=1e-12).out.float()
+    check("layer bf16 inference out (6 fused iterations)", outs["triton"], outs["reference"], 5e-3)
+    os.environ.pop("FPMAMBA_KERNELS")
 
 
 def model_section() -> None:
