@@ -265,7 +265,7 @@ def fused_iteration(
         T, d, K, g, n, nh, off_bc, off_bc + 2 * g * n,
         x.stride(0), x.stride(1), xp.stride(0), xp.stride(1), Bx.stride(0), Bx.stride(1),
         Cx.stride(0), Cx.stride(1), dt_raw.stride(0), dt_raw.stride(1),
-        1e-6, 1e-6, float(lo), float(min(hi, 3.0e38)),
+        1e-6, 1e-6, float(lo), float(hi),
         MIX=mix, R=inp.mixer_rank, ACT=ACT_CODES[inp.mixer_activation], HAS_MIX_Y=inp.mixer_reads_y,
         HAS_DT_Y=inp.dt_reads_y, BC_NORM=inp.bc_norm, CLAMP_DT=clamp,
         BD=BD, BG=pow2_at_least(g, 1), BN=pow2_at_least(n, 1), BH=pow2_at_least(nh, 1),
