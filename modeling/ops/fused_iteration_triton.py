@@ -22,7 +22,7 @@ tested against. Mixers: householder, dplr and none (kronecker stays on the compo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -174,6 +174,11 @@ def _norm_kernel(
     tl.store(ratio_ptr + pid, tl.where(bad > 0, float("nan"), diff / scale))
 
 
+def _per_token_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """t (b, T, ...) whose every token is one contiguous block (strides of b and T are passed to the kernels)."""
+    return t if t.numel() == 0 or t[0, 0].is_contiguous() else t.contiguous()
+
+
 @dataclass
 class FusedIterationInputs:
     """What every iteration of one layer call shares. Full-batch tensors (b, T, ...) may be strided views
@@ -181,8 +186,8 @@ class FusedIterationInputs:
 
     x (b, T, d) the conv'ed input; x_part (b, T, R*d + R) the mixer projection's x-part with its bias, or None
     (mixer none); Bx, Cx (b, T, g, n); dt_raw (b, T, h); z (b, T, d); y_prev0 (b, d) y*_{t-1} before t = 0;
-    H0 (b, h, p, n) | None; mask (b, T) bool | None; weight_y (K, d): the y-projections [mixer (if the mixer
-    reads y); B and C; dt (if dt depends on y)] stacked; strength: () tensor, c * clamp(gain, 0, 1).
+    H0 (b, h, p, n) | None; mask (b, T) bool | None (kept as int8); weight_y (K, d): the y-projections [mixer
+    (if the mixer reads y); B and C; dt (if dt depends on y)] stacked; strength: () tensor, c * clamp(gain, 0, 1).
     """
 
     x: torch.Tensor
@@ -212,11 +217,18 @@ class FusedIterationInputs:
     chunk_size: int
     head_dim: int
     residual_eps: float
+    g0: torch.Tensor = field(init=False)  # (b, K) the y-projections of y_prev0, row "t = -1" of the GEMM
 
-
-def _per_token_contiguous(t: torch.Tensor) -> torch.Tensor:
-    """t (b, T, ...) whose every token is one contiguous block (strides of b and T are passed to the kernels)."""
-    return t if t[0, 0].is_contiguous() else t.contiguous()
+    def __post_init__(self) -> None:
+        # Everything fixed across iterations is laid out once per call, not once per iteration.
+        self.x, self.Bx, self.Cx, self.dt_raw, self.z = (
+            _per_token_contiguous(t) for t in (self.x, self.Bx, self.Cx, self.dt_raw, self.z))
+        if self.x_part is not None:
+            self.x_part = _per_token_contiguous(self.x_part)
+        if self.mask is not None:
+            self.mask = self.mask.to(torch.int8)
+        with torch.no_grad():
+            self.g0 = F.linear(self.y_prev0.to(self.weight_y.dtype), self.weight_y)
 
 
 def fused_iteration(
@@ -247,21 +259,20 @@ def fused_iteration(
     W = inp.weight_y
     G_all = F.linear(y.view(r * T, d).to(W.dtype), W)
     K = G_all.shape[-1]
-    G0 = F.linear(inp.y_prev0.to(W.dtype), W)
     # 2. Mixer, B/C, dt.
     xt = torch.empty(r, T, d, device=dev, dtype=f32)
     Bn = torch.empty(r, T, g, n, device=dev, dtype=f32)
     Cn = torch.empty(r, T, g, n, device=dev, dtype=f32)
     dt = torch.empty(r, T, nh, device=dev, dtype=f32)
     mix = MIX_CODES[inp.mixer_kind]
-    x, Bx, Cx, dt_raw = (_per_token_contiguous(t) for t in (inp.x, inp.Bx, inp.Cx, inp.dt_raw))
-    xp = _per_token_contiguous(inp.x_part) if mix else x  # unused without a mixer
+    x, Bx, Cx, dt_raw = inp.x, inp.Bx, inp.Cx, inp.dt_raw
+    xp = inp.x_part if mix else x  # unused without a mixer
     off_bc = inp.mixer_rank * d + inp.mixer_rank if inp.mixer_reads_y else 0
     lo, hi = inp.dt_limit
     clamp = lo > 0.0 or hi != float("inf")
     BD = pow2_at_least(d, 1)
     _mix_kernel[(r * T,)](
-        rows, y, G_all, G0, x, xp, Bx, Cx, dt_raw, inp.dt_bias, inp.strength, xt, Bn, Cn, dt,
+        rows, y, G_all, inp.g0, x, xp, Bx, Cx, dt_raw, inp.dt_bias, inp.strength, xt, Bn, Cn, dt,
         T, d, K, g, n, nh, off_bc, off_bc + 2 * g * n,
         x.stride(0), x.stride(1), xp.stride(0), xp.stride(1), Bx.stride(0), Bx.stride(1),
         Cx.stride(0), Cx.stride(1), dt_raw.stride(0), dt_raw.stride(1),
@@ -278,9 +289,9 @@ def fused_iteration(
     # 4. Gated RMSNorm, padding mask, per-token residual.
     yhat = torch.empty(r, T, d, device=dev, dtype=f32)
     ratio = torch.empty(r, T, device=dev, dtype=f32)
-    z = _per_token_contiguous(inp.z)
+    z = inp.z
     gs = inp.norm_group_size
-    m = inp.mask.to(torch.int8) if inp.mask is not None else rows  # unused without a mask
+    m = inp.mask if inp.mask is not None else rows  # unused without a mask
     _norm_kernel[(r * T,)](
         rows, s.contiguous(), z, y, inp.norm_weight, m, yhat, ratio,
         T, d, gs, d // gs, z.stride(0), z.stride(1), m.stride(0) if inp.mask is not None else 0,
