@@ -4,16 +4,21 @@
     fpmamba task train --task S3 --models fpmamba diagonal --train-length 8 --steps 300 --output-dir outputs/s3
     fpmamba task train --config examples/recipes/a5.json          # a recipe; flags given explicitly override it
     fpmamba task eval --task S3 --train-length 8 --model-dir outputs/s3/models/fpmamba --fp-max-iter 40
+    fpmamba task report [--check]        # MODEL_CARD.md's results section and the plots, from docs/results/*/
 
-Both subcommands write results.json, results.csv, table.txt, accuracy_vs_length.png and iterations_vs_length.png
-into --output-dir and print the length-generalisation table. The logic lives in fpmamba_hf.experiments.
+train and eval write results.json, run.json (command, machine, date, wall time), results.csv, table.txt,
+accuracy_vs_length.png and iterations_vs_length.png into --output-dir and print the length-generalisation table.
+The logic lives in fpmamba_hf.experiments.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import sys
+import time
+from pathlib import Path
 
 from .experiments import (
     MODEL_KINDS,
@@ -24,6 +29,8 @@ from .experiments import (
     run_evaluation,
     run_experiment,
 )
+from .experiments.card import load_runs, render_card, write_plots
+from .experiments.reporting import write_run_metadata
 from .tasks import TASKS
 
 # Flags that map onto ExperimentConfig / ModelSpec / TrainSettings fields (dest name == field name).
@@ -83,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model-dir", dest="model_dirs", nargs="+", required=True)
     evaluate.add_argument("--fp-max-iter", dest="fp_max_iter", type=int, help="FP-Mamba iteration cap")
     evaluate.add_argument("--fp-tol", dest="fp_tol", type=float)
+
+    report_cmd = commands.add_parser("report", help="rebuild the model card's results section and the plots")
+    report_cmd.add_argument("--results-dir", dest="results_dir", type=Path, default=Path("docs/results"),
+                            help="every folder below holding a results.json is one run")
+    report_cmd.add_argument("--card", type=Path, default=Path("MODEL_CARD.md"))
+    report_cmd.add_argument("--check", action="store_true",
+                            help="write nothing; exit 1 (printing the diff) if the card differs from the results")
     return parser
 
 
@@ -103,7 +117,27 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     return dataclasses.replace(config, model=model, training=training, **top)
 
 
+def report(results_dir: Path, card: Path, check: bool) -> int:
+    """Rewrite the card's results region (and redraw each run's plots) from the results folders; with `check`,
+    only compare: 1 and the diff when the card is out of date."""
+    runs = load_runs(results_dir)
+    if not runs:
+        raise SystemExit(f"fpmamba task report: no results.json under {results_dir}")
+    current = card.read_text()
+    expected = render_card(current, runs, card.parent)
+    if check:
+        diff = list(difflib.unified_diff(current.splitlines(), expected.splitlines(), str(card),
+                                         f"{card} from {results_dir}", lineterm=""))
+        print("\n".join(diff) or f"{card} is in sync with {results_dir} ({len(runs)} runs)")
+        return 1 if diff else 0
+    plots = [path for run in runs for path in write_plots(run).values()]
+    card.write_text(expected)
+    print("wrote: " + ", ".join(str(p) for p in [card, *plots]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     if args.command == "list":
         for name, spec in TASKS.items():
@@ -111,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"eval {spec.eval_lengths}")
         print("(any group name, e.g. S3, A4, Z7, is a word-problem task too)")
         return 0
+    if args.command == "report":
+        return report(args.results_dir, args.card, check=args.check)
+    start = time.perf_counter()
     if args.command == "train":
         result = run_experiment(config_from_args(args))
     else:
@@ -121,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    "progress_bar") if getattr(args, k) is not None}
         result = run_evaluation(args.model_dirs, args.task, args.train_length, args.output_dir,
                                 fp_max_iter=args.fp_max_iter, fp_tol=args.fp_tol, **optional)
+    result.files["run"] = write_run_metadata(result.files["json"].parent, ["fpmamba", *argv],
+                                             time.perf_counter() - start)
     print(result.table)
     print("wrote: " + ", ".join(str(p) for p in result.files.values()))
     return 0

@@ -1,12 +1,19 @@
-"""Results on disk and on screen: JSON + CSV, a length-generalisation table, and PNG plots."""
+"""Results on disk and on screen: JSON + CSV, a length-generalisation table, PNG plots, and run.json (how, where
+and when a run was made)."""
 
 from __future__ import annotations
 
 import csv
+import datetime
 import json
+import os
+import platform
+import shlex
 from pathlib import Path
 
 import matplotlib
+import torch
+import transformers
 
 matplotlib.use("Agg")  # files only: no display on CPU boxes / CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -14,6 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .evaluation import LengthResult  # noqa: E402
 
 CSV_FIELDS = ("model", "length", "accuracy", "fp_iterations_mean", "fp_iterations_max")
+ACCURACY_THRESHOLD = 0.9  # "solved": the accuracy the plots mark and the model card's "longest length" uses
+RECORDED_ENV = ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "FPMAMBA_KERNELS")  # prefixed to the recorded command
 
 
 def format_table(results: dict[str, list[LengthResult]], train_length: int) -> str:
@@ -56,42 +65,82 @@ def write_results(out_dir: Path, payload: dict, results: dict[str, list[LengthRe
     return {"json": json_path, "csv": csv_path}
 
 
+def _save(fig: plt.Figure, ax: plt.Axes, path: Path) -> None:
+    """Grid, the legend outside the axes (so it hides no curve), write the PNG and free the figure."""
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _iterating(results: dict[str, list[LengthResult]]) -> dict[str, list[LengthResult]]:
+    """The models that report fixed-point iterations."""
+    return {name: rows for name, rows in results.items() if rows and rows[0].fp_iterations_mean is not None}
+
+
+def plot_paths(out_dir: Path, results: dict[str, list[LengthResult]]) -> dict[str, Path]:
+    """The plots plot_results writes for `results`: accuracy always, iterations if any model iterates."""
+    paths = {"accuracy": Path(out_dir) / "accuracy_vs_length.png"}
+    if _iterating(results):
+        paths["iterations"] = Path(out_dir) / "iterations_vs_length.png"
+    return paths
+
+
 def plot_results(out_dir: Path, results: dict[str, list[LengthResult]], train_length: int, title: str,
                  iteration_cap: int | None = None) -> dict[str, Path]:
-    """accuracy_vs_length.png (training length marked) and, if any model iterates, iterations_vs_length.png
-    (with the evaluation cap as a dotted line when given: a curve reaching it was stopped by the budget)."""
+    """accuracy_vs_length.png (training length and ACCURACY_THRESHOLD marked) and, if any model iterates,
+    iterations_vs_length.png (from 0; the evaluation cap as a dotted line when given: a curve reaching it was stopped
+    by the budget)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"accuracy": out_dir / "accuracy_vs_length.png"}
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    paths = plot_paths(out_dir, results)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for name, rows in results.items():
         ax.plot([r.length for r in rows], [r.accuracy for r in rows], marker="o", markersize=3, label=name)
     ax.axvline(train_length, color="gray", linestyle="--", label=f"train length {train_length}")
+    ax.axhline(ACCURACY_THRESHOLD, color="green", linestyle=":", linewidth=1, label=f"accuracy {ACCURACY_THRESHOLD}")
     ax.set(xlabel="sequence length", ylabel="accuracy", title=f"{title}: accuracy vs length", ylim=(-0.02, 1.02))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(paths["accuracy"], dpi=120)
-    plt.close(fig)
+    _save(fig, ax, paths["accuracy"])
 
-    iterating = {n: rows for n, rows in results.items() if rows and rows[0].fp_iterations_mean is not None}
-    if iterating:
-        paths["iterations"] = out_dir / "iterations_vs_length.png"
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        for name, rows in iterating.items():
+    if "iterations" in paths:
+        fig, ax = plt.subplots(figsize=(7.5, 4.2))
+        for name, rows in _iterating(results).items():
             ax.plot([r.length for r in rows], [r.fp_iterations_mean for r in rows], marker="o", markersize=3,
                     label=f"{name} (mean)")
         ax.axvline(train_length, color="gray", linestyle="--", label=f"train length {train_length}")
+        ax.set_ylim(bottom=0)
         if iteration_cap is not None:
             ax.axhline(iteration_cap, color="red", linestyle=":", label=f"iteration cap {iteration_cap}")
-            ax.set_ylim(0, 1.1 * iteration_cap)  # keep the cap line inside the frame
+            ax.set_ylim(top=1.1 * iteration_cap)  # keep the cap line inside the frame
         ax.set(xlabel="sequence length", ylabel="fixed-point iterations per sequence",
                title=f"{title}: iterations vs length")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(paths["iterations"], dpi=120)
-        plt.close(fig)
+        _save(fig, ax, paths["iterations"])
     return paths
+
+
+def machine_description() -> str:
+    """The CPU count and architecture, and the GPU's name when CUDA is available."""
+    text = f"{os.cpu_count()} CPU cores ({platform.machine()})"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name()}"
+    return text
+
+
+def write_run_metadata(out_dir: Path, argv: list[str], wall_time_s: float) -> Path:
+    """run.json next to results.json: the command as typed (with the RECORDED_ENV variables that were set), the
+    machine, the UTC date, the library versions and the whole run's wall time."""
+    env = [f"{name}={os.environ[name]}" for name in RECORDED_ENV if name in os.environ]
+    metadata = {
+        "command": shlex.join(env + argv),
+        "machine": machine_description(),
+        "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "wall_time_s": round(wall_time_s, 1),
+    }
+    path = Path(out_dir) / "run.json"
+    path.write_text(json.dumps(metadata, indent=2) + "\n")
+    return path
 
 
 def load_results_csv(path: Path) -> list[dict[str, str]]:
@@ -100,4 +149,7 @@ def load_results_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-__all__ = ["format_table", "load_results_csv", "plot_results", "write_results"]
+__all__ = [
+    "ACCURACY_THRESHOLD", "format_table", "load_results_csv", "machine_description", "plot_paths", "plot_results",
+    "write_results", "write_run_metadata",
+]

@@ -1,5 +1,6 @@
 """The `fpmamba` console script: train -> save -> eval round trip, task listing, and the GPU recipes' schema."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,9 @@ def test_train_then_eval_the_saved_model_gives_the_same_numbers(tmp_path, capsys
                  "--output-dir", str(tmp_path / "run"), "--save-models", *TINY]) == 0
     printed = capsys.readouterr().out
     assert (tmp_path / "run" / "table.txt").read_text().strip() in printed
+    run = json.loads((tmp_path / "run" / "run.json").read_text())  # how, where and when, for `task report`
+    assert "fpmamba task train --task parity" in run["command"] and run["wall_time_s"] > 0
+    assert run["machine"] and run["date"] and run["torch"]
     model_dir = tmp_path / "run" / "models" / "fpmamba"
     assert main(["task", "eval", "--task", "parity", "--train-length", "4", "--eval-points", "3",
                  "--eval-examples", "5", "--model-dir", str(model_dir), "--output-dir", str(tmp_path / "eval"),
