@@ -5,6 +5,7 @@ Importing this package registers model_type "fp_mamba" with AutoConfig, AutoMode
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from .callbacks import FixedPointLogCallback
 from .configuration_fpmamba import FPMambaConfig
 from .modeling_fpmamba import FPMambaForCausalLM, FPMambaModel, FPMambaPreTrainedModel
 
@@ -12,4 +13,4 @@ AutoConfig.register(FPMambaConfig.model_type, FPMambaConfig, exist_ok=True)
 AutoModel.register(FPMambaConfig, FPMambaModel, exist_ok=True)
 AutoModelForCausalLM.register(FPMambaConfig, FPMambaForCausalLM, exist_ok=True)
 
-__all__ = ["FPMambaConfig", "FPMambaForCausalLM", "FPMambaModel", "FPMambaPreTrainedModel"]
+__all__ = ["FixedPointLogCallback", "FPMambaConfig", "FPMambaForCausalLM", "FPMambaModel", "FPMambaPreTrainedModel"]

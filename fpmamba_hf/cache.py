@@ -4,6 +4,10 @@ Generation builds `DynamicCache(config=...)`, which gives each block a linear-at
 state and one recurrent state. FP-Mamba needs one more tensor per layer, y*_{t-1} (batch, d_inner): it rides in the
 recurrent state as an extra column, (b, heads, head_dim, state + 1), so that beam reordering, batch expansion and
 offloading of the stock cache carry it along untouched.
+
+The cache also counts the positions it has consumed (`seen_tokens`; padding included, as generate() feeds it), so
+that generate() can continue from a returned cache given the full sequence: it feeds only the positions after
+that count.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from modeling.layer import LayerState
+from modeling.ops.reference import acc
 
 
 def _layer(cache, layer_idx: int):
@@ -42,7 +47,7 @@ def write_state(cache, layer_idx: int, state: LayerState) -> None:
     """Store `state` for `layer_idx` (in place, keeping the tensors' addresses once allocated)."""
     layer = _layer(cache, layer_idx)
     b, h, p, _ = state.ssm.shape
-    packed = torch.cat([state.ssm.float(), state.y_prev.float().reshape(b, h, p, 1)], dim=-1)
+    packed = torch.cat([acc(state.ssm), acc(state.y_prev).reshape(b, h, p, 1)], dim=-1)  # fp32 (fp64 stays)
     if not layer.is_recurrent_states_initialized[0] or layer.recurrent_states[0].shape != packed.shape:
         layer.is_recurrent_states_initialized[0] = False
         layer.is_conv_states_initialized[0] = False
@@ -50,6 +55,21 @@ def write_state(cache, layer_idx: int, state: LayerState) -> None:
     layer.conv_states[0].copy_(state.conv)
     layer.recurrent_states[0].copy_(packed)
     layer.has_previous_state[0] = True
+
+
+_SEEN = "fp_seen_tokens"  # attribute on the DynamicCache instance (reordering and expansion keep the object)
+
+
+def seen_tokens(cache) -> int | None:
+    """Positions the cache has consumed through this model; None if it holds a state filled elsewhere."""
+    if not has_state(cache):
+        return 0
+    return getattr(cache, _SEEN, None)
+
+
+def set_seen_tokens(cache, positions: int | None) -> None:
+    """Record how many positions the cache has consumed (None: unknown)."""
+    setattr(cache, _SEEN, positions)
 
 
 def has_state(cache) -> bool:

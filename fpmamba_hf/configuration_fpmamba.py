@@ -7,12 +7,16 @@ exposes them as config fields and validates them through it.
 
 from __future__ import annotations
 
+import numbers
+
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
 from modeling.layer import FPMambaLayerConfig
 
 _L = FPMambaLayerConfig()  # the single source of the layer defaults
+# Fields of the model config beyond the layer's (numbers among them are normalised like the layer's).
+_OWN_FIELDS = ("vocab_size", "num_hidden_layers")
 
 
 @strict(accept_kwargs=True)
@@ -36,6 +40,8 @@ class FPMambaConfig(PreTrainedConfig):
     Fixed-point solver: fp_max_iter (cap in training), fp_max_iter_eval (cap in eval and generation), fp_tol
     (relative inf-norm residual, per sequence), fp_damping / fp_damping_decay / fp_damping_patience,
     fp_train_quantile (in training the batch stops when this fraction of rows converged).
+    fp_solver: the step between evaluations, "picard" (damped fixed-point iteration) or "anderson" (Anderson
+    acceleration mixing the last fp_anderson_m evaluations per sequence; same stopping rule, caps and gradients).
     Per-call `fp_max_iter` / `fp_tol` arguments of forward() and generate() override these caps and tolerance.
     Gradients: fp_backward ("one_step": fp_backward_steps applications from the detached fixed point;
     "implicit": adjoint fixed point, capped by fp_backward_max_iter at fp_backward_tol).
@@ -45,6 +51,9 @@ class FPMambaConfig(PreTrainedConfig):
     """
 
     model_type = "fp_mamba"
+    # Trainer's predictions keep the logits only: the cache and the telemetry are not predictions (see
+    # fpmamba_hf.callbacks.FixedPointLogCallback for telemetry in the logs).
+    keys_to_ignore_at_inference = ["cache_params", "past_key_values", "fp_iterations", "fp_residual"]
 
     vocab_size: int = 32000
     hidden_size: int = _L.hidden_size
@@ -81,6 +90,8 @@ class FPMambaConfig(PreTrainedConfig):
     fp_damping_decay: float = _L.fp_damping_decay
     fp_damping_patience: int = _L.fp_damping_patience
     fp_train_quantile: float = _L.fp_train_quantile
+    fp_solver: str = _L.fp_solver
+    fp_anderson_m: int = _L.fp_anderson_m
     fp_backward: str = _L.fp_backward
     fp_backward_steps: int = _L.fp_backward_steps
     fp_backward_max_iter: int = _L.fp_backward_max_iter
@@ -93,20 +104,37 @@ class FPMambaConfig(PreTrainedConfig):
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs) -> None:
-        """Every knob is checked at construction (and on load); a ValueError names the offending field."""
-        if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
-            raise ValueError(f"FPMamba config: invalid vocab_size={self.vocab_size!r}: must be a positive integer")
-        if not isinstance(self.num_hidden_layers, int) or self.num_hidden_layers < 1:
-            raise ValueError(
-                f"FPMamba config: invalid num_hidden_layers={self.num_hidden_layers!r}: must be a positive integer"
-            )
+        """Every knob is checked at construction (and on load), types included; a ValueError names the offending
+        field. numpy scalars become Python numbers (so the config saves as JSON). `num_heads` (a Mamba2Config
+        field, derived here) is accepted when it agrees with expand * hidden_size / head_dim."""
+        for name in FPMambaLayerConfig.field_names() + _OWN_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
+                setattr(self, name, int(value))
+            elif isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+                setattr(self, name, float(value))
+        for name in ("vocab_size", "num_hidden_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"FPMamba config: invalid {name}={value!r}: must be a positive integer")
+        for name in ("residual_in_fp32", "rescale_prenorm_residual", "fp_sync_ranks", "use_cache",
+                     "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"FPMamba config: invalid {name}={getattr(self, name)!r}: must be of type bool")
         self.layer_config().validate()
+        num_heads = kwargs.pop("num_heads", None)
+        if num_heads is not None and num_heads != self.num_heads:
+            raise ValueError(
+                f"FPMamba config: invalid num_heads={num_heads!r}: it is derived as expand * hidden_size / head_dim "
+                f"= {self.num_heads}; set head_dim (or leave num_heads out)"
+            )
         super().__post_init__(**kwargs)
 
     def layer_config(self) -> FPMambaLayerConfig:
         """The per-layer settings (a plain dataclass of the `modeling` package)."""
         values = {name: getattr(self, name) for name in FPMambaLayerConfig.field_names()}
-        values["time_step_limit"] = tuple(values["time_step_limit"])
+        if isinstance(values["time_step_limit"], list):  # JSON has no tuples
+            values["time_step_limit"] = tuple(values["time_step_limit"])
         return FPMambaLayerConfig(**values)
 
     @property

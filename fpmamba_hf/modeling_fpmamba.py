@@ -3,12 +3,14 @@
 The stack is Mamba-2's (embeddings -> [RMSNorm -> FPMambaMixer -> residual] x L -> RMSNorm -> LM head), parameter
 for parameter, so `FPMambaForCausalLM.from_mamba2` converts a Mamba2ForCausalLM exactly. The layer math lives in
 the `modeling` package; this file adds what a transformers model needs: config, weights init, cache, loss,
-generation (with a per-call fixed-point budget) and telemetry (`fp_iterations`).
+generation (with a per-call fixed-point budget), telemetry (`fp_iterations`, `fp_residual`) and the checks that no
+non-finite or unconverged result passes silently (fpmamba_hf/telemetry.py).
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,18 +21,29 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from modeling.checkpointing import FixedPointReplay
 from modeling.fixed_point import ContinueSync
-from modeling.layer import FPMambaMixer, GatedRMSNorm
+from modeling.layer import FPMambaLayerConfig, FPMambaMixer, GatedRMSNorm
 from modeling.mixers import ChannelMixer
+from modeling.ops.reference import acc
 
-from .cache import has_state, read_state, write_state
+from .cache import has_state, read_state, seen_tokens, set_seen_tokens, write_state
 from .configuration_fpmamba import FPMambaConfig
 from .distributed import training_sync
+from .telemetry import (
+    FP_CALL_KEYS,
+    GenerationLog,
+    StageFlags,
+    check_call_keywords,
+    check_forward,
+    check_generation,
+    first_bad_stage,
+    non_finite_error,
+)
 
-_FP_CALL_KEYS = ("fp_max_iter", "fp_tol")
+logger = logging.get_logger(__name__)
 
 
 class FPMambaRMSNorm(nn.Module):
@@ -43,13 +56,14 @@ class FPMambaRMSNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         input_dtype = hidden_states.dtype
-        h = hidden_states.to(torch.float32)
+        h = acc(hidden_states)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
         return self.weight * h.to(input_dtype)
 
 
 class FPMambaBlock(GradientCheckpointingLayer):
-    """Pre-norm residual block around one FPMambaMixer. Returns (hidden_states, iterations (batch,)).
+    """Pre-norm residual block around one FPMambaMixer. Returns (hidden_states, iterations (batch,), residual
+    (batch,)): the fixed-point iterations and the relative residual each row stopped at.
 
     The whole fixed-point loop runs inside this block, which is the unit of activation checkpointing and of FSDP
     sharding (`_no_split_modules`): one parameter all-gather per block forward, whatever the iteration count.
@@ -59,7 +73,7 @@ class FPMambaBlock(GradientCheckpointingLayer):
     def __init__(self, config: FPMambaConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
-        self.residual_in_fp32 = config.residual_in_fp32
+        self.config = config  # read at call time (residual_in_fp32), so an edit of the config takes effect
         self.norm = FPMambaRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.mixer = FPMambaMixer(config.layer_config(), layer_idx=layer_idx)
 
@@ -73,11 +87,11 @@ class FPMambaBlock(GradientCheckpointingLayer):
         fp_sync: ContinueSync | None = None,
         fp_replay: FixedPointReplay | None = None,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         residual = hidden_states
         hidden_states = self.norm(hidden_states.to(dtype=self.norm.weight.dtype))
-        if self.residual_in_fp32:
-            residual = residual.to(torch.float32)
+        if self.config.residual_in_fp32:
+            residual = acc(residual)  # fp32 (an fp64 model keeps fp64)
         state = None
         if cache_params is not None:
             state = read_state(cache_params, self.layer_idx, hidden_states.shape[0])
@@ -93,7 +107,7 @@ class FPMambaBlock(GradientCheckpointingLayer):
         )
         if cache_params is not None:
             write_state(cache_params, self.layer_idx, out.state)
-        return residual + out.out, out.iterations
+        return residual + out.out, out.iterations, out.residual
 
 
 class FPMambaPreTrainedModel(PreTrainedModel):
@@ -129,32 +143,45 @@ class FPMambaPreTrainedModel(PreTrainedModel):
 class FPMambaOutput(ModelOutput):
     """last_hidden_state (batch, T, hidden); cache_params: the DynamicCache to continue from (if use_cache);
     hidden_states: per-layer outputs if asked; fp_iterations: LongTensor (batch, num_layers), fixed-point
-    iterations each layer used for each sequence in this call."""
+    iterations each layer used for each sequence in this call; fp_residual: FloatTensor (batch, num_layers), the
+    relative residual each layer stopped at (below fp_tol when converged, above it when the cap was hit)."""
 
     last_hidden_state: torch.Tensor | None = None
     cache_params: Cache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     fp_iterations: torch.LongTensor | None = None
+    fp_residual: torch.FloatTensor | None = None
 
 
 @dataclass
 class FPMambaCausalLMOutput(ModelOutput):
     """loss (labels shifted inside, -100 ignored); logits (batch, T, vocab) fp32; cache_params; hidden_states;
-    fp_iterations: LongTensor (batch, num_layers)."""
+    fp_iterations: LongTensor (batch, num_layers); fp_residual: FloatTensor (batch, num_layers)."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     cache_params: Cache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     fp_iterations: torch.LongTensor | None = None
+    fp_residual: torch.FloatTensor | None = None
 
 
-def _check_inputs(input_ids, inputs_embeds, attention_mask, vocab_size: int, continuing: bool):
+def _check_inputs(input_ids, inputs_embeds, attention_mask, config: FPMambaConfig, continuing: bool):
     """Clear errors for bad input, raised before anything touches the embedding or the cache."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+    for name, t in (("input_ids", input_ids), ("inputs_embeds", inputs_embeds), ("attention_mask", attention_mask)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}; convert it with torch.as_tensor")
+    if input_ids is not None and (input_ids.dim() != 2 or input_ids.is_floating_point() or input_ids.is_complex()):
+        raise ValueError(f"input_ids must be integer token ids of shape (batch, sequence), got {input_ids.dtype} "
+                         f"of shape {tuple(input_ids.shape)}")
+    if inputs_embeds is not None and (inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size):
+        raise ValueError(f"inputs_embeds must have shape (batch, sequence, hidden_size={config.hidden_size}), got "
+                         f"{tuple(inputs_embeds.shape)}")
     ref = input_ids if input_ids is not None else inputs_embeds
-    if ref.dim() < 2 or ref.shape[1] == 0:
+    vocab_size = config.vocab_size
+    if ref.shape[1] == 0:
         raise ValueError(f"FP-Mamba needs a non-empty (batch, sequence) input, got shape {tuple(ref.shape)}")
     if input_ids is not None and input_ids.numel():
         outside = (input_ids < 0) | (input_ids >= vocab_size)
@@ -178,6 +205,30 @@ def _check_inputs(input_ids, inputs_embeds, attention_mask, vocab_size: int, con
     return None if bool(mask.all()) else mask
 
 
+def _call_budget(fp_max_iter: Any, fp_tol: Any) -> tuple[int | None, float | None]:
+    """The per-call budget as plain Python numbers (numpy scalars accepted), or a ValueError naming the argument."""
+    if fp_max_iter is not None:
+        try:
+            if isinstance(fp_max_iter, bool):
+                raise TypeError
+            fp_max_iter = operator.index(fp_max_iter)
+        except TypeError:
+            raise ValueError(f"fp_max_iter must be a positive integer, got {fp_max_iter!r}") from None
+    if fp_tol is not None and not isinstance(fp_tol, bool):
+        try:
+            fp_tol = float(fp_tol)
+        except (TypeError, ValueError):
+            raise ValueError(f"fp_tol must be a finite number > 0, got {fp_tol!r}") from None
+    return fp_max_iter, fp_tol
+
+
+def _resolve_cache(cache_params: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The cache handed in under either name (generate() returns it as `past_key_values`)."""
+    if cache_params is not None and past_key_values is not None and cache_params is not past_key_values:
+        raise ValueError("pass the cache once, as cache_params or as past_key_values, not two different caches")
+    return cache_params if cache_params is not None else past_key_values
+
+
 class FPMambaModel(FPMambaPreTrainedModel):
     def __init__(self, config: FPMambaConfig) -> None:
         super().__init__(config)
@@ -193,6 +244,25 @@ class FPMambaModel(FPMambaPreTrainedModel):
     def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
         self.embeddings = new_embeddings
 
+    def _apply_live_config(self) -> None:
+        """Make the layers run the config as it is now. The fp_* knobs may be edited between calls and take effect
+        at the next one; every other layer knob shapes the parameters or their meaning, so an edit after the model
+        was built is refused rather than saved without running."""
+        live = self.config.layer_config()
+        built = self.layers[0].mixer.config
+        if live == built:
+            return
+        live.validate()
+        changed = [n for n in FPMambaLayerConfig.field_names() if getattr(live, n) != getattr(built, n)]
+        fixed = [n for n in changed if not n.startswith("fp_")]
+        if fixed:
+            raise ValueError(
+                f"config field(s) {fixed} were changed after the model was built; they cannot take effect on an "
+                "existing model (only the fp_* solver settings can). Build a new model from the edited config."
+            )
+        for block in self.layers:
+            block.mixer.config = live
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -204,56 +274,92 @@ class FPMambaModel(FPMambaPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         fp_max_iter: int | None = None,
         fp_tol: float | None = None,
+        past_key_values: Cache | None = None,
         **kwargs: Any,
     ) -> tuple | FPMambaOutput:
         r"""
-        cache_params (`DynamicCache`, *optional*): continue the sequences held in this cache (new tokens only).
+        cache_params (`DynamicCache`, *optional*): continue the sequences held in this cache (new tokens only); it
+            is read and updated in place in every mode. `past_key_values` is accepted as the same argument.
         fp_max_iter (`int`, *optional*): iteration cap for this call (default: config.fp_max_iter in training,
             config.fp_max_iter_eval otherwise).
         fp_tol (`float`, *optional*): relative residual tolerance for this call (default: config.fp_tol).
         """
+        check_call_keywords(kwargs)
+        stages: StageFlags | None = kwargs.get("fp_stages")
+        owns_report = stages is None  # called directly: this forward checks its own outputs
+        stages = StageFlags() if stages is None else stages
+        fp_max_iter, fp_tol = _call_budget(fp_max_iter, fp_tol)
+        self._apply_live_config()
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache if not self.training else False)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        cache_params = _resolve_cache(cache_params, past_key_values)
+        if cache_params is not None:
+            # A cache handed in is always used: refuse what would ignore it or use it wrongly.
+            if use_cache is False:
+                raise ValueError("a cache was passed with use_cache=False: drop the cache, or let it be used")
+            if self.gradient_checkpointing and self.training:
+                raise ValueError("a cache cannot be used with gradient checkpointing in training (the recompute "
+                                 "would read the cache after the forward updated it)")
+            use_cache = True
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache if not self.training else False)
         continuing = cache_params is not None and has_state(cache_params)
-        mask = _check_inputs(input_ids, inputs_embeds, attention_mask, self.config.vocab_size, continuing)
+        mask = _check_inputs(input_ids, inputs_embeds, attention_mask, self.config, continuing)
+        if self.gradient_checkpointing and self.training and use_cache:
+            logger.warning_once("use_cache=True is incompatible with gradient checkpointing in training: no cache")
+            use_cache = False
         if inputs_embeds is None:
             inputs_embeds = self.embeddings(input_ids)
-        if self.gradient_checkpointing and self.training and use_cache:
-            use_cache = False
         if use_cache and cache_params is None:
             cache_params = DynamicCache(config=self.config)
         if not use_cache:
             cache_params = None
+        seen = None if cache_params is None else seen_tokens(cache_params)
 
         hidden_states = inputs_embeds
+        stages.add("the embeddings" if input_ids is not None else "inputs_embeds", hidden_states)
         all_hidden_states = () if output_hidden_states else None
-        iterations = []
+        iterations, residuals = [], []
         sync = training_sync(self.config.fp_sync_ranks, self.training, hidden_states.device)
-        for block in self.layers:
+        for i, block in enumerate(self.layers):
             # A checkpointed block's recompute replays the fixed point its forward found (modeling/checkpointing.py).
             replay = FixedPointReplay() if block.gradient_checkpointing and block.training else None
-            hidden_states, its = block(
-                hidden_states, cache_params=cache_params, attention_mask=mask, fp_max_iter=fp_max_iter,
-                fp_tol=fp_tol, fp_sync=sync, fp_replay=replay,
-            )
+            try:
+                hidden_states, its, res = block(
+                    hidden_states, cache_params=cache_params, attention_mask=mask, fp_max_iter=fp_max_iter,
+                    fp_tol=fp_tol, fp_sync=sync, fp_replay=replay,
+                )
+            except FloatingPointError as err:
+                # The solver sees a NaN that may come from an earlier stage: name where it first appeared.
+                where = first_bad_stage(stages.names, stages.stacked().tolist())
+                raise non_finite_error(self, where or f"layer {i} (its fixed-point iteration)") from err
+            stages.add(f"layer {i} (after its fixed point: out_proj or the residual)", hidden_states)
             iterations.append(its)
+            residuals.append(res)
             if output_hidden_states:
                 all_hidden_states = all_hidden_states + (hidden_states,)
+        if cache_params is not None:
+            set_seen_tokens(cache_params, None if seen is None else seen + hidden_states.shape[1])
         hidden_states = self.norm_f(hidden_states)
+        stages.add("the final norm (norm_f)", hidden_states)
         if output_hidden_states:
             all_hidden_states = all_hidden_states + (hidden_states,)
         fp_iterations = torch.stack(iterations, dim=1)
+        fp_residual = torch.stack(residuals, dim=1).float()
+        if owns_report:
+            tol = fp_tol if fp_tol is not None else self.config.fp_tol
+            check_forward(self, stages, fp_residual, tol, warn=not self.training)
 
         if not return_dict:
-            return tuple(v for v in [hidden_states, cache_params, all_hidden_states, fp_iterations] if v is not None)
+            output = [hidden_states, cache_params, all_hidden_states, fp_iterations, fp_residual]
+            return tuple(v for v in output if v is not None)
         return FPMambaOutput(
             last_hidden_state=hidden_states,
             cache_params=cache_params,
             hidden_states=all_hidden_states,
             fp_iterations=fp_iterations,
+            fp_residual=fp_residual,
         )
 
 
@@ -264,7 +370,6 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.backbone = FPMambaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self._fp_generation_log: list[torch.Tensor] | None = None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -286,6 +391,8 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         fp_max_iter: int | None = None,
         fp_tol: float | None = None,
+        past_key_values: Cache | None = None,
+        fp_log: GenerationLog | None = None,
         **kwargs: Any,
     ) -> tuple | FPMambaCausalLMOutput:
         r"""
@@ -293,37 +400,45 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
             are shifted inside the model (labels = input_ids works), -100 is ignored.
         shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*, in kwargs): targets
             already aligned with the logits (used instead of shifting `labels`), e.g. `fpmamba_hf.tasks` labels.
-        fp_max_iter, fp_tol: the fixed-point budget for this call only (see FPMambaModel.forward).
+        cache_params / past_key_values, fp_max_iter, fp_tol: see FPMambaModel.forward.
+        fp_log: set by generate(), the call's own telemetry (per call, so nested and concurrent calls never mix).
         """
+        check_call_keywords(kwargs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        stages = StageFlags()
         outputs = self.backbone(
             input_ids,
             inputs_embeds=inputs_embeds,
-            cache_params=cache_params,
+            cache_params=_resolve_cache(cache_params, past_key_values),
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             return_dict=True,
             attention_mask=attention_mask,
             fp_max_iter=fp_max_iter,
             fp_tol=fp_tol,
+            fp_stages=stages,
         )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             hidden_states = hidden_states[:, -logits_to_keep:]
         elif isinstance(logits_to_keep, torch.Tensor):
             hidden_states = hidden_states[:, logits_to_keep]
-        logits = self.lm_head(hidden_states.to(self.lm_head.weight.dtype)).float()
+        logits = acc(self.lm_head(hidden_states.to(self.lm_head.weight.dtype)))  # fp32 (an fp64 model keeps fp64)
+        stages.add("the LM head", logits)
+        tol = float(fp_tol) if fp_tol is not None else self.config.fp_tol  # validated by the backbone
+        if fp_log is not None:  # inside generate(): read back once when the call ends, not per token
+            fp_log.record(outputs.fp_iterations, outputs.fp_residual, stages, tol)
+        else:
+            check_forward(self, stages, outputs.fp_residual, tol, warn=not self.training)
         loss = None
         if labels is not None or kwargs.get("shift_labels") is not None:
             # transformers' causal-LM loss contract: `labels` are shifted inside; already aligned targets come as
             # `shift_labels` (labels[:, i] = target of position i); `num_items_in_batch` (Trainer, gradient
             # accumulation) turns the mean into sum / items so accumulated micro-batches equal one big batch.
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        if self._fp_generation_log is not None:
-            self._fp_generation_log.append(outputs.fp_iterations)
 
         if not return_dict:
-            output = (logits, outputs.cache_params, outputs.hidden_states, outputs.fp_iterations)
+            output = (logits, outputs.cache_params, outputs.hidden_states, outputs.fp_iterations, outputs.fp_residual)
             output = tuple(v for v in output if v is not None)
             return ((loss,) + output) if loss is not None else output
         return FPMambaCausalLMOutput(
@@ -332,6 +447,7 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
             cache_params=outputs.cache_params,
             hidden_states=outputs.hidden_states,
             fp_iterations=outputs.fp_iterations,
+            fp_residual=outputs.fp_residual,
         )
 
     # ------------------------------------------------------------------------------------------ generation
@@ -343,16 +459,24 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         cache_params: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
         is_first_iteration: bool | None = False,
+        next_sequence_length: int | None = None,
         **kwargs: Any,
     ) -> dict:
         if is_first_iteration and cache_params is not None and has_state(cache_params):
-            # generate() re-feeds the whole prompt on its first step: on top of a filled cache that would count the
-            # prompt twice. Refuse instead of returning a silently wrong continuation.
-            raise ValueError(
-                "generate() cannot continue from a cache that already holds a sequence (it would re-feed the whole "
-                "prompt). Call generate() on the full sequence without cache_params, or step forward() with only "
-                "the new tokens and cache_params."
-            )
+            # Continuing from a returned cache: the input is the full sequence; feed only what the cache has not
+            # consumed (the last generated token, which generate() never feeds, and the new ones).
+            seen = seen_tokens(cache_params)
+            length = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
+            if seen is None:
+                raise ValueError("generate() can continue only from a cache filled by this model's forward() or "
+                                 "generate() (it counts the positions it has consumed)")
+            if length <= seen:
+                raise ValueError(
+                    f"generate() was given {length} positions and a cache that already holds {seen}: pass the full "
+                    "sequence (the cached one followed by at least one new token); generate() will not re-feed "
+                    "positions the cache has consumed"
+                )
+            next_sequence_length = length - seen
         model_inputs = super().prepare_inputs_for_generation(
             input_ids,
             inputs_embeds=inputs_embeds,
@@ -360,6 +484,7 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
             cache_params=cache_params,
             attention_mask=attention_mask,
             is_first_iteration=is_first_iteration,
+            next_sequence_length=next_sequence_length,
             **kwargs,
         )
         if use_cache and not is_first_iteration:
@@ -370,24 +495,40 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
     def _prepare_generation_config(self, generation_config, **kwargs: Any):
         """`fp_max_iter` / `fp_tol` set in generation_config (e.g. generation_config.json) become model kwargs."""
         generation_config, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
-        for key in _FP_CALL_KEYS:
+        check_call_keywords({k: v for k, v in vars(generation_config).items() if not k.startswith("_")})
+        for key in FP_CALL_KEYS:
             value = getattr(generation_config, key, None)
             if key not in model_kwargs and value is not None:
                 model_kwargs[key] = value
         return generation_config, model_kwargs
 
     def generate(self, *args: Any, **kwargs: Any):
-        """GenerationMixin.generate, plus `fp_iterations` (LongTensor (rows, new_tokens, num_layers)) on the output
-        when `return_dict_in_generate=True`; rows are the generated sequences (batch x num_beams for beam search,
-        where rows follow the beams of each step, not the returned sequences)."""
-        self._fp_generation_log = []
-        try:
-            out = super().generate(*args, **kwargs)
-        finally:
-            log, self._fp_generation_log = self._fp_generation_log, None
-        if isinstance(out, ModelOutput) and log:
-            out["fp_iterations"] = torch.stack(log, dim=1)
+        """GenerationMixin.generate, plus on the output (with `return_dict_in_generate=True`) `fp_iterations`
+        (LongTensor (rows, new_tokens, num_layers)) and `fp_residual` (FloatTensor, same shape): rows are the
+        generated sequences (batch x num_beams for beam search, where rows follow the beams of each step, not the
+        returned sequences). A cache returned by an earlier call continues with `past_key_values=` (or
+        `cache_params=`) and the full sequence: previous sequences followed by the new tokens. Non-finite values
+        raise and unconverged steps warn once, when the call ends (no host sync per token)."""
+        cache = _resolve_cache(kwargs.pop("cache_params", None), kwargs.pop("past_key_values", None))
+        if cache is not None:
+            kwargs["cache_params"] = cache  # the name generate() uses for this model's cache
+        log = GenerationLog()
+        out = super().generate(*args, fp_log=log, **kwargs)
+        check_generation(self, log)
+        if isinstance(out, ModelOutput) and log.iterations:
+            out["fp_iterations"] = torch.stack(log.iterations, dim=1)
+            out["fp_residual"] = torch.stack(log.residual, dim=1)
         return out
+
+    def save_pretrained(self, *args: Any, **kwargs: Any):
+        """PreTrainedModel.save_pretrained; fp_* defaults set on generation_config are kept in the file."""
+        generation_config = getattr(self, "generation_config", None)
+        if generation_config is not None and any(getattr(generation_config, k, None) is not None
+                                                 for k in FP_CALL_KEYS):
+            # A generation config derived from the model config is re-derived on load, dropping every key it
+            # does not know (our fp_* keys): mark it as the user's own so from_pretrained reads it as saved.
+            generation_config._from_model_config = False
+        return super().save_pretrained(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------------ conversion
     @classmethod

@@ -5,6 +5,8 @@ Rule (DESIGN.md section 2), per row b, iteration k = 1, 2, ...:
     r_b < tol  ->  row b is done: y*_b = y^{k-1}_b and its output is f(y*_b) = yhat_b (no extra call)
     otherwise     y^k = delta_b yhat + (1 - delta_b) y^{k-1}; delta_b shrinks by `damping_decay` after
                   `damping_patience` iterations without a new best residual.
+    With solver "anderson" the step mixes the last `anderson_m` evaluations instead (modeling/anderson.py);
+    everything else (stopping rule, freezing, caps, damping schedule, telemetry, gradients) is the same.
 A done row is frozen: it is no longer evaluated, so its result never depends on the rest of the batch.
 At the cap every remaining row stops the same way (y* = last iterate, output f(y*)). In training the whole
 batch may stop once a fraction `train_quantile` of rows is done (iteration counts are heavy-tailed).
@@ -14,14 +16,22 @@ Gradients (memory independent of the iteration count; the loop itself runs witho
     "one_step": `backward_steps` applications of f from the detached y*, with autograd (the paper's practice);
     "implicit": one application with autograd, whose output gradient is replaced by the adjoint fixed point
                 g = dL/dy + J^T g (J = df/dy at y*), solved with vector-Jacobian products of that application.
+                If that solve does not converge within its cap (or turns non-finite), the backward falls back to
+                the one-step gradient and warns (ImplicitGradientFallback): never a silently exploding gradient.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from .anderson import AndersonHistory
+
+SOLVERS = ("picard", "anderson")
 
 # f(y_rows, rows) -> (yhat_rows, aux_rows[, residual_rows]): the iteration map on the rows `rows` (LongTensor)
 # of the batch; aux is a tuple of per-row tensors (batch first) produced alongside yhat, e.g. the scan's final
@@ -33,7 +43,8 @@ ContinueSync = Callable[[bool], bool]
 
 @dataclass
 class SolverSettings:
-    """Stopping rule, caps and damping of one solve."""
+    """Stopping rule, caps, damping and step (solver: one of SOLVERS; anderson_m: Anderson's memory) of one
+    solve."""
 
     max_iter: int
     tol: float
@@ -43,6 +54,14 @@ class SolverSettings:
     min_damping: float = 1e-3
     train_quantile: float = 1.0
     eps: float = 1e-6
+    solver: str = "picard"
+    anderson_m: int = 5
+
+    def __post_init__(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.solver == "anderson" and (not isinstance(self.anderson_m, int) or self.anderson_m < 1):
+            raise ValueError(f"anderson_m must be a positive integer, got {self.anderson_m!r}")
 
 
 @dataclass
@@ -107,6 +126,7 @@ def solve(
     best = torch.full((batch,), float("inf"), device=device, dtype=y0.dtype)
     stall = torch.zeros(batch, dtype=torch.long, device=device)
     active = torch.arange(batch, device=device)
+    anderson = AndersonHistory(y0, settings.anderson_m) if settings.solver == "anderson" else None
     n_done = 0
     k = 0
     while True:
@@ -156,6 +176,8 @@ def solve(
         stall[active] = torch.where(shrink, torch.zeros_like(st), st)
         dd = d.view(-1, *([1] * (yhat.dim() - 1)))
         stepped = dd * yhat + (1 - dd) * y_act
+        if anderson is not None:
+            stepped = anderson.step(active, y_act, yhat, d, stepped)
         if active.numel() == batch:
             y = stepped
         else:
@@ -176,6 +198,10 @@ def one_step_output(
     return y, aux
 
 
+class ImplicitGradientFallback(RuntimeWarning):
+    """The implicit gradient's adjoint solve did not converge; that backward used the one-step gradient."""
+
+
 def implicit_output(
     f: IterationFn, y_star: torch.Tensor, settings: SolverSettings, layer_idx: int | None = None
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -194,18 +220,29 @@ def implicit_output(
             return grad
         solving = True
         try:
-            g = grad
-            for k in range(1, settings.max_iter + 1):
+            g, r = grad, float("inf")
+            for _ in range(settings.max_iter):
                 (jt_g,) = torch.autograd.grad(y_out, y_in, g, retain_graph=True)
                 g_new = grad + jt_g
-                check_finite(g_new, layer_idx, k)
-                converged = bool((relative_residual(g_new, g, settings.eps) < settings.tol).all())
-                g = g_new
-                if converged:
+                r = float(relative_residual(g_new, g, settings.eps).max())  # NaN when g_new is not finite
+                if not math.isfinite(r):
                     break
+                g = g_new
+                if r < settings.tol:
+                    return g
         finally:
             solving = False
-        return g
+        # Not converged (J^T is not contractive at y*, e.g. a non-contractive DPLR mixer at reflection scale 2): the
+        # partial sums grow without bound, so return the one-step gradient (the incoming one) instead, and say so.
+        where = f"layer {layer_idx}" if layer_idx is not None else "a layer"
+        warnings.warn(
+            f"FP-Mamba implicit gradient: the adjoint fixed point of {where} did not converge within "
+            f"fp_backward_max_iter={settings.max_iter} (relative residual {r:.3g} > fp_backward_tol={settings.tol:g}); "
+            "this backward uses the one-step gradient instead.",
+            ImplicitGradientFallback,
+            stacklevel=2,
+        )
+        return grad
 
     y_out.register_hook(adjoint)
     return y_out, aux

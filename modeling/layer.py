@@ -21,11 +21,25 @@ import torch.nn.functional as F
 
 from . import ops
 from .checkpointing import FixedPointReplay
-from .fixed_point import ContinueSync, SolverSettings, implicit_output, one_step_output, solve
-from .mixers import MIXER_INPUTS, MIXER_KINDS, ChannelMixer, apply_mixer
+from .fixed_point import SOLVERS, ContinueSync, SolverSettings, implicit_output, one_step_output, solve
+from .mixers import MIXER_INPUTS, MIXER_KINDS, ChannelMixer, apply_mixer, is_plain_linear
 from .ops.reference import acc
 
 FP_BACKWARDS = ("one_step", "implicit")
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# One check per field annotation of FPMambaLayerConfig (the annotations are strings under postponed evaluation).
+_TYPE_CHECKS = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": _is_number,
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "tuple[float, float]": lambda v: isinstance(v, tuple) and len(v) == 2 and all(_is_number(x) for x in v),
+}
 
 
 @dataclass
@@ -63,6 +77,8 @@ class FPMambaLayerConfig:
     fp_damping_decay: float = 0.9
     fp_damping_patience: int = 5
     fp_train_quantile: float = 0.9
+    fp_solver: str = "picard"
+    fp_anderson_m: int = 5
     fp_backward: str = "one_step"
     fp_backward_steps: int = 1
     fp_backward_max_iter: int = 32
@@ -84,9 +100,16 @@ class FPMambaLayerConfig:
         def bad(name: str, why: str) -> None:
             raise ValueError(f"FPMamba config: invalid {name}={getattr(self, name)!r}: {why}")
 
+        for f in fields(self):  # types first: a string "false" must not pass as a true bool
+            if not _TYPE_CHECKS[f.type](getattr(self, f.name)):
+                bad(f.name, f"must be of type {f.type}")
+        lo, hi = self.time_step_limit
+        if not 0.0 <= lo <= hi:
+            bad("time_step_limit", "must be a (low, high) pair with 0 <= low <= high")
+
         for name in ("hidden_size", "state_size", "head_dim", "expand", "n_groups", "conv_kernel", "chunk_size",
                      "mixer_rank", "fp_max_iter", "fp_max_iter_eval", "fp_backward_steps", "fp_backward_max_iter",
-                     "fp_damping_patience"):
+                     "fp_damping_patience", "fp_anderson_m"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 bad(name, "must be a positive integer")
@@ -104,6 +127,8 @@ class FPMambaLayerConfig:
             bad("mixer_activation", "choose one of silu, identity, tanh, relu")
         if not 0.0 < self.mixer_alpha_init < 1.0:
             bad("mixer_alpha_init", "must lie in (0, 1)")
+        if self.fp_solver not in SOLVERS:
+            bad("fp_solver", f"choose one of {SOLVERS}")
         if self.fp_backward not in FP_BACKWARDS:
             bad("fp_backward", f"choose one of {FP_BACKWARDS}")
         for name in ("fp_tol", "fp_backward_tol", "layer_norm_epsilon", "time_step_min", "time_step_max"):
@@ -220,13 +245,14 @@ class FPMambaMixer(nn.Module):
             max_iter=max_iter if max_iter is not None else default_cap,
             tol=float(tol if tol is not None else c.fp_tol),
             damping=c.fp_damping, damping_decay=c.fp_damping_decay, damping_patience=c.fp_damping_patience,
-            train_quantile=c.fp_train_quantile,
+            train_quantile=c.fp_train_quantile, solver=c.fp_solver, anderson_m=c.fp_anderson_m,
         )
 
     def _dt(self, dt_raw: torch.Tensor, y_prev: torch.Tensor) -> torch.Tensor:
+        """dt (..., h) from its x-part dt_raw (..., h) and the shifted iterate y_{t-1} (..., d_inner)."""
         pre = acc(dt_raw)
-        if self.dt_y_proj is not None:
-            pre = pre + acc(F.linear(y_prev.to(self.dt_y_proj.weight.dtype), self.dt_y_proj.weight))
+        if self.dt_y_proj is not None:  # called, not read as a weight: a wrapped (e.g. LoRA) projection takes part
+            pre = pre + acc(self.dt_y_proj(y_prev.to(self.dt_y_proj.weight.dtype)))
         dt = F.softplus(pre + acc(self.dt_bias))
         lo, hi = self.config.time_step_limit
         return dt.clamp(lo, hi) if (lo > 0.0 or hi != float("inf")) else dt
@@ -234,7 +260,7 @@ class FPMambaMixer(nn.Module):
     def _bc(self, Bx: torch.Tensor, Cx: torch.Tensor, y_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """B, C (..., g, n) from their x-parts and the shifted iterate y_{t-1} (..., d_inner)."""
         gn = self.n_groups * self.ssm_state_size
-        By, Cy = acc(F.linear(y_prev.to(self.bc_y_proj.weight.dtype), self.bc_y_proj.weight)).split(gn, -1)
+        By, Cy = acc(self.bc_y_proj(y_prev.to(self.bc_y_proj.weight.dtype))).split(gn, -1)
         B = Bx + By.view(Bx.shape)
         C = Cx + Cy.view(Cx.shape)
         if self.config.bc_norm:
@@ -268,9 +294,12 @@ class FPMambaMixer(nn.Module):
 
     def _fused_inputs(self, x, x_part, Bx, Cx, dt_raw, z, y_prev0, H0, mask, A, settings: SolverSettings):
         """The per-call inputs of the fused iteration kernels (`ops.fused_iteration`), or None where they do
-        not apply (reference backend, fp64, the kronecker mixer): then every iteration runs the composed map."""
+        not apply (reference backend, fp64, the kronecker mixer, a wrapped projection such as a LoRA layer,
+        whose weight alone the kernels would read, or kernels that failed their self-check in this configuration,
+        see `ops.selfcheck`): then every iteration runs the composed map."""
         c = self.config
-        if not ops.fused_iteration_supported(x, c.mixer_type):
+        plain = all(is_plain_linear(m) for m in (self.mixer.proj, self.bc_y_proj, self.dt_y_proj) if m is not None)
+        if not plain or not ops.fused_iteration_supported(x, c.mixer_type):
             return None
         from .ops.fused_iteration_triton import FusedIterationInputs
 
@@ -279,7 +308,7 @@ class FPMambaMixer(nn.Module):
                                    None if self.dt_y_proj is None else self.dt_y_proj.weight) if w is not None]
             weight_y = torch.cat([w.to(self.bc_y_proj.weight.dtype) for w in weights])
             strength = self.mixer.strength().detach() if self.mixer.proj is not None else x.new_zeros(())
-        return FusedIterationInputs(
+        inputs = FusedIterationInputs(
             x=x, x_part=x_part, Bx=Bx, Cx=Cx, dt_raw=dt_raw, z=z, y_prev0=y_prev0, H0=H0, mask=mask,
             weight_y=weight_y, A=A.detach(), D=self.D.detach(), dt_bias=self.dt_bias.detach(), strength=strength,
             norm_weight=self.norm.weight.detach(), norm_eps=self.norm.variance_epsilon,
@@ -288,6 +317,7 @@ class FPMambaMixer(nn.Module):
             dt_reads_y=self.dt_y_proj is not None, bc_norm=c.bc_norm, dt_limit=tuple(c.time_step_limit),
             chunk_size=c.chunk_size, head_dim=self.head_dim, residual_eps=settings.eps,
         )
+        return inputs if ops.fused_iteration_supported(x, c.mixer_type, inputs) else None
 
     # ----------------------------------------------------------------------------------------------- forward
     def forward(
@@ -324,7 +354,9 @@ class FPMambaMixer(nn.Module):
         y_prev0 = acc(state.y_prev) if state is not None else x.new_zeros(b, self.d_inner)
         x_part = self.mixer.precompute(x)
 
-        if state is not None and T == 1:
+        # The per-token solve runs without autograd; a token that needs gradients takes the parallel path below,
+        # which handles T = 1 with a state exactly.
+        if state is not None and T == 1 and not torch.is_grad_enabled():
             return self._decode(x, z, Bx, Cx, dt_raw, A, x_part, state, window, settings, dtype, return_state)
 
         H0 = state.ssm if state is not None else None

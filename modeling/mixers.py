@@ -2,8 +2,9 @@
 
 Every mixer is conditioned on p_t, built from x_t and the shifted iterate y_{t-1} (`input_mode`):
     "concat": p = [x_t ; y_{t-1}]     "sum": p = x_t + y_{t-1}     "x": p = x_t (no hidden dependence)
-All parameters come from ONE linear map of p, so its x-part is computed once per layer call and only the
-y-part is recomputed at each fixed-point iteration.
+All parameters come from ONE linear map `proj` of p, so its x-part is computed once per layer call and only the
+y-part is recomputed at each fixed-point iteration. A wrapped `proj` (e.g. a peft LoRA layer, see `is_plain_linear`)
+has no weight to split: it is then applied to the whole p at each iteration.
 
 Kinds (c = reflection scale, 1 = paper, 2 = official code; g = learnable gain in [0, 1]):
     householder  Q = prod_i (I - c g alpha_i u_i u_i^T)       u_i = l2norm(act(W_u p)), alpha_i = sigmoid(w_i p + b_i)
@@ -11,8 +12,9 @@ Kinds (c = reflection scale, 1 = paper, 2 = official code; g = learnable gain in
     kronecker    Q = I - c g (K1 (x) K2), K_n = diag(sigmoid(W_n p + b_n)) S_n / ||S_n||_F, S_n = P_n P_n^T,
                  P_n = upper_triangular(act(W_n p)); ||K_n|| <= 1 since the Frobenius norm bounds the spectral one
     none         Q = I
-The gain g is 1 for a fresh model (exactly the paper's parametrisation) and 0 for a converted Mamba-2, where it
-makes Q = I exactly while keeping a gradient path to grow the mixer during fine-tuning.
+The gain g = tri(gain), a triangle wave of the stored parameter (see `ChannelMixer.effective_gain`), is 1 for a fresh
+model (exactly the paper's parametrisation) and 0 for a converted Mamba-2, where it makes Q = I exactly while
+keeping a gradient path to grow the mixer during fine-tuning, whichever way the optimiser first moves it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ from .ops.reference import acc
 MIXER_KINDS = ("householder", "dplr", "kronecker", "none")
 MIXER_INPUTS = ("concat", "sum", "x")
 _ACTIVATIONS = {"silu": F.silu, "identity": lambda t: t, "tanh": torch.tanh, "relu": F.relu}
+
+
+def is_plain_linear(module: nn.Module) -> bool:
+    """Whether `module` is exactly an nn.Linear, whose map is F.linear(v, weight, bias): only then may a layer split
+    its weight into x- and y-parts or stack it with others for the fused kernels. A wrapped linear (a peft LoRA
+    layer, ...) must be called: its `.weight` is only its base map, and reading it would bypass the adapter."""
+    return type(module) is nn.Linear
 
 
 def kronecker_dims(d_inner: int) -> tuple[int, int]:
@@ -136,32 +145,59 @@ class ChannelMixer(nn.Module):
             self.get_parameter(name).copy_(value)
 
     def precompute(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The x-part of the projection (with bias), computed once per layer call. x: (..., d)."""
+        """What `factors` needs from x (..., d), computed once per layer call: the x-part of the projection with its
+        bias (..., P); x itself (..., d) when `proj` is wrapped (applied to the whole input at every iteration)."""
         if self.proj is None:
             return None
+        if not is_plain_linear(self.proj):
+            return acc(x)
         d = self.d_inner
         w = self.proj.weight[:, :d] if self.input_mode == "concat" else self.proj.weight
         return acc(F.linear(x.to(w.dtype), w, self.proj.bias))
 
     def y_weight(self) -> torch.Tensor | None:
-        """The weight applied to y_{t-1} (P, d), or None when the mixer does not read the iterate."""
+        """The weight a plain `proj` applies to y_{t-1} (P, d), or None when the mixer does not read the iterate."""
         if self.proj is None or self.input_mode == "x":
             return None
         return self.proj.weight[:, self.d_inner:] if self.input_mode == "concat" else self.proj.weight
 
+    def effective_gain(self) -> torch.Tensor:
+        """g = tri(gain) in [0, 1], a () tensor: the triangle wave of period 2 through tri(0) = 0 and tri(1) = 1.
+
+        It equals the stored value on [0, 1] (so a fresh model's 1 and a converted Mamba-2's 0 are exact, and a
+        stored gain in [0, 1] means what it did under the former clamp(gain, 0, 1); one outside, which the clamp had
+        frozen at 0 or 1, now reads as its fold) and has slope +-1 everywhere, 0 and 1 included (torch.where, not
+        torch.abs, whose gradient at 0 is 0): an optimiser step that pushes the gain out of [0, 1] folds it back
+        instead of freezing it where a clamp's gradient is zero.
+        """
+        raw = acc(self.gain[0])
+        folded = torch.remainder(torch.where(raw >= 0, raw, -raw), 2.0)
+        return torch.where(folded <= 1.0, folded, 2.0 - folded)
+
     def strength(self) -> torch.Tensor:
-        """c * clamp(g, 0, 1): the factor in front of every rank-one term, a () tensor."""
-        return self.reflection_scale * acc(self.gain[0]).clamp(0.0, 1.0)
+        """c * g: the factor in front of every rank-one term, a () tensor."""
+        return self.reflection_scale * self.effective_gain()
+
+    def _project(self, x_part: torch.Tensor, y_prev: torch.Tensor) -> torch.Tensor:
+        """proj(p_t) (..., P) in fp32 from `precompute`'s output and the shifted iterate y_{t-1} (..., d)."""
+        if is_plain_linear(self.proj):
+            w = self.y_weight()
+            return x_part if w is None else x_part + acc(F.linear(y_prev.to(w.dtype), w))
+        # Wrapped: x_part is x itself (..., d); build p and call the module.
+        if self.input_mode == "concat":
+            p = torch.cat([x_part, y_prev], dim=-1)
+        elif self.input_mode == "sum":
+            p = x_part + y_prev
+        else:
+            p = x_part
+        return acc(self.proj(p.to(self.proj.weight.dtype)))
 
     def factors(self, x_part: torch.Tensor | None, y_prev: torch.Tensor) -> MixerFactors:
-        """Q_t's factors given the precomputed x-part (..., P) and the shifted iterate y_{t-1} (..., d)."""
+        """Q_t's factors given `precompute`'s output for x_t and the shifted iterate y_{t-1} (..., d)."""
         if self.proj is None:
             return MixerFactors("none")
         d = self.d_inner
-        pre = x_part
-        w = self.y_weight()
-        if w is not None:
-            pre = pre + acc(F.linear(y_prev.to(w.dtype), w))
+        pre = self._project(x_part, y_prev)
         strength = self.strength()
         lead = pre.shape[:-1]
         if self.kind in ("householder", "dplr"):

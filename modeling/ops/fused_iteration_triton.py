@@ -187,7 +187,8 @@ class FusedIterationInputs:
     x (b, T, d) the conv'ed input; x_part (b, T, R*d + R) the mixer projection's x-part with its bias, or None
     (mixer none); Bx, Cx (b, T, g, n); dt_raw (b, T, h); z (b, T, d); y_prev0 (b, d) y*_{t-1} before t = 0;
     H0 (b, h, p, n) | None; mask (b, T) bool | None (kept as int8); weight_y (K, d): the y-projections [mixer
-    (if the mixer reads y); B and C; dt (if dt depends on y)] stacked; strength: () tensor, c * clamp(gain, 0, 1).
+    (if the mixer reads y); B and C; dt (if dt depends on y)] stacked; strength: () tensor, c * the mixer's
+    effective gain (ChannelMixer.strength()).
     """
 
     x: torch.Tensor

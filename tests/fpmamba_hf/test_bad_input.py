@@ -78,3 +78,19 @@ def test_diverging_iteration_is_reported_not_returned():
         model.backbone.layers[1].mixer.in_proj.weight.fill_(float("inf"))
     with pytest.raises(FloatingPointError, match="layer 1"):
         model(torch.randint(0, VOCAB, (1, 4)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [(dict(input_ids=torch.zeros(2, 3, 4, dtype=torch.long)), ValueError, "input_ids must be integer token ids"),
+     (dict(input_ids=torch.zeros(2, 3)), ValueError, "input_ids must be integer token ids"),
+     (dict(input_ids=[[1, 2, 3]]), TypeError, "input_ids must be a torch.Tensor"),
+     (dict(input_ids=__import__("numpy").array([[1, 2, 3]])), TypeError, "input_ids must be a torch.Tensor"),
+     (dict(inputs_embeds=torch.zeros(2, 32)), ValueError, "inputs_embeds must have shape"),
+     (dict(inputs_embeds=torch.zeros(1, 3, 31)), ValueError, "inputs_embeds must have shape"),
+     (dict(input_ids=torch.ones(1, 3, dtype=torch.long), attention_mask=[[1, 1, 1]]), TypeError, "attention_mask")],
+    ids=["3d-ids", "float-ids", "list", "numpy", "2d-embeds", "embeds-width", "list-mask"],
+)
+def test_malformed_inputs_get_a_clear_error_at_the_entry(model, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        model(**kwargs)

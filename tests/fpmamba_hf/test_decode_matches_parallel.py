@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from tests.fpmamba_hf.helpers import VOCAB, tiny_model
+from fpmamba_hf import FPMambaForCausalLM
+from tests.fpmamba_hf.helpers import VOCAB, tiny_config, tiny_model
 
 TIGHT = dict(fp_tol=1e-6, fp_max_iter_eval=400)
 
@@ -65,3 +66,29 @@ def test_left_padded_batch_equals_rows_alone_in_parallel_and_decode():
             assert (batch_logits[i, T - r.shape[1] :] - alone).abs().max() <= 1e-4
             alone_full = model(torch.cat([r, extra[i : i + 1]], 1)).logits[0]
             assert (decoded[i, T - r.shape[1] :] - alone_full).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_at_reflection_scale_2_the_norm_bounded_mixer_decodes_exactly(seed):
+    """Kronecker factors are normalised (||K|| <= 1), so Q = I - 2K stays non-expansive at reflection scale 2 and
+    decode equals parallel there. (Householder and DPLR at scale 2 are not: see README, known limits.)"""
+    torch.manual_seed(seed)
+    model = FPMambaForCausalLM(tiny_config(mixer_type="kronecker", mixer_reflection_scale=2, **TIGHT)).eval()
+    ids = torch.randint(0, VOCAB, (4, 17))
+    with torch.no_grad():
+        parallel = model(ids)
+        decoded = _decode_logits(model, ids, prefix=1)
+    assert bool((parallel.fp_residual < TIGHT["fp_tol"]).all())
+    assert (decoded - parallel.logits).abs().max() <= 1e-4
+
+
+def test_non_convergence_is_reported_where_decode_and_parallel_differ():
+    model = tiny_model(mixer_type="dplr", mixer_reflection_scale=2, mixer_alpha_init=0.9, mixer_rank=4,
+                       fp_tol=1e-6, fp_max_iter_eval=8)
+    ids = torch.randint(0, VOCAB, (4, 17))
+    with torch.no_grad():
+        parallel = model(ids)
+        decoded = _decode_logits(model, ids, prefix=1)
+    differ = (decoded - parallel.logits).abs().amax((1, 2)) > 1e-4
+    assert bool(differ.any())
+    assert bool((parallel.fp_residual[differ] >= 1e-6).any(1).all())
