@@ -107,7 +107,9 @@ class FPMambaBlock(GradientCheckpointingLayer):
         )
         if cache_params is not None:
             write_state(cache_params, self.layer_idx, out.state)
-        return residual + out.out, out.iterations, out.residual
+        # A fresh alias of the telemetry: a reentrant checkpoint marks its float outputs as differentiable in place,
+        # and the mixer's residual is also held by the replay, which the recompute returns again.
+        return residual + out.out, out.iterations, out.residual.detach()
 
 
 class FPMambaPreTrainedModel(PreTrainedModel):
