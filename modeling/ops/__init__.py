@@ -2,6 +2,14 @@
 
 `FPMAMBA_KERNELS=triton|reference` forces a path (triton on CPU tensors only works under TRITON_INTERPRET=1);
 unset, CUDA tensors take the Triton kernels and everything else the PyTorch reference.
+
+Self-check (`selfcheck.py`): the first use of the fused iteration or the decode kernel in a configuration (device,
+dtypes, mixer kind, dimensions and kernel switches) runs the kernel once on a small seeded random problem against
+the PyTorch path. If they disagree beyond tolerance (1e-3 relative; 2e-2 with TF32 matmuls), or the kernel raises,
+one `selfcheck.KernelSelfCheckWarning` names the op, device, dtype, mixer kind and the measured error, and that
+configuration runs the PyTorch path from then on (`fused_iteration_supported` is False, `decode_step` runs
+`reference.decode_step`). The verdict is cached per configuration. `FPMAMBA_KERNEL_SELFCHECK=0` skips the check
+(the kernels are trusted). The dispatch is decided here, the verdicts are kept in `selfcheck`.
 """
 
 from __future__ import annotations
@@ -11,7 +19,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import reference
+from . import reference, selfcheck
+from .selfcheck import KernelSelfCheckWarning  # noqa: F401 -- re-exported: ops.KernelSelfCheckWarning
 
 if TYPE_CHECKING:
     from ..fixed_point import SolverSettings
@@ -70,20 +79,25 @@ def decode_step(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One decode token of every row: inner fixed-point loop + state update. See `reference.decode_step`.
 
-    The Triton kernel covers the householder, dplr and none mixers in fp32; kronecker and fp64 run the
-    reference."""
+    The Triton kernel covers the householder, dplr and none mixers in fp32; kronecker, fp64 and a configuration
+    whose kernel failed its self-check run the reference."""
     args = (x, z, dt, A, B, C, D, state, factors, norm_weight, norm_eps, norm_group_size, settings, layer_idx)
-    if backend_for(x) == "triton" and factors.kind != "kronecker" and x.dtype != torch.float64:
+    if (backend_for(x) == "triton" and factors.kind != "kronecker" and x.dtype != torch.float64
+            and selfcheck.decode_step_ok(*args[:12])):
         from .decode import decode_step_triton
 
         return decode_step_triton(*args)
     return reference.decode_step(*args)
 
 
-def fused_iteration_supported(x: torch.Tensor, mixer_kind: str) -> bool:
+def fused_iteration_supported(x: torch.Tensor, mixer_kind: str, inputs: FusedIterationInputs | None = None) -> bool:
     """Whether the no-autograd iterations of a layer call on tensor `x` run `fused_iteration`: the Triton
-    backend, fp32 (fp64 gradient checks stay exact) and a mixer the kernels cover (not kronecker)."""
-    return backend_for(x) == "triton" and x.dtype == torch.float32 and mixer_kind in ("householder", "dplr", "none")
+    backend, fp32 (fp64 gradient checks stay exact) and a mixer the kernels cover (not kronecker); given the
+    call's `inputs`, also that the kernels passed their self-check in this configuration (run on first use)."""
+    if not (backend_for(x) == "triton" and x.dtype == torch.float32
+            and mixer_kind in ("householder", "dplr", "none")):
+        return False
+    return inputs is None or selfcheck.fused_iteration_ok(inputs)
 
 
 def fused_iteration(inputs: FusedIterationInputs, y: torch.Tensor, rows: torch.Tensor):
