@@ -1,6 +1,6 @@
 """The fixed-point solver: y* = f(y*) for a batch of sequences, each row stopping on its own.
 
-Rule (DESIGN.md section 2), per row b, iteration k = 1, 2, ...:
+Rule (docs/method.md, "The solver"), per row b, iteration k = 1, 2, ...:
     yhat = f(y^{k-1});  r_b = max_t ||yhat_t - y^{k-1}_t||_inf / (||yhat_t||_inf + eps)
     r_b < tol  ->  row b is done: y*_b = y^{k-1}_b and its output is f(y*_b) = yhat_b (no extra call)
     otherwise     y^k = delta_b yhat + (1 - delta_b) y^{k-1}; delta_b shrinks by `damping_decay` after

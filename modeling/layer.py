@@ -1,6 +1,6 @@
 """FPMambaMixer: the FP-Mamba layer on a Mamba-2 backbone (parameter names as transformers' Mamba2Mixer).
 
-Whole sequence (prefill / training), iterating on y (batch, T, d_inner) from y^0 = 0 (DESIGN.md section 2):
+Whole sequence (prefill / training), iterating on y (batch, T, d_inner) from y^0 = 0 (docs/method.md, "The layer"):
     y_{t-1}  = shift(y), with the cached y* of the previous call (or 0) at t = 0
     x~       = y + Q_t (x - y)                                   Q_t from the mixer on (x_t, y_{t-1})
     B_t, C_t = l2norm(B^x_t + W_B^y y_{t-1}), l2norm(C^x_t + W_C^y y_{t-1})     (per group, if bc_norm)

@@ -1,4 +1,4 @@
-"""Training and length-generalisation harness for the paper's synthetic tasks (PAPER.md section 6).
+"""Training and length-generalisation harness for the paper's synthetic tasks (docs/method.md, "The paper's tasks").
 
 `run_experiment(ExperimentConfig(...))` trains FP-Mamba and/or baselines with transformers' Trainer and writes
 results.json / results.csv / table.txt / accuracy_vs_length.png / iterations_vs_length.png. The `fpmamba`

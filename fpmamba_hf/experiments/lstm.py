@@ -1,4 +1,4 @@
-"""A small LSTM language model, the recurrent baseline of the paper's experiments (PAPER.md section 6).
+"""A small LSTM language model, the recurrent baseline of the paper's experiments (docs/method.md, "The paper's tasks").
 
 It is a `PreTrainedModel` so the same `Trainer`, `save_pretrained` and `AutoModelForCausalLM` paths serve it and
 FP-Mamba alike; importing `fpmamba_hf.experiments` registers model_type "fpmamba_lstm" with the Auto classes.

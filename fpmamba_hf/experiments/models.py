@@ -1,6 +1,6 @@
 """The models the harness trains: FP-Mamba and its baselines, built from one size description.
 
-Kinds (PAPER.md section 6 "Baselines" and "Depth"):
+Kinds (docs/tasks.md):
   fpmamba   FP-Mamba (Householder mixer by default), 1 layer
   diagonal  FP-Mamba's diagonal ablation: mixer_type="none", one iteration (a Mamba-2 layer with B/C norm), 1 layer
   mamba2    transformers' own Mamba2ForCausalLM, 2 layers

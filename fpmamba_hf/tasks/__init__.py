@@ -1,4 +1,4 @@
-"""Synthetic tasks of the FP-Mamba paper (PAPER.md section 6) as ``datasets.Dataset`` generators.
+"""Synthetic tasks of the FP-Mamba paper (docs/method.md, "The paper's tasks") as ``datasets.Dataset`` generators.
 
 Every task yields rows with the same columns, all generated locally from a seed:
 

@@ -1,4 +1,4 @@
-"""String copying (Jelassi et al. 2024; PAPER.md section 6.2).
+"""String copying (Jelassi et al. 2024; docs/method.md, "Copying").
 
 A sequence is ``$ s | s .`` for a random string ``s`` of letters. The paper
 trains on ``|s|`` in 5..50 and evaluates on 5..100. Only the copy and the final
@@ -8,7 +8,7 @@ trains on ``|s|`` in 5..50 and evaluates on 5..100. Only the copy and the final
 Vocabulary: ``PAD=0, $=1 (BOS), |=2 (SEP), .=3 (EOS)`` then ``num_letters``
 letters from id 4 (``a`` = 4, ``b`` = 5, ...). The default 25 letters give the
 paper's vocabulary size 29; how the paper's 29 splits into letters and symbols
-is uncertain (PAPER.md), so ``num_letters`` is a parameter.
+is uncertain (docs/method.md, "Copying"), so ``num_letters`` is a parameter.
 
 Rows (aligned labels, right padding), for ``s = x_1 .. x_n``::
 

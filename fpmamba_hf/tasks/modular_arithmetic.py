@@ -1,4 +1,4 @@
-"""Modular arithmetic with brackets, mod 5 (PAPER.md section 6.3).
+"""Modular arithmetic with brackets, mod 5 (docs/method.md, "Modular arithmetic").
 
 Vocabulary (12 tokens): digits ``0..4`` are ids ``0..4``; then ``+``=5, ``-``=6,
 ``*``=7, ``(``=8, ``)``=9, ``=``=10 and PAD=11. There is no BOS.
@@ -162,7 +162,7 @@ def scaled_accuracy(accuracy: float) -> float:
     """``(acc - 0.2) / 0.8``: 1 is perfect, 0 is chance (1/5).
 
     This is our reading of the paper's "scaled accuracy"; the exact formula is
-    uncertain (PAPER.md section 6.3).
+    uncertain (docs/method.md, "Modular arithmetic").
     """
     return (accuracy - CHANCE) / (1 - CHANCE)
 

@@ -1,4 +1,4 @@
-"""Parity of a bit string (PAPER.md section 6.4: vocabulary 3, train 3..40, eval 40..256).
+"""Parity of a bit string (docs/method.md, "The paper's tasks": vocabulary 3, train 3..40, eval 40..256).
 
 Vocabulary: bit ``0`` = id 0, bit ``1`` = id 1, PAD = id 2; no BOS.
 

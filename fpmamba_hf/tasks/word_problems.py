@@ -1,4 +1,4 @@
-"""Group word problems (A5 / S5 state tracking, PAPER.md section 6.1).
+"""Group word problems (A5 / S5 state tracking, docs/method.md, "Word problems (A5, S5)").
 
 Each example is a word ``g_1 ... g_k`` of uniformly random group elements; the
 target at every position ``t`` is the running product ``g_1 * ... * g_t``

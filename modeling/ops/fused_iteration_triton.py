@@ -1,6 +1,6 @@
 """The fused fixed-point iteration of a whole sequence (inference-mode iterations of `FPMambaMixer`).
 
-One iteration y -> yhat (DESIGN.md section 2) as four launches instead of some thirty:
+One iteration y -> yhat (docs/method.md, "The iteration map") as four launches instead of some thirty:
   1. one GEMM (cuBLAS): every y-projection at once, G = y @ [W_mixer_y; W_bc_y; W_dt_y]^T, on the UNshifted
      iterate; token t reads row t-1 of G (row t = 0 reads G0 = y*_{t-1} of the previous call @ W^T), so the
      shifted copy of y is never built;

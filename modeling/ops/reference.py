@@ -163,7 +163,8 @@ def decode_step(
     settings: "SolverSettings",
     layer_idx: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One token of every row: the inner fixed-point loop on y_t, then one state update (DESIGN.md section 3).
+    """One token of every row: the inner fixed-point loop on y_t, then one state update
+    (docs/method.md, "Token-by-token decoding").
 
     x (b, h, p) conv'ed input; z (b, d) gate; dt (b, h); B, C (b, g, n) final (normalised) B_t, C_t;
     state (b, h, p, n) fp32 H_{t-1}; factors: Q_t of each row (fixed within the token).
