@@ -1,5 +1,6 @@
-"""Run a snippet in a fresh Python under TRITON_INTERPRET=1, so the interpreter never leaks into other tests
-(Triton reads the variable when a kernel module is imported)."""
+"""Run a snippet in a fresh Python under TRITON_INTERPRET=1 (Triton reads the variable when it and a kernel module are
+imported). Kept only for tests/modeling/test_anderson.py: the tests of this folder run case by case through
+conftest.py instead. Delete it with `_triton_fused_cases.py` once that test is gone."""
 
 from __future__ import annotations
 

@@ -1,35 +1,75 @@
-"""Triton decode step == `reference.decode_step` under TRITON_INTERPRET=1 (fp32, tiny shapes): outputs, new
-state, per-row iteration counts (rows stop on their own) and residuals, for householder / dplr / none, with
-damping + patience, several norm groups and n_groups > 1; plus the dispatch (kronecker falls back)."""
+"""Triton decode step == `reference.decode_step` under Triton's interpreter (fp32, tiny shapes; see conftest.py):
+outputs, new state, per-row iteration counts (rows stop on their own) and residuals, for householder / dplr / none,
+with damping + patience, several norm groups and n_groups > 1; a layer's prefill and decode tokens on both paths;
+the dispatch (kronecker falls back). One case per shape / mixer."""
 
 from __future__ import annotations
 
-from _triton_interp import run_interpreted
+import pytest
+import torch
+
+from tests.closeness import assert_close, assert_equal
+
+pytestmark = pytest.mark.triton_interpreter
+
+
+def _case(kind, b, h, p, g, n, r, norm_groups, max_iter, tol, damping, patience, coef_scale, note=""):
+    case_id = f"{kind}-b{b}-h{h}-p{p}-g{g}-n{n}-r{r}-ng{norm_groups}-cap{max_iter}-tol{tol:g}-damp{damping:g}" \
+              f"-pat{patience}-coef{coef_scale:g}" + (f"-{note}" if note else "")
+    return pytest.param(kind, b, h, p, g, n, r, norm_groups, max_iter, tol, damping, patience, coef_scale, id=case_id)
+
 
 CASES = [
     # kind, b, h, p, g, n, r, norm_groups, max_iter, tol, damping, patience, coef_scale
-    ("householder", 3, 4, 16, 2, 16, 2, 2, 30, 1e-5, 1.0, 5, 0.5),
-    ("dplr", 4, 2, 16, 1, 32, 3, 1, 40, 1e-4, 0.9, 2, 1.9),
-    ("none", 2, 3, 8, 3, 16, 1, 3, 30, 1e-5, 1.0, 5, 0.5),
-    ("householder", 4, 2, 16, 1, 16, 1, 1, 3, 1e-9, 0.7, 1, 0.5),  # every row at the cap
+    _case("householder", 3, 4, 16, 2, 16, 2, 2, 30, 1e-5, 1.0, 5, 0.5),
+    _case("dplr", 4, 2, 16, 1, 32, 3, 1, 40, 1e-4, 0.9, 2, 1.9),
+    _case("none", 2, 3, 8, 3, 16, 1, 3, 30, 1e-5, 1.0, 5, 0.5),
+    _case("householder", 4, 2, 16, 1, 16, 1, 1, 3, 1e-9, 0.7, 1, 0.5, note="all-rows-at-cap"),
 ]
 
 
-def test_decode_matches_reference() -> None:
-    code = "from tests.modeling.ops._triton_decode_cases import check_decode\n" + "".join(
-        f"check_decode(*{c})\n" for c in CASES
-    )
-    run_interpreted(code)
+@pytest.mark.parametrize("kind, b, h, p, g, n, r, norm_groups, max_iter, tol, damping, patience, coef_scale", CASES)
+def test_decode_matches_reference(kind, b, h, p, g, n, r, norm_groups, max_iter, tol, damping, patience, coef_scale):
+    """Outputs, new state, per-row iteration counts and residuals agree with `reference.decode_step`."""
+    from modeling.fixed_point import SolverSettings
+    from modeling.mixers import MixerFactors
+    from modeling.ops import reference
+    from modeling.ops.decode import decode_step_triton
+
+    gen = torch.Generator().manual_seed(b * 13 + h + r)
+    rn = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    d = h * p
+    x, z = rn(b, h, p), rn(b, d)
+    dt = torch.nn.functional.softplus(rn(b, h) - 1)
+    A = -torch.rand(h, generator=gen) * 2 - 0.2
+    B = torch.nn.functional.normalize(rn(b, g, n), dim=-1)
+    C = torch.nn.functional.normalize(rn(b, g, n), dim=-1)
+    D = rn(h)
+    state = rn(b, h, p, n) * 0.5
+    if kind == "none":
+        factors = MixerFactors("none")
+    else:
+        u = torch.nn.functional.normalize(rn(b, r, d), dim=-1)
+        factors = MixerFactors(kind, u=u, coef=torch.rand(b, r, generator=gen) * coef_scale)
+    w = torch.rand(d, generator=gen) + 0.5
+    st = SolverSettings(max_iter=max_iter, tol=tol, damping=damping, damping_patience=patience)
+    args = (x, z, dt, A, B, C, D, state, factors, w, 1e-5, d // norm_groups, st)
+    out_t = decode_step_triton(*args)
+    out_r = reference.decode_step(*args)
+    for name, t, ref in zip(["y_out", "y_star", "state"], out_t[:3], out_r[:3]):
+        assert_close(name, t, ref, 1e-4, dtype=torch.float32)
+    assert_equal("iterations", out_t[3], out_r[3])
+    assert_close("residual", out_t[4], out_r[4], 1e-3, atol=1e-6)
 
 
-def test_layer_decode_and_prefill_triton_equal_reference() -> None:
+@pytest.mark.parametrize("kind", ["householder"])
+def test_layer_decode_and_prefill_triton_equal_reference(kind):
     """A tiny FPMambaMixer: prefill (scan kernel) then two decode tokens (decode kernel) under
-    FPMAMBA_KERNELS=triton equal the reference path; a kronecker decode falls back to the reference."""
-    code = """
-import os, torch
-torch.set_num_threads(1)
-from modeling.layer import FPMambaLayerConfig, FPMambaMixer
-for kind in ("householder",):
+    FPMAMBA_KERNELS=triton equal the reference path."""
+    import os
+
+    from modeling.layer import FPMambaLayerConfig, FPMambaMixer
+
     torch.manual_seed(0)
     cfg = FPMambaLayerConfig(hidden_size=32, state_size=16, head_dim=16, n_groups=2, chunk_size=16,
                              mixer_type=kind, fp_tol=1e-5, fp_max_iter_eval=6)
@@ -37,40 +77,44 @@ for kind in ("householder",):
     with torch.no_grad():
         layer.bc_y_proj.weight.normal_(0, 0.02)
     hs = torch.randn(2, 20, 32)
-    mask = torch.ones(2, 20, dtype=torch.long); mask[1, :5] = 0
+    mask = torch.ones(2, 20, dtype=torch.long)
+    mask[1, :5] = 0
     steps = torch.randn(2, 2, 32)
     outs = {}
     for backend in ("reference", "triton"):
-        os.environ["FPMAMBA_KERNELS"] = backend
+        os.environ["FPMAMBA_KERNELS"] = backend  # restored after the test (conftest.py)
         with torch.no_grad():
             o = layer(hs, attention_mask=mask, return_state=True)
-            res = [o.out]
+            res = {"prefill out": o.out}
             st = o.state
             for t in range(2):
                 o2 = layer(steps[:, t:t + 1], state=st, return_state=True)
-                res += [o2.out, o2.state.ssm]
+                res[f"token {t} out"], res[f"token {t} state"] = o2.out, o2.state.ssm
                 st = o2.state
         outs[backend] = res
-    for a, b in zip(outs["triton"], outs["reference"]):
-        err = float((a - b).abs().max() / (b.abs().max() + 1e-6))
-        assert err < 1e-4, (kind, err)
+    for name, ref in outs["reference"].items():
+        assert_close(name, outs["triton"][name], ref, 1e-4)
 
-# kronecker: ops.decode_step must route to the reference (no kernel for it).
-from modeling import ops
-from modeling.ops import reference
-import modeling.ops.decode as dk
-dk.decode_step_triton = None  # any use of the kernel would fail
-from modeling.fixed_point import SolverSettings
-from modeling.mixers import MixerFactors
-b, h, p, n, d = 2, 2, 8, 16, 16
-k1 = torch.rand(b, 4, 4) * 0.1; k2 = torch.rand(b, 4, 4) * 0.1
-fac = MixerFactors("kronecker", k1=k1, k2=k2, coef=torch.ones(b))
-args = (torch.randn(b, h, p), torch.randn(b, d), torch.rand(b, h), -torch.rand(h), torch.randn(b, 1, n),
-        torch.randn(b, 1, n), torch.randn(h), torch.randn(b, h, p, n), fac, torch.ones(d), 1e-5, d,
-        SolverSettings(max_iter=5, tol=1e-5))
-os.environ["FPMAMBA_KERNELS"] = "triton"
-out = ops.decode_step(*args)
-ref = reference.decode_step(*args)
-assert all(torch.equal(a, b) for a, b in zip(out, ref))
-"""
-    run_interpreted(code)
+
+def test_kronecker_decode_falls_back_to_reference(monkeypatch):
+    """ops.decode_step routes a kronecker mixer to the reference (no kernel for it): any use of the kernel
+    would fail."""
+    from modeling import ops
+    from modeling.fixed_point import SolverSettings
+    from modeling.mixers import MixerFactors
+    from modeling.ops import reference
+    import modeling.ops.decode as dk
+
+    monkeypatch.setattr(dk, "decode_step_triton", None)
+    b, h, p, n, d = 2, 2, 8, 16, 16
+    k1 = torch.rand(b, 4, 4) * 0.1
+    k2 = torch.rand(b, 4, 4) * 0.1
+    fac = MixerFactors("kronecker", k1=k1, k2=k2, coef=torch.ones(b))
+    args = (torch.randn(b, h, p), torch.randn(b, d), torch.rand(b, h), -torch.rand(h), torch.randn(b, 1, n),
+            torch.randn(b, 1, n), torch.randn(h), torch.randn(b, h, p, n), fac, torch.ones(d), 1e-5, d,
+            SolverSettings(max_iter=5, tol=1e-5))
+    monkeypatch.setenv("FPMAMBA_KERNELS", "triton")
+    out = ops.decode_step(*args)
+    ref = reference.decode_step(*args)
+    for name, a, r in zip(["y_out", "y_star", "state", "iterations", "residual"], out, ref, strict=True):
+        assert_equal(name, a, r)
