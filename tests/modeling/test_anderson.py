@@ -1,5 +1,6 @@
 """Anderson acceleration (fp_solver="anderson"): the same fixed point as Picard with every mixer, per-row
-independence, unchanged gradients, the Picard fallback, knob validation, and the fused Triton map (interpreted)."""
+independence, unchanged gradients, the Picard fallback, knob validation. On the fused Triton map: the
+"householder-anderson-damped" case of tests/modeling/ops/test_triton_fused_iteration.py."""
 
 import pytest
 import torch
@@ -8,7 +9,6 @@ from fpmamba_hf import FPMambaConfig
 from modeling import FPMambaLayerConfig, FPMambaMixer
 from modeling.anderson import AndersonHistory
 from modeling.fixed_point import SolverSettings, solve
-from tests.modeling.ops._triton_interp import run_interpreted
 
 TINY = dict(hidden_size=16, state_size=4, head_dim=8, chunk_size=4, mixer_rank=2, fp_max_iter=400,
             fp_max_iter_eval=400, fp_train_quantile=1.0)
@@ -108,12 +108,3 @@ def test_invalid_knobs_raise_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         FPMambaConfig(vocab_size=8, hidden_size=16, head_dim=8, state_size=4, **{field: value})
 
-
-def test_fused_triton_iteration_with_anderson():
-    """The fused map returns its own residual: Anderson's layer solve on it equals the reference's."""
-    run_interpreted("""
-import torch
-torch.set_num_threads(1)
-from tests.modeling.ops._triton_fused_cases import check_layer_solve
-check_layer_solve(5, fp_solver="anderson", fp_anderson_m=3, fp_damping=0.8, fp_damping_patience=2)
-""")

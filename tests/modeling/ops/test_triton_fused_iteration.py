@@ -142,6 +142,9 @@ def check_layer_solve(seed: int, **overrides) -> None:
 SOLVE_CASES = [
     pytest.param(5, {}, id="householder"),
     pytest.param(6, dict(mixer_type="dplr", fp_damping=0.8, fp_damping_patience=2), id="dplr-damped"),
+    # the fused map returns its own residual: Anderson's step (modeling/anderson.py) on it, with damping
+    pytest.param(5, dict(fp_solver="anderson", fp_anderson_m=3, fp_damping=0.8, fp_damping_patience=2),
+                 id="householder-anderson-damped"),
 ]
 
 
