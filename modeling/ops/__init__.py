@@ -79,11 +79,11 @@ def decode_step(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One decode token of every row: inner fixed-point loop + state update. See `reference.decode_step`.
 
-    The Triton kernel covers the householder, dplr and none mixers in fp32; kronecker, fp64 and a configuration
-    whose kernel failed its self-check run the reference."""
+    The Triton kernel covers the householder, dplr and none mixers in fp32 with the Picard solver; kronecker, fp64,
+    fp_solver="anderson" and a configuration whose kernel failed its self-check run the reference."""
     args = (x, z, dt, A, B, C, D, state, factors, norm_weight, norm_eps, norm_group_size, settings, layer_idx)
     if (backend_for(x) == "triton" and factors.kind != "kronecker" and x.dtype != torch.float64
-            and selfcheck.decode_step_ok(*args[:12])):
+            and settings.solver == "picard" and selfcheck.decode_step_ok(*args[:12])):
         from .decode import decode_step_triton
 
         return decode_step_triton(*args)
