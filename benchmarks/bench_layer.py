@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._common import median_ms, peak_mib, report  # noqa: E402
-from modeling.layer import FPMambaLayerConfig, FPMambaMixer  # noqa: E402
+from fpmamba_core.layer import FPMambaLayerConfig, FPMambaMixer  # noqa: E402
 
 
 def main() -> None:

@@ -68,7 +68,7 @@ def _install(arch: int, compiled: list[dict]) -> None:
 
 
 def _scan_variants(dtype: torch.dtype) -> None:
-    from modeling.ops.ssd_scan_triton import ssd_scan_triton
+    from fpmamba_core.ops.ssd_scan_triton import ssd_scan_triton
 
     b, T, h, p, g, n = 1, 256, 24, 64, 1, 128
     x = torch.randn(b, T, h, p, dtype=dtype, requires_grad=True)
@@ -85,9 +85,9 @@ def _scan_variants(dtype: torch.dtype) -> None:
 
 
 def _decode_variants() -> None:
-    from modeling.fixed_point import SolverSettings
-    from modeling.mixers import MixerFactors
-    from modeling.ops.decode import decode_step_triton
+    from fpmamba_core.fixed_point import SolverSettings
+    from fpmamba_core.mixers import MixerFactors
+    from fpmamba_core.ops.decode import decode_step_triton
 
     b, h, p, g, n, r = 2, 24, 64, 1, 128, 2
     d = h * p
@@ -104,7 +104,7 @@ def _decode_variants() -> None:
 
 
 def _fused_variants(weight_dtype: torch.dtype) -> None:
-    from modeling.layer import FPMambaLayerConfig, FPMambaMixer
+    from fpmamba_core.layer import FPMambaLayerConfig, FPMambaMixer
 
     os.environ["FPMAMBA_KERNELS"] = "triton"
     for kind, extra in (("householder", {}), ("dplr", {"dt_hidden_dependence": True}), ("none", {})):

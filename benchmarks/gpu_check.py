@@ -18,8 +18,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modeling.ops import reference  # noqa: E402
-from modeling.ops.ssd_scan_triton import ssd_scan_triton  # noqa: E402
+from fpmamba_core.ops import reference  # noqa: E402
+from fpmamba_core.ops.ssd_scan_triton import ssd_scan_triton  # noqa: E402
 
 LIMITS = {torch.float32: 1e-4, torch.bfloat16: 5e-3}
 FAILED: list[str] = []
@@ -85,12 +85,12 @@ def scan_section(quick: bool) -> None:
 
 def decode_section() -> None:
     try:
-        from modeling.ops.decode import decode_step_triton
+        from fpmamba_core.ops.decode import decode_step_triton
     except ImportError as e:
         print(f"skip decode: {e}")
         return
-    from modeling.fixed_point import SolverSettings
-    from modeling.mixers import MixerFactors
+    from fpmamba_core.fixed_point import SolverSettings
+    from fpmamba_core.mixers import MixerFactors
 
     dev = "cuda"
     for kind in ("householder", "dplr", "none"):
@@ -123,7 +123,7 @@ def decode_section() -> None:
 
 
 def layer_section() -> None:
-    from modeling.layer import FPMambaLayerConfig, FPMambaMixer
+    from fpmamba_core.layer import FPMambaLayerConfig, FPMambaMixer
 
     torch.manual_seed(0)
     cfg = FPMambaLayerConfig(hidden_size=768, state_size=128, head_dim=64, mixer_type="householder", mixer_rank=2,

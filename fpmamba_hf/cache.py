@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from modeling.layer import LayerState
-from modeling.ops.reference import acc
+from fpmamba_core.layer import LayerState
+from fpmamba_core.ops.reference import acc
 
 
 def _layer(cache, layer_idx: int):

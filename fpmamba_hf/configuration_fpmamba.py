@@ -12,7 +12,7 @@ import numbers
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
-from modeling.layer import FPMambaLayerConfig
+from fpmamba_core.layer import FPMambaLayerConfig
 
 _L = FPMambaLayerConfig()  # the single source of the layer defaults
 # Fields of the model config beyond the layer's (numbers among them are normalised like the layer's).

@@ -5,7 +5,7 @@ DDP (the loop runs without autograd and without collectives) but not for sharded
 the loop were gathered per call (FSDP units finer than one block), ranks would issue different numbers of
 all-gathers and deadlock. With the agreement every rank runs the same number of iterations: after each one, ranks
 all-reduce MAX of their "not yet done" flag, and a rank that is done keeps evaluating f on no rows
-(`modeling.fixed_point.solve`). Cost: one all-reduce of one integer per iteration and layer.
+(`fpmamba_core.fixed_point.solve`). Cost: one all-reduce of one integer per iteration and layer.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from modeling.fixed_point import ContinueSync
+from fpmamba_core.fixed_point import ContinueSync
 
 
 def distributed_world() -> bool:

@@ -23,11 +23,11 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
-from modeling.checkpointing import FixedPointReplay
-from modeling.fixed_point import ContinueSync
-from modeling.layer import FPMambaLayerConfig, FPMambaMixer, GatedRMSNorm
-from modeling.mixers import ChannelMixer
-from modeling.ops.reference import acc
+from fpmamba_core.checkpointing import FixedPointReplay
+from fpmamba_core.fixed_point import ContinueSync
+from fpmamba_core.layer import FPMambaLayerConfig, FPMambaMixer, GatedRMSNorm
+from fpmamba_core.mixers import ChannelMixer
+from fpmamba_core.ops.reference import acc
 
 from .cache import has_state, read_state, seen_tokens, set_seen_tokens, write_state
 from .configuration_fpmamba import FPMambaConfig

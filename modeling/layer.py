@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import ops
+from .ops import decode_step, fused_iteration, fused_iteration_supported, gated_rms_norm, ssd_scan
 from .checkpointing import FixedPointReplay
 from .fixed_point import SOLVERS, ContinueSync, SolverSettings, implicit_output, one_step_output, solve
 from .mixers import MIXER_INPUTS, MIXER_KINDS, ChannelMixer, apply_mixer, is_plain_linear
@@ -175,7 +175,7 @@ class GatedRMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return ops.gated_rms_norm(s, z, self.weight, self.variance_epsilon, self.group_size)
+        return gated_rms_norm(s, z, self.weight, self.variance_epsilon, self.group_size)
 
 
 class FPMambaMixer(nn.Module):
@@ -299,7 +299,7 @@ class FPMambaMixer(nn.Module):
         see `ops.selfcheck`): then every iteration runs the composed map."""
         c = self.config
         plain = all(is_plain_linear(m) for m in (self.mixer.proj, self.bc_y_proj, self.dt_y_proj) if m is not None)
-        if not plain or not ops.fused_iteration_supported(x, c.mixer_type):
+        if not plain or not fused_iteration_supported(x, c.mixer_type):
             return None
         from .ops.fused_iteration_triton import FusedIterationInputs
 
@@ -317,7 +317,7 @@ class FPMambaMixer(nn.Module):
             dt_reads_y=self.dt_y_proj is not None, bc_norm=c.bc_norm, dt_limit=tuple(c.time_step_limit),
             chunk_size=c.chunk_size, head_dim=self.head_dim, residual_eps=settings.eps,
         )
-        return inputs if ops.fused_iteration_supported(x, c.mixer_type, inputs) else None
+        return inputs if fused_iteration_supported(x, c.mixer_type, inputs) else None
 
     # ----------------------------------------------------------------------------------------------- forward
     def forward(
@@ -365,7 +365,7 @@ class FPMambaMixer(nn.Module):
 
         def f(y: torch.Tensor, rows: torch.Tensor):
             if fused is not None and not torch.is_grad_enabled():
-                return ops.fused_iteration(fused, y, rows)
+                return fused_iteration(fused, y, rows)
             # Gather the rows still iterating; while all are (the common case) use the tensors as they are.
             take = (lambda t: t) if rows.numel() == b else (lambda t: None if t is None else t[rows])  # noqa: E731
             ys = torch.cat([take(y_prev0)[:, None], y[:, :-1]], dim=1)
@@ -377,7 +377,7 @@ class FPMambaMixer(nn.Module):
             # the iterate, the scan's state and its accumulation stay fp32.
             with torch.autocast(y.device.type, enabled=False):
                 xt = y + apply_mixer(factors, xr - y)
-                s, H = ops.ssd_scan(
+                s, H = ssd_scan(
                     xt.view(-1, T, self.num_heads, self.head_dim), dt, A, B, C, self.D,
                     take(H0), take(mask), self.config.chunk_size,
                 )
@@ -405,7 +405,7 @@ class FPMambaMixer(nn.Module):
         factors = self.mixer.factors(None if x_part is None else x_part[:, 0], y_prev)
         B, C = self._bc(Bx[:, 0], Cx[:, 0], y_prev)
         dt = self._dt(dt_raw[:, 0], y_prev)
-        y_out, y_star, H, iterations, residual = ops.decode_step(
+        y_out, y_star, H, iterations, residual = decode_step(
             x[:, 0].view(b, self.num_heads, self.head_dim), z[:, 0], dt, A, B, C,
             self.D, state.ssm, factors, self.norm.weight, self.norm.variance_epsilon, self.norm.group_size,
             settings, self.layer_idx,

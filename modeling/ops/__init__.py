@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import reference, selfcheck
+from .reference import decode_step as reference_decode_step
+from .reference import gated_rms_norm, ssd_scan_chunked
+from .selfcheck import decode_step_ok, fused_iteration_ok
 from .selfcheck import KernelSelfCheckWarning  # noqa: F401 -- re-exported: ops.KernelSelfCheckWarning
 
 if TYPE_CHECKING:
@@ -58,7 +60,7 @@ def ssd_scan(
         from .ssd_scan_triton import ssd_scan_triton
 
         return ssd_scan_triton(x, dt, A, B, C, D, initial_state, mask, chunk_size)
-    return reference.ssd_scan_chunked(x, dt, A, B, C, D, initial_state, mask, chunk_size)
+    return ssd_scan_chunked(x, dt, A, B, C, D, initial_state, mask, chunk_size)
 
 
 def decode_step(
@@ -83,11 +85,11 @@ def decode_step(
     fp_solver="anderson" and a configuration whose kernel failed its self-check run the reference."""
     args = (x, z, dt, A, B, C, D, state, factors, norm_weight, norm_eps, norm_group_size, settings, layer_idx)
     if (backend_for(x) == "triton" and factors.kind != "kronecker" and x.dtype != torch.float64
-            and settings.solver == "picard" and selfcheck.decode_step_ok(*args[:12])):
+            and settings.solver == "picard" and decode_step_ok(*args[:12])):
         from .decode import decode_step_triton
 
         return decode_step_triton(*args)
-    return reference.decode_step(*args)
+    return reference_decode_step(*args)
 
 
 def fused_iteration_supported(x: torch.Tensor, mixer_kind: str, inputs: FusedIterationInputs | None = None) -> bool:
@@ -97,7 +99,7 @@ def fused_iteration_supported(x: torch.Tensor, mixer_kind: str, inputs: FusedIte
     if not (backend_for(x) == "triton" and x.dtype == torch.float32
             and mixer_kind in ("householder", "dplr", "none")):
         return False
-    return inputs is None or selfcheck.fused_iteration_ok(inputs)
+    return inputs is None or fused_iteration_ok(inputs)
 
 
 def fused_iteration(inputs: FusedIterationInputs, y: torch.Tensor, rows: torch.Tensor):
@@ -108,4 +110,5 @@ def fused_iteration(inputs: FusedIterationInputs, y: torch.Tensor, rows: torch.T
     return run(inputs, y, rows)
 
 
-gated_rms_norm = reference.gated_rms_norm
+__all__ = ["KernelSelfCheckWarning", "backend_for", "decode_step", "fused_iteration", "fused_iteration_supported",
+           "gated_rms_norm", "ssd_scan"]

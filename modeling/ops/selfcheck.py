@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 
-from . import reference
+from .reference import acc, decode_step, gated_rms_norm, ssd_scan_chunked
 
 if TYPE_CHECKING:
     from ..fixed_point import SolverSettings
@@ -176,7 +176,6 @@ def composed_fused_iteration(
     from ..fixed_point import relative_residual
     from ..mixers import _ACTIVATIONS, MixerFactors, apply_mixer
 
-    acc = reference.acc
     r, T, d = y.shape
     y = acc(y)
     g, n = inp.Bx.shape[2], inp.Bx.shape[3]
@@ -209,9 +208,9 @@ def composed_fused_iteration(
     if lo > 0.0 or hi != float("inf"):
         dt = dt.clamp(lo, hi)
     mask = None if inp.mask is None else inp.mask[rows]
-    s, H = reference.ssd_scan_chunked(xt.view(r, T, nh, p), dt, inp.A, B, C, inp.D,
+    s, H = ssd_scan_chunked(xt.view(r, T, nh, p), dt, inp.A, B, C, inp.D,
                                       None if inp.H0 is None else inp.H0[rows], mask, inp.chunk_size)
-    yhat = reference.gated_rms_norm(s.reshape(r, T, d), inp.z[rows], inp.norm_weight, inp.norm_eps,
+    yhat = gated_rms_norm(s.reshape(r, T, d), inp.z[rows], inp.norm_weight, inp.norm_eps,
                                     inp.norm_group_size)
     if mask is not None:
         yhat = yhat * mask.to(yhat.dtype)[:, :, None]
@@ -276,12 +275,12 @@ def fused_problem(inp: FusedIterationInputs) -> tuple[FusedIterationInputs, list
 
 
 def _check_fused(inp: FusedIterationInputs) -> Verdict:
-    from . import fused_iteration_triton as kernels
+    from .fused_iteration_triton import fused_iteration
 
     prob, calls = fused_problem(inp)
     pairs = []
     for y, rows in calls:
-        yhat, (H,), res = kernels.fused_iteration(prob, y, rows)
+        yhat, (H,), res = fused_iteration(prob, y, rows)
         yhat_r, (H_r,), res_r = composed_fused_iteration(prob, y, rows)
         where = f"rows {rows.tolist()}"
         pairs += [(f"yhat ({where})", yhat, yhat_r), (f"final state ({where})", H, H_r),
@@ -342,10 +341,10 @@ def decode_problem(x, z, dt, A, B, C, D, state, factors: MixerFactors, norm_weig
 
 
 def _check_decode(args: tuple) -> Verdict:
-    from . import decode as kernels
+    from .decode import decode_step_triton
 
-    out = kernels.decode_step_triton(*args)
-    ref = reference.decode_step(*args)
+    out = decode_step_triton(*args)
+    ref = decode_step(*args)
     if not torch.equal(out[3].to(ref[3].dtype), ref[3]):
         return Verdict(False, math.inf, tolerance(),
                        f"iteration counts {out[3].tolist()} != reference {ref[3].tolist()}")

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from modeling.fixed_point import ImplicitGradientFallback
+from fpmamba_core.fixed_point import ImplicitGradientFallback
 from tests.fpmamba_hf.helpers import VOCAB, tiny_model
 
 

@@ -82,7 +82,7 @@ def test_merge_and_unload_reproduces_the_adapted_model(mixer_input: str) -> None
 def test_fused_iteration_refuses_wrapped_projections(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fused kernels read the projections' weights, which would drop the adapters: with a wrapped projection
     the layer keeps the composed map even where the fused path is available (faked here on the CPU)."""
-    import modeling.layer as layer_module
+    import fpmamba_core.layer as layer_module
 
     def fused(*args):
         raise AssertionError("the fused iteration ran with wrapped projections")

@@ -6,7 +6,7 @@ import torch
 from transformers import Mamba2Config, Mamba2ForCausalLM
 
 from fpmamba_hf import FPMambaForCausalLM
-from modeling.mixers import ChannelMixer
+from fpmamba_core.mixers import ChannelMixer
 
 
 @pytest.mark.parametrize("raw", [0.0, 1.0, -0.3, -1.0, 0.4, 1.7, 2.5, -3.2])

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from fpmamba_hf import FPMambaConfig
-from modeling import FPMambaLayerConfig, FPMambaMixer
-from modeling.anderson import AndersonHistory
-from modeling.fixed_point import SolverSettings, solve
+from fpmamba_core import FPMambaLayerConfig, FPMambaMixer
+from fpmamba_core.anderson import AndersonHistory
+from fpmamba_core.fixed_point import SolverSettings, solve
 
 TINY = dict(hidden_size=16, state_size=4, head_dim=8, chunk_size=4, mixer_rank=2, fp_max_iter=400,
             fp_max_iter_eval=400, fp_train_quantile=1.0)

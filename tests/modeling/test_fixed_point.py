@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeling.fixed_point import SolverSettings, solve
+from fpmamba_core.fixed_point import SolverSettings, solve
 
 
 def _affine_map(W: torch.Tensor, c: torch.Tensor):

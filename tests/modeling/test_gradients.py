@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from modeling import FPMambaLayerConfig, FPMambaMixer
+from fpmamba_core import FPMambaLayerConfig, FPMambaMixer
 
 TINY = dict(hidden_size=16, state_size=4, head_dim=8, chunk_size=4, mixer_rank=2)
 

@@ -37,7 +37,7 @@ RESULTS_ENV = "FPMAMBA_TEST_SELFCHECK_RESULTS"
 
 # ------------------------------------------------------------------------------------------------------ helpers
 def _layer(seed: int, **overrides):
-    from modeling.layer import FPMambaLayerConfig, FPMambaMixer
+    from fpmamba_core.layer import FPMambaLayerConfig, FPMambaMixer
 
     torch.manual_seed(seed)
     cfg = dict(hidden_size=32, state_size=16, head_dim=8, n_groups=2, chunk_size=16, mixer_rank=2,
@@ -59,8 +59,8 @@ class _Captured(Exception):
 def _capture_fused(layer, *args, **kwargs):
     """Runs the layer (Triton backend, nothing launched) up to its solve: (the FusedIterationInputs it built, the
     iteration function it handed the solver). Leaves FPMAMBA_KERNELS as it found it."""
-    import modeling.layer as layer_module
-    from modeling import ops
+    import fpmamba_core.layer as layer_module
+    from fpmamba_core import ops
 
     seen = {}
     real_supported = ops.fused_iteration_supported
@@ -85,8 +85,8 @@ def _capture_fused(layer, *args, **kwargs):
 
 
 def _decode_args(kind: str, b: int = 2, seed: int = 0):
-    from modeling.fixed_point import SolverSettings
-    from modeling.mixers import MixerFactors
+    from fpmamba_core.fixed_point import SolverSettings
+    from fpmamba_core.mixers import MixerFactors
 
     gen = torch.Generator().manual_seed(seed)
     rn = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
@@ -119,7 +119,7 @@ class _Counting:
 @pytest.fixture
 def fresh(monkeypatch):
     """Verdicts forgotten before and after; checks on; warnings recorded; FPMAMBA_KERNELS=triton."""
-    from modeling.ops import selfcheck
+    from fpmamba_core.ops import selfcheck
 
     selfcheck.reset()
     monkeypatch.delenv(selfcheck.ENV, raising=False)
@@ -129,7 +129,7 @@ def fresh(monkeypatch):
 
 
 def _selfcheck_warnings(record) -> list[str]:
-    from modeling.ops.selfcheck import KernelSelfCheckWarning
+    from fpmamba_core.ops.selfcheck import KernelSelfCheckWarning
 
     return [str(w.message) for w in record if issubclass(w.category, KernelSelfCheckWarning)]
 
@@ -150,9 +150,9 @@ MAP_CASES = [
 @pytest.mark.parametrize("kind, masked, with_state, overrides", MAP_CASES)
 def test_composed_fused_iteration_equals_layer_map(monkeypatch, kind, masked, with_state, overrides):
     """The check's reference, written from the fused inputs, is the layer's composed map (all rows and a subset)."""
-    from modeling.fixed_point import relative_residual
-    from modeling.layer import LayerState
-    from modeling.ops.selfcheck import composed_fused_iteration
+    from fpmamba_core.fixed_point import relative_residual
+    from fpmamba_core.layer import LayerState
+    from fpmamba_core.ops.selfcheck import composed_fused_iteration
 
     layer = _layer(1, mixer_type=kind, **overrides)
     b, T = 3, 21
@@ -181,9 +181,9 @@ def test_composed_fused_iteration_equals_layer_map(monkeypatch, kind, masked, wi
 
 @pytest.mark.parametrize("kind", ["householder", "dplr", "none"])
 def test_decode_kernel_passing_its_check_is_used(monkeypatch, fresh, kind):
-    from modeling import ops
-    from modeling.ops import decode as dk
-    from modeling.ops import reference
+    from fpmamba_core import ops
+    from fpmamba_core.ops import decode as dk
+    from fpmamba_core.ops import reference
 
     kernel = _Counting(reference.decode_step)
     monkeypatch.setattr(dk, "decode_step_triton", kernel)
@@ -200,9 +200,9 @@ def test_decode_kernel_passing_its_check_is_used(monkeypatch, fresh, kind):
 
 @pytest.mark.parametrize("failure", ["perturbed", "raises"])
 def test_decode_disagreement_warns_once_and_falls_back(monkeypatch, fresh, failure):
-    from modeling import ops
-    from modeling.ops import decode as dk
-    from modeling.ops import reference
+    from fpmamba_core import ops
+    from fpmamba_core.ops import decode as dk
+    from fpmamba_core.ops import reference
 
     kernel = _Counting(reference.decode_step, perturb=1e-2 if failure == "perturbed" else 0.0,
                        raises=failure == "raises")
@@ -231,9 +231,9 @@ def test_decode_disagreement_warns_once_and_falls_back(monkeypatch, fresh, failu
 def test_fused_dispatch_follows_the_verdict(monkeypatch, fresh):
     """fused_iteration_supported(x, kind, inputs): True after a passing check (run once), False for a key whose
     check disagreed (one warning, no re-check), and other keys are judged on their own."""
-    from modeling import ops
-    from modeling.ops import fused_iteration_triton as fk
-    from modeling.ops.selfcheck import composed_fused_iteration
+    from fpmamba_core import ops
+    from fpmamba_core.ops import fused_iteration_triton as fk
+    from fpmamba_core.ops.selfcheck import composed_fused_iteration
 
     layer = _layer(2)
     hs = torch.randn(2, 9, 32)
@@ -261,8 +261,8 @@ def test_fused_dispatch_follows_the_verdict(monkeypatch, fresh):
 
 
 def test_fused_kernel_that_raises_is_not_used(monkeypatch, fresh):
-    from modeling import ops
-    from modeling.ops import fused_iteration_triton as fk
+    from fpmamba_core import ops
+    from fpmamba_core.ops import fused_iteration_triton as fk
 
     inputs, _ = _capture_fused(_layer(3, mixer_type="dplr"), torch.randn(2, 5, 32))
     monkeypatch.setattr(fk, "fused_iteration", _Counting(None, raises=True))
@@ -271,9 +271,9 @@ def test_fused_kernel_that_raises_is_not_used(monkeypatch, fresh):
 
 
 def test_env_switch_skips_the_check(monkeypatch, fresh):
-    from modeling import ops
-    from modeling.ops import decode as dk
-    from modeling.ops import reference
+    from fpmamba_core import ops
+    from fpmamba_core.ops import decode as dk
+    from fpmamba_core.ops import reference
 
     kernel = _Counting(reference.decode_step, perturb=1e-2)
     monkeypatch.setattr(dk, "decode_step_triton", kernel)
@@ -287,9 +287,9 @@ def test_env_switch_skips_the_check(monkeypatch, fresh):
 
 
 def test_one_check_per_key_across_threads(monkeypatch, fresh):
-    from modeling import ops
-    from modeling.ops import decode as dk
-    from modeling.ops import reference
+    from fpmamba_core import ops
+    from fpmamba_core.ops import decode as dk
+    from fpmamba_core.ops import reference
 
     kernel = _Counting(reference.decode_step, perturb=1e-2, delay=0.2)
     monkeypatch.setattr(dk, "decode_step_triton", kernel)
@@ -318,9 +318,9 @@ def test_one_check_per_key_across_threads(monkeypatch, fresh):
 
 def test_no_check_while_compiling(monkeypatch, fresh):
     """Under torch.compile tracing (or CUDA graph capture) an unchecked key takes the kernel, unchecked, uncached."""
-    from modeling import ops
-    from modeling.ops import decode as dk
-    from modeling.ops import reference
+    from fpmamba_core import ops
+    from fpmamba_core.ops import decode as dk
+    from fpmamba_core.ops import reference
 
     kernel = _Counting(reference.decode_step)
     monkeypatch.setattr(dk, "decode_step_triton", kernel)
@@ -333,9 +333,9 @@ def test_no_check_while_compiling(monkeypatch, fresh):
 def _interp_real_kernels_pass(kind: str) -> None:
     """The real kernels pass their checks (fp32) and are then used: prefill (fused iterations) and a decode token;
     the results match the reference backend."""
-    from modeling.ops import decode as dk
-    from modeling.ops import fused_iteration_triton as fk
-    from modeling.ops import selfcheck
+    from fpmamba_core.ops import decode as dk
+    from fpmamba_core.ops import fused_iteration_triton as fk
+    from fpmamba_core.ops import selfcheck
 
     selfcheck.reset()
     layer = _layer(4, mixer_type=kind)
@@ -365,9 +365,9 @@ def _interp_real_kernels_pass(kind: str) -> None:
 
 def _interp_perturbed_kernels_fall_back() -> None:
     """A real kernel made to disagree: one warning per op, then the PyTorch path, whose results the layer returns."""
-    from modeling.ops import decode as dk
-    from modeling.ops import fused_iteration_triton as fk
-    from modeling.ops import selfcheck
+    from fpmamba_core.ops import decode as dk
+    from fpmamba_core.ops import fused_iteration_triton as fk
+    from fpmamba_core.ops import selfcheck
 
     selfcheck.reset()
     layer = _layer(5, mixer_type="householder")

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeling.mixers import ChannelMixer, MixerFactors, apply_mixer, kronecker_dims
+from fpmamba_core.mixers import ChannelMixer, MixerFactors, apply_mixer, kronecker_dims
 
 
 def _dense(factors: MixerFactors, d: int) -> torch.Tensor:

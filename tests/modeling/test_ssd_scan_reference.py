@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeling.ops.reference import ssd_scan_chunked, ssd_scan_sequential
+from fpmamba_core.ops.reference import ssd_scan_chunked, ssd_scan_sequential
 
 
 def _inputs(b, T, h, p, g, n, dtype=torch.float64, with_state=True, pad=0):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from train_helpers import enable_checkpointing, tiny_model, token_batch
 
-import modeling.layer
+import fpmamba_core.layer
 
 # A tolerance-based stopping rule that actually stops rows at different iterations, with the batch quantile rule.
 RULE = dict(fp_tol=1e-2, fp_max_iter=12, fp_train_quantile=0.75)
@@ -68,7 +68,7 @@ def test_recompute_does_not_solve_again(monkeypatch, use_reentrant: bool) -> Non
     ckpt = tiny_model(**RULE)
     enable_checkpointing(ckpt, use_reentrant)
     layers = ckpt.config.num_hidden_layers
-    real_solve = modeling.layer.solve
+    real_solve = fpmamba_core.layer.solve
     calls = []
 
     def drifting_solve(f, y0, settings, *args, **kwargs):
@@ -77,7 +77,7 @@ def test_recompute_does_not_solve_again(monkeypatch, use_reentrant: bool) -> Non
             settings.max_iter = 1
         return real_solve(f, y0, settings, *args, **kwargs)
 
-    monkeypatch.setattr(modeling.layer, "solve", drifting_solve)
+    monkeypatch.setattr(fpmamba_core.layer, "solve", drifting_solve)
     _, _, grads_c = _grads(ckpt, ids)
     assert len(calls) == layers
     _assert_same(grads_c, grads_p)

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from train_helpers import tiny_model, token_batch
 
-import modeling.layer
-import modeling.ops
+import fpmamba_core.layer
+import fpmamba_core.ops
 
 IDS = token_batch(4, 16, seed=11)
 
@@ -29,7 +29,7 @@ def _step(dtype: torch.dtype | None):
 
 def test_fixed_point_state_stays_fp32_under_autocast(monkeypatch) -> None:
     seen: list[tuple[str, torch.dtype]] = []
-    real_solve, real_scan = modeling.layer.solve, modeling.ops.ssd_scan
+    real_solve, real_scan = fpmamba_core.layer.solve, fpmamba_core.ops.ssd_scan
 
     def solve(f, y0, *args, **kwargs):
         res = real_solve(f, y0, *args, **kwargs)
@@ -42,8 +42,8 @@ def test_fixed_point_state_stays_fp32_under_autocast(monkeypatch) -> None:
                      ("autocast in scan", torch.float32 if not torch.is_autocast_enabled("cpu") else torch.bfloat16)])
         return y, H
 
-    monkeypatch.setattr(modeling.layer, "solve", solve)
-    monkeypatch.setattr(modeling.ops, "ssd_scan", scan)
+    monkeypatch.setattr(fpmamba_core.layer, "solve", solve)
+    monkeypatch.setattr(fpmamba_core.ops, "ssd_scan", scan)
     _, out, _ = _step(torch.bfloat16)
     assert seen and all(dtype == torch.float32 for _, dtype in seen), [s for s in seen if s[1] != torch.float32]
     assert out.logits.dtype == torch.float32

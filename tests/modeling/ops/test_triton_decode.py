@@ -31,10 +31,10 @@ CASES = [
 @pytest.mark.parametrize("kind, b, h, p, g, n, r, norm_groups, max_iter, tol, damping, patience, coef_scale", CASES)
 def test_decode_matches_reference(kind, b, h, p, g, n, r, norm_groups, max_iter, tol, damping, patience, coef_scale):
     """Outputs, new state, per-row iteration counts and residuals agree with `reference.decode_step`."""
-    from modeling.fixed_point import SolverSettings
-    from modeling.mixers import MixerFactors
-    from modeling.ops import reference
-    from modeling.ops.decode import decode_step_triton
+    from fpmamba_core.fixed_point import SolverSettings
+    from fpmamba_core.mixers import MixerFactors
+    from fpmamba_core.ops import reference
+    from fpmamba_core.ops.decode import decode_step_triton
 
     gen = torch.Generator().manual_seed(b * 13 + h + r)
     rn = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
@@ -68,7 +68,7 @@ def test_layer_decode_and_prefill_triton_equal_reference(kind):
     FPMAMBA_KERNELS=triton equal the reference path."""
     import os
 
-    from modeling.layer import FPMambaLayerConfig, FPMambaMixer
+    from fpmamba_core.layer import FPMambaLayerConfig, FPMambaMixer
 
     torch.manual_seed(0)
     cfg = FPMambaLayerConfig(hidden_size=32, state_size=16, head_dim=16, n_groups=2, chunk_size=16,
@@ -99,11 +99,11 @@ def test_layer_decode_and_prefill_triton_equal_reference(kind):
 def test_kronecker_decode_falls_back_to_reference(monkeypatch):
     """ops.decode_step routes a kronecker mixer to the reference (no kernel for it): any use of the kernel
     would fail."""
-    from modeling import ops
-    from modeling.fixed_point import SolverSettings
-    from modeling.mixers import MixerFactors
-    from modeling.ops import reference
-    import modeling.ops.decode as dk
+    from fpmamba_core import ops
+    from fpmamba_core.fixed_point import SolverSettings
+    from fpmamba_core.mixers import MixerFactors
+    from fpmamba_core.ops import reference
+    import fpmamba_core.ops.decode as dk
 
     monkeypatch.setattr(dk, "decode_step_triton", None)
     b, h, p, n, d = 2, 2, 8, 16, 16

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.triton_interpreter
 
 
 def _layer(seed: int, **overrides):
-    from modeling.layer import FPMambaLayerConfig, FPMambaMixer
+    from fpmamba_core.layer import FPMambaLayerConfig, FPMambaMixer
 
     torch.manual_seed(seed)
     cfg = dict(hidden_size=32, state_size=16, head_dim=8, n_groups=2, chunk_size=16, mixer_rank=2,
@@ -41,7 +41,7 @@ def _layer(seed: int, **overrides):
 def _capture_f(layer, *args, **kwargs):
     """Runs the layer once and returns the iteration function it handed the solver. The forward is capped at one
     iteration (`f` does not depend on the cap): it only hands `f` over, and each interpreted iteration is slow."""
-    import modeling.layer as layer_module
+    import fpmamba_core.layer as layer_module
 
     kwargs.setdefault("fp_max_iter", 1)
 
@@ -87,8 +87,8 @@ MAP_CASES = [
 @pytest.mark.parametrize("seed, b, T, masked, with_state, overrides", MAP_CASES)
 def test_fused_map_equals_composed_map(seed, b, T, masked, with_state, overrides):
     """f(y) fused (no grad) == f(y) composed (grad), on all rows and on strict subsets; residual included."""
-    from modeling.fixed_point import relative_residual
-    from modeling.layer import LayerState
+    from fpmamba_core.fixed_point import relative_residual
+    from fpmamba_core.layer import LayerState
 
     _use("triton")
     layer = _layer(seed, **overrides)

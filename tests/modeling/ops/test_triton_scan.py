@@ -35,8 +35,8 @@ CASES = [
 @pytest.mark.parametrize("b, T, h, p, g, n, chunk, h0, masked, use_D, final_grad", CASES)
 def test_scan_matches_reference_forward_and_backward(b, T, h, p, g, n, chunk, h0, masked, use_D, final_grad):
     """Forward outputs and the gradients of every input agree with the sequential reference (fp32)."""
-    from modeling.ops import reference
-    from modeling.ops.ssd_scan_triton import ssd_scan_triton
+    from fpmamba_core.ops import reference
+    from fpmamba_core.ops.ssd_scan_triton import ssd_scan_triton
 
     gen = torch.Generator().manual_seed(T * 31 + h * 7 + g)
     r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
@@ -67,9 +67,9 @@ def test_scan_matches_reference_forward_and_backward(b, T, h, p, g, n, chunk, h0
 def test_dispatch_uses_triton_when_forced(monkeypatch):
     """FPMAMBA_KERNELS=triton routes ops.ssd_scan to the kernel (and keeps ops.ssd_scan a function)."""
     monkeypatch.setenv("FPMAMBA_KERNELS", "triton")
-    from modeling import ops
-    from modeling.ops import reference
-    import modeling.ops.ssd_scan_triton as k
+    from fpmamba_core import ops
+    from fpmamba_core.ops import reference
+    import fpmamba_core.ops.ssd_scan_triton as k
 
     calls = []
     orig = k.ssd_scan_triton
