@@ -1,4 +1,4 @@
-"""FPMambaMixer layer timings and training memory (d_model 768, 24 heads x 64, d_state 128, householder r=2, bf16).
+"""Mamba2Layer layer timings and training memory (d_model 768, 24 heads x 64, d_state 128, householder r=2, bf16).
 
     python benchmarks/bench_layer.py [--lengths 512 2048 8192] [--batch 8] [--fp32-matmul highest|high]
 
@@ -18,7 +18,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._common import median_ms, peak_mib, report  # noqa: E402
-from fpmamba_core.layer import FPMambaLayerConfig, FPMambaMixer  # noqa: E402
+from fpmamba_core.backbones import Mamba2Layer
+    from fpmamba_core.layer import FPMambaLayerConfig  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +34,7 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = FPMambaLayerConfig(hidden_size=768, state_size=128, head_dim=64, expand=2, n_groups=1,
                              mixer_type="householder", mixer_rank=2, fp_tol=1e-12, fp_train_quantile=1.0)
-    layer = FPMambaMixer(cfg, 0).cuda().to(torch.bfloat16)
+    layer = Mamba2Layer(cfg, 0).cuda().to(torch.bfloat16)
     rows = []
     for T in args.lengths:
         hs = torch.randn(args.batch, T, 768, device="cuda", dtype=torch.bfloat16)
@@ -60,7 +61,7 @@ def main() -> None:
             print(row, flush=True)
             torch.cuda.empty_cache()
     os.environ.pop("FPMAMBA_KERNELS", None)
-    report(f"FPMambaMixer layer, batch {args.batch}, d_model 768, householder r=2, bf16 weights, "
+    report(f"Mamba2Layer layer, batch {args.batch}, d_model 768, householder r=2, bf16 weights, "
            f"fp32 matmul precision '{args.fp32_matmul}'", rows,
            ["T", "backend", "fwd_1it_ms", "fwd_4it_ms", "fwd_16it_ms", "per_iter_ms", "train_1it_ms",
             "train_16it_ms", "train_1it_peak_MiB", "train_16it_peak_MiB"])

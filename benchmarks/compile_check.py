@@ -104,13 +104,14 @@ def _decode_variants() -> None:
 
 
 def _fused_variants(weight_dtype: torch.dtype) -> None:
-    from fpmamba_core.layer import FPMambaLayerConfig, FPMambaMixer
+    from fpmamba_core.backbones import Mamba2Layer
+    from fpmamba_core.layer import FPMambaLayerConfig
 
     os.environ["FPMAMBA_KERNELS"] = "triton"
     for kind, extra in (("householder", {}), ("dplr", {"dt_hidden_dependence": True}), ("none", {})):
         cfg = FPMambaLayerConfig(hidden_size=768, state_size=128, head_dim=64, mixer_type=kind, mixer_rank=2,
                                  fp_max_iter_eval=1, **extra)
-        layer = FPMambaMixer(cfg, 0).eval().to(weight_dtype)
+        layer = Mamba2Layer(cfg, 0).eval().to(weight_dtype)
         with torch.no_grad():
             try:
                 layer(torch.randn(1, 128, 768, dtype=weight_dtype), attention_mask=torch.ones(1, 128))

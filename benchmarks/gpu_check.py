@@ -4,7 +4,7 @@
 
 Relative RMS error ||out - ref|| / ||ref|| for every output and gradient; limits: fp32 1e-4, bf16 5e-3.
 Sections: SSD scan (forward + backward; masks, initial state, n_groups > 1, ragged lengths), decode step
-(householder / dplr / none), FPMambaMixer layer forward + backward, whole-model logits, and the loss curve of a
+(householder / dplr / none), Mamba2Layer layer forward + backward, whole-model logits, and the loss curve of a
 few training steps (triton vs reference from the same initialisation).
 Exits non-zero if any check fails.
 """
@@ -123,12 +123,13 @@ def decode_section() -> None:
 
 
 def layer_section() -> None:
-    from fpmamba_core.layer import FPMambaLayerConfig, FPMambaMixer
+    from fpmamba_core.backbones import Mamba2Layer
+    from fpmamba_core.layer import FPMambaLayerConfig
 
     torch.manual_seed(0)
     cfg = FPMambaLayerConfig(hidden_size=768, state_size=128, head_dim=64, mixer_type="householder", mixer_rank=2,
                              fp_max_iter=4, fp_tol=1e-3)
-    layer = FPMambaMixer(cfg, 0).cuda()
+    layer = Mamba2Layer(cfg, 0).cuda()
     hs = torch.randn(4, 512, 768, device="cuda")
     outs = {}
     for backend in ("reference", "triton"):

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from fpmamba_core.layer import LayerState
-from fpmamba_core.ops.reference import acc
+from fpmamba_core.backbones import LayerState
+from fpmamba_core.precision import acc
 
 
 def _layer(cache, layer_idx: int):

@@ -1,6 +1,6 @@
 """FP-Mamba for transformers: FPMambaModel and FPMambaForCausalLM.
 
-The stack is Mamba-2's (embeddings -> [RMSNorm -> FPMambaMixer -> residual] x L -> RMSNorm -> LM head), parameter
+The stack is Mamba-2's (embeddings -> [RMSNorm -> FP layer -> residual] x L -> RMSNorm -> LM head), parameter
 for parameter, so `FPMambaForCausalLM.from_mamba2` converts a Mamba2ForCausalLM exactly. The layer math lives in
 the `modeling` package; this file adds what a transformers model needs: config, weights init, cache, loss,
 generation (with a per-call fixed-point budget), telemetry (`fp_iterations`, `fp_residual`) and the checks that no
@@ -25,9 +25,11 @@ from transformers.utils import ModelOutput, logging
 
 from fpmamba_core.checkpointing import FixedPointReplay
 from fpmamba_core.fixed_point import ContinueSync
-from fpmamba_core.layer import FPMambaLayerConfig, FPMambaMixer, GatedRMSNorm
+from fpmamba_core.backbones import backbone_layer
+from fpmamba_core.layer import FixedPointLayer, FPMambaLayerConfig
 from fpmamba_core.mixers import ChannelMixer
-from fpmamba_core.ops.reference import acc
+from fpmamba_core.norms import GatedRMSNorm
+from fpmamba_core.precision import acc
 
 from .cache import has_state, read_state, seen_tokens, set_seen_tokens, write_state
 from .configuration_fpmamba import FPMambaConfig
@@ -62,7 +64,7 @@ class FPMambaRMSNorm(nn.Module):
 
 
 class FPMambaBlock(GradientCheckpointingLayer):
-    """Pre-norm residual block around one FPMambaMixer. Returns (hidden_states, iterations (batch,), residual
+    """Pre-norm residual block around one fixed-point layer (its backbone's FixedPointLayer). Returns (hidden_states, iterations (batch,), residual
     (batch,)): the fixed-point iterations and the relative residual each row stopped at.
 
     The whole fixed-point loop runs inside this block, which is the unit of activation checkpointing and of FSDP
@@ -75,7 +77,7 @@ class FPMambaBlock(GradientCheckpointingLayer):
         self.layer_idx = layer_idx
         self.config = config  # read at call time (residual_in_fp32), so an edit of the config takes effect
         self.norm = FPMambaRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
-        self.mixer = FPMambaMixer(config.layer_config(), layer_idx=layer_idx)
+        self.mixer = backbone_layer("mamba2")(config.layer_config(), layer_idx=layer_idx)
 
     def forward(
         self,
@@ -125,11 +127,11 @@ class FPMambaPreTrainedModel(PreTrainedModel):
         """transformers' defaults, then FP-Mamba's own values (Mamba-2's A_log, D, dt_bias, conv; mixers near
         identity; y-projections at zero) through the guarded init helpers, so loaded weights are never touched."""
         super()._init_weights(module)
-        if isinstance(module, (FPMambaMixer, ChannelMixer)):
+        if isinstance(module, (FixedPointLayer, ChannelMixer)):
             for name, value in module.initial_values().items():
                 param = module.get_parameter(name)
                 init.copy_(param, value.to(param.device, param.dtype))
-        if isinstance(module, FPMambaMixer):
+        if isinstance(module, FixedPointLayer):
             init.kaiming_uniform_(module.conv1d.weight, a=math.sqrt(5))
             if module.conv1d.bias is not None:
                 init.zeros_(module.conv1d.bias)

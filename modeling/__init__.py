@@ -1,16 +1,21 @@
-"""FP-Mamba, the method: layer, fixed-point solver, channel mixers and kernels. No transformers import here."""
+"""FP-Mamba, the method (import name `fpmamba_core`): the fixed-point layer and solver, backbones, channel mixers
+and kernels. docs/architecture.md draws the picture."""
 
-from .fixed_point import SolveResult, SolverSettings, solve
-from .layer import FPMambaLayerConfig, FPMambaMixer, LayerState, MixerOutput
-from .mixers import ChannelMixer, MixerFactors, apply_mixer
+from .backbones import BACKBONES, LayerState, Mamba2Layer
+from .fixed_point import MapOutput, SolveResult, SolverSettings, solve
+from .layer import FixedPointLayer, LayerOutput
+from .mixers import MIXERS, ChannelMixer, MixerFactors, apply_mixer
 
 __all__ = [
+    "BACKBONES",
     "ChannelMixer",
-    "FPMambaLayerConfig",
-    "FPMambaMixer",
+    "FixedPointLayer",
+    "LayerOutput",
     "LayerState",
+    "MIXERS",
+    "Mamba2Layer",
+    "MapOutput",
     "MixerFactors",
-    "MixerOutput",
     "SolveResult",
     "SolverSettings",
     "apply_mixer",

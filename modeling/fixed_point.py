@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
@@ -33,10 +33,24 @@ from .anderson import AndersonHistory
 
 SOLVERS = ("picard", "anderson")
 
-# f(y_rows, rows) -> (yhat_rows, aux_rows[, residual_rows]): the iteration map on the rows `rows` (LongTensor)
-# of the batch; aux is a tuple of per-row tensors (batch first) produced alongside yhat, e.g. the scan's final
-# state. A fused implementation may return the rows' relative residual too (it has yhat and y at hand).
-IterationFn = Callable[[torch.Tensor, torch.Tensor], tuple]
+@dataclass
+class MapOutput:
+    """One application of an iteration map to the rows `rows` of a batch. yhat (rows, ...): the map's value;
+    aux: per-row tensors (rows first) produced alongside it, e.g. the scan's final state; residual (rows,): the
+    rows' relative residual when the map computes it itself (a fused kernel has yhat and y at hand), else None."""
+
+    yhat: torch.Tensor
+    aux: tuple[torch.Tensor, ...] = ()
+    residual: torch.Tensor | None = None
+
+
+class IterationMap(Protocol):
+    """y -> f(y) on the rows `rows` (LongTensor) of the batch: a backbone's map for one layer call, built once per
+    call from everything that does not depend on the iterate (docs/architecture.md)."""
+
+    def __call__(self, y: torch.Tensor, rows: torch.Tensor) -> MapOutput: ...
+
+
 # Optional hook that makes all data-parallel ranks agree to continue: (local_continue: bool) -> bool.
 ContinueSync = Callable[[bool], bool]
 
@@ -83,16 +97,12 @@ def relative_residual(new: torch.Tensor, old: torch.Tensor, eps: float) -> torch
     return (diff / scale).reshape(new.shape[0], -1).amax(-1)
 
 
-def evaluate(
-    f: IterationFn, y: torch.Tensor, rows: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
-    """f on the rows `rows`: (yhat, aux, residual (rows,)). A fused f returns the residual itself; else it is
-    `relative_residual(yhat, y)`."""
+def evaluate(f: IterationMap, y: torch.Tensor, rows: torch.Tensor, eps: float) -> MapOutput:
+    """f on the rows `rows`, with the residual (rows,) filled in: the map's own, else `relative_residual(yhat, y)`."""
     out = f(y, rows)
-    if len(out) == 3:
-        return out
-    yhat, aux = out
-    return yhat, aux, relative_residual(yhat, y, eps) if rows.numel() else yhat.new_zeros(0)
+    if out.residual is None:
+        out.residual = relative_residual(out.yhat, y, eps) if rows.numel() else out.yhat.new_zeros(0)
+    return out
 
 
 def check_finite(t: torch.Tensor, layer_idx: int | None, iteration: int) -> None:
@@ -106,7 +116,7 @@ def check_finite(t: torch.Tensor, layer_idx: int | None, iteration: int) -> None
 
 @torch.no_grad()
 def solve(
-    f: IterationFn,
+    f: IterationMap,
     y0: torch.Tensor,
     settings: SolverSettings,
     training: bool = False,
@@ -134,7 +144,8 @@ def solve(
         y_act = y if active.numel() == batch else y[active]  # no gather while every row iterates
         # With `sync`, a rank whose rows are all done still evaluates f (on no rows) so that every rank runs
         # the same number of iterations, and so issues the same collectives.
-        yhat, aux, r = evaluate(f, y_act, active, settings.eps)
+        out = evaluate(f, y_act, active, settings.eps)
+        yhat, aux, r = out.yhat, out.aux, out.residual
         if aux_out is None:
             aux_out = [torch.empty((batch, *a.shape[1:]), dtype=a.dtype, device=device) for a in aux]
         if active.numel() > 0:
@@ -186,16 +197,13 @@ def solve(
     return SolveResult(y_star, y_out, tuple(aux_out), iterations, residual)
 
 
-def one_step_output(
-    f: IterationFn, y_star: torch.Tensor, steps: int
-) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+def one_step_output(f: IterationMap, y_star: torch.Tensor, steps: int) -> MapOutput:
     """`steps` applications of f from the detached fixed point, with autograd."""
     rows = torch.arange(y_star.shape[0], device=y_star.device)
-    y = y_star.detach()
-    aux: tuple[torch.Tensor, ...] = ()
+    out = MapOutput(y_star.detach())
     for _ in range(steps):
-        y, aux = f(y, rows)[:2]
-    return y, aux
+        out = f(out.yhat, rows)
+    return out
 
 
 class ImplicitGradientFallback(RuntimeWarning):
@@ -203,14 +211,15 @@ class ImplicitGradientFallback(RuntimeWarning):
 
 
 def implicit_output(
-    f: IterationFn, y_star: torch.Tensor, settings: SolverSettings, layer_idx: int | None = None
-) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    f: IterationMap, y_star: torch.Tensor, settings: SolverSettings, layer_idx: int | None = None
+) -> MapOutput:
     """One application of f with autograd whose incoming gradient is mapped to the adjoint fixed point."""
     rows = torch.arange(y_star.shape[0], device=y_star.device)
     y_in = y_star.detach().requires_grad_(True)
-    y_out, aux = f(y_in, rows)[:2]
+    out = f(y_in, rows)
+    y_out = out.yhat
     if not y_out.requires_grad:
-        return y_out, aux
+        return out
 
     solving = False
 
@@ -245,4 +254,4 @@ def implicit_output(
         return grad
 
     y_out.register_hook(adjoint)
-    return y_out, aux
+    return out

@@ -1,7 +1,9 @@
 """One public function per op; the backend is chosen at call time from the tensors' device.
 
 `FPMAMBA_KERNELS=triton|reference` forces a path (triton on CPU tensors only works under TRITON_INTERPRET=1);
-unset, CUDA tensors take the Triton kernels and everything else the PyTorch reference.
+unset, CUDA tensors take the Triton kernels when triton is installed (one warning and the PyTorch reference when it
+is not) and everything else the PyTorch reference. Which mixer kinds a kernel implements is the mixer registry's
+answer (`mixers.kernel_supports`); a kind no kernel implements runs the reference, never a kernel that raises.
 
 Self-check (`selfcheck.py`): the first use of the fused iteration or the decode kernel in a configuration (device,
 dtypes, mixer kind, dimensions and kernel switches) runs the kernel once on a small seeded random problem against
@@ -14,10 +16,16 @@ configuration runs the PyTorch path from then on (`fused_iteration_supported` is
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import warnings
+from functools import cache
 from typing import TYPE_CHECKING
 
 import torch
+
+from ..mixers import kernel_supports
+from ._triton_utils import kernel_chunk_len
 
 from .reference import decode_step as reference_decode_step
 from .reference import gated_rms_norm, ssd_scan_chunked
@@ -32,14 +40,33 @@ if TYPE_CHECKING:
 _BACKENDS = ("triton", "reference")
 
 
+@cache
+def triton_available() -> bool:
+    """Whether triton is installed (checked once per process)."""
+    return importlib.util.find_spec("triton") is not None
+
+
 def backend_for(t: torch.Tensor) -> str:
     """The backend an op on tensor `t` runs with."""
     forced = os.environ.get("FPMAMBA_KERNELS", "").strip().lower()
     if forced:
         if forced not in _BACKENDS:
             raise ValueError(f"FPMAMBA_KERNELS must be one of {_BACKENDS}, got {forced!r}")
+        if forced == "triton" and not triton_available():
+            raise ValueError("FPMAMBA_KERNELS=triton, but triton is not installed (pip install fpmamba-hf[triton])")
         return forced
-    return "triton" if t.is_cuda else "reference"
+    if not t.is_cuda:
+        return "reference"
+    if not triton_available():
+        _warn_no_triton()
+        return "reference"
+    return "triton"
+
+
+@cache
+def _warn_no_triton() -> None:
+    warnings.warn("fpmamba-hf: CUDA tensors but triton is not installed: every op runs the PyTorch path (correct, "
+                  "slower). Install it with `pip install fpmamba-hf[triton]`.", RuntimeWarning, stacklevel=3)
 
 
 def ssd_scan(
@@ -55,6 +82,7 @@ def ssd_scan(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mamba-2 SSD scan. See `reference.ssd_scan_chunked` for shapes; returns (y fp32, final_state fp32)."""
     if backend_for(x) == "triton" and x.dtype != torch.float64:  # fp64 (gradient checks) stays exact
+        kernel_chunk_len(chunk_size)  # an unsupported chunk is refused, not replaced
         # The kernel module is not named `ssd_scan`: importing a submodule binds its name on this package,
         # which would shadow this function.
         from .ssd_scan_triton import ssd_scan_triton
@@ -81,10 +109,11 @@ def decode_step(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One decode token of every row: inner fixed-point loop + state update. See `reference.decode_step`.
 
-    The Triton kernel covers the householder, dplr and none mixers in fp32 with the Picard solver; kronecker, fp64,
-    fp_solver="anderson" and a configuration whose kernel failed its self-check run the reference."""
+    The Triton kernel covers the mixer kinds that list "decode" in their kernel_ops, in fp32, with the Picard
+    solver; other kinds, fp64, fp_solver="anderson" and a configuration whose kernel failed its self-check run the
+    reference."""
     args = (x, z, dt, A, B, C, D, state, factors, norm_weight, norm_eps, norm_group_size, settings, layer_idx)
-    if (backend_for(x) == "triton" and factors.kind != "kronecker" and x.dtype != torch.float64
+    if (backend_for(x) == "triton" and kernel_supports(factors.kind, "decode") and x.dtype != torch.float64
             and settings.solver == "picard" and decode_step_ok(*args[:12])):
         from .decode import decode_step_triton
 
@@ -94,21 +123,24 @@ def decode_step(
 
 def fused_iteration_supported(x: torch.Tensor, mixer_kind: str, inputs: FusedIterationInputs | None = None) -> bool:
     """Whether the no-autograd iterations of a layer call on tensor `x` run `fused_iteration`: the Triton
-    backend, fp32 (fp64 gradient checks stay exact) and a mixer the kernels cover (not kronecker); given the
-    call's `inputs`, also that the kernels passed their self-check in this configuration (run on first use)."""
-    if not (backend_for(x) == "triton" and x.dtype == torch.float32
-            and mixer_kind in ("householder", "dplr", "none")):
+    backend, fp32 (fp64 gradient checks stay exact) and a mixer kind the kernels implement; given the call's
+    `inputs`, also a chunk_size the kernels take (else ValueError) and that the kernels passed their self-check in
+    this configuration (run on first use)."""
+    if not (backend_for(x) == "triton" and x.dtype == torch.float32 and kernel_supports(mixer_kind, "fused_iteration")):
         return False
-    return inputs is None or fused_iteration_ok(inputs)
+    if inputs is None:
+        return True
+    kernel_chunk_len(inputs.chunk_size)
+    return fused_iteration_ok(inputs)
 
 
 def fused_iteration(inputs: FusedIterationInputs, y: torch.Tensor, rows: torch.Tensor):
     """One fixed-point iteration of the rows `rows` on the fused Triton kernels; see
-    `fused_iteration_triton.fused_iteration` (returns yhat, (final state,), residual)."""
+    `fused_iteration_triton.fused_iteration` (MapOutput: yhat, (final state,), residual)."""
     from .fused_iteration_triton import fused_iteration as run
 
     return run(inputs, y, rows)
 
 
 __all__ = ["KernelSelfCheckWarning", "backend_for", "decode_step", "fused_iteration", "fused_iteration_supported",
-           "gated_rms_norm", "ssd_scan"]
+           "gated_rms_norm", "ssd_scan", "triton_available"]

@@ -27,3 +27,15 @@ def dot_precision(t: torch.Tensor) -> str:
     if t.dtype != torch.float32:
         return "tf32"
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+KERNEL_CHUNK_SIZES = (16, 32, 64, 128)
+
+
+def kernel_chunk_len(chunk_size: int) -> int:
+    """The scan kernels' chunk (a block size): the config's chunk_size, which must be a power of two in [16, 128].
+    Another value is refused rather than replaced, so the config's chunk_size is the one that runs."""
+    if chunk_size not in KERNEL_CHUNK_SIZES:
+        raise ValueError(f"chunk_size={chunk_size!r} is not supported by the Triton scan kernels (one of "
+                         f"{KERNEL_CHUNK_SIZES}); set config.chunk_size to one of them (the PyTorch path takes any)")
+    return chunk_size

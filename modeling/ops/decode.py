@@ -15,16 +15,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import triton
-import triton.language as tl
+try:  # the kernels need triton (a CUDA build of torch on Linux brings it; else `pip install fpmamba-hf[triton]`)
+    import triton
+    import triton.language as tl
+except ImportError as err:  # ops.kernels_available() turns this into the PyTorch path
+    raise ImportError(f"fpmamba-hf's Triton kernels need triton: {err}") from err
 
+from ..mixers import kernel_supports, mixer_kind
 from ._triton_utils import pow2_at_least
+from .reference import DecodeResult
 
 if TYPE_CHECKING:
     from ..fixed_point import SolverSettings
     from ..mixers import MixerFactors
-
-_MIX_CODES = {"none": 0, "householder": 1, "dplr": 2}
 
 
 @triton.jit
@@ -160,16 +163,16 @@ def decode_step_triton(
     norm_group_size: int,
     settings: "SolverSettings",
     layer_idx: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> DecodeResult:
     """One decode token of every row (see `reference.decode_step` for shapes and semantics).
 
     x (b, h, p); z (b, d); dt (b, h); A, D (h,); B, C (b, g, n); state (b, h, p, n) fp32; factors of Q_t
-    (householder/dplr: u (b, r, d), coef (b, r); none). Returns (y_out (b, d), y* (b, d), new state
-    (b, h, p, n), iterations (b,) int64, residual (b,)), all fp32 but the iteration counts.
+    (householder/dplr: u (b, r, d), coef (b, r); none). Returns a DecodeResult, all fp32 but the iteration
+    counts (int64).
     """
     from ..fixed_point import check_finite
 
-    if factors.kind not in _MIX_CODES:
+    if not kernel_supports(factors.kind, "decode"):
         raise ValueError(f"decode kernel: mixer kind {factors.kind!r} is not supported (use the reference)")
     b, h, p = x.shape
     g, n = B.shape[1], B.shape[2]
@@ -191,10 +194,10 @@ def decode_step_triton(
     BP, BN = pow2_at_least(p), pow2_at_least(n)
     if b == 0:
         e = x.new_empty(0, d)
-        return e, e, state.clone(), torch.zeros(0, dtype=torch.long, device=dev), x.new_empty(0)
+        return DecodeResult(e, e, state.clone(), torch.zeros(0, dtype=torch.long, device=dev), x.new_empty(0))
     _prep_kernel[(b * h,)](state, dt, A, B, C, D, a, gvec, h, g, h // g, p, n, BP=BP, BN=BN, num_warps=4)
 
-    mix = _MIX_CODES[factors.kind]
+    mix = mixer_kind(factors.kind).kernel_code
     if mix:
         u = factors.u.float().contiguous()
         coef = factors.coef.float().contiguous()
@@ -220,4 +223,4 @@ def decode_step_triton(
     # No silent NaN (one host sync): a non-finite iterate shows up in the residual or the output.
     if not bool(torch.isfinite(residual).all() & torch.isfinite(y_out).all()):
         check_finite(torch.stack([residual.sum(), y_out.sum()]), layer_idx, int(iterations.max()))
-    return y_out, y_star, new_state, iterations, residual
+    return DecodeResult(y_out, y_star, new_state, iterations, residual)

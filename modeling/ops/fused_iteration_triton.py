@@ -17,7 +17,8 @@ mixer's x-part, the mask) are indexed by the row list inside the kernels, so fre
 
 This is the no-autograd path: the differentiable application of the map (one_step / implicit backward,
 checkpoint recompute) is the layer's composed PyTorch code, which is also the reference these kernels are
-tested against. Mixers: householder, dplr and none (kronecker stays on the composed path).
+tested against. Mixers: those whose kind lists "fused_iteration" in its kernel_ops (modeling/mixers); the others stay on the
+composed path.
 """
 
 from __future__ import annotations
@@ -26,12 +27,16 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
+try:  # the kernels need triton (a CUDA build of torch on Linux brings it; else `pip install fpmamba-hf[triton]`)
+    import triton
+    import triton.language as tl
+except ImportError as err:  # ops.kernels_available() turns this into the PyTorch path
+    raise ImportError(f"fpmamba-hf's Triton kernels need triton: {err}") from err
 
+from ..fixed_point import MapOutput
+from ..mixers import kernel_supports, mixer_kind
 from ._triton_utils import pow2_at_least
 
-MIX_CODES = {"none": 0, "householder": 1, "dplr": 2}
 ACT_CODES = {"silu": 0, "identity": 1, "tanh": 2, "relu": 3}
 
 
@@ -234,14 +239,14 @@ class FusedIterationInputs:
 
 def fused_iteration(
     inp: FusedIterationInputs, y: torch.Tensor, rows: torch.Tensor
-) -> tuple[torch.Tensor, tuple[torch.Tensor], torch.Tensor]:
+) -> MapOutput:
     """One iteration of the rows `rows` (LongTensor (r,)) from their iterate y (r, T, d) fp32.
 
-    Returns (yhat (r, T, d) fp32, (final scan state (r, h, p, n) fp32,), residual (r,) fp32), the residual
+    Returns MapOutput(yhat (r, T, d) fp32, (final scan state (r, h, p, n) fp32,), residual (r,) fp32), the residual
     being `fixed_point.relative_residual(yhat, y)` (NaN for a row holding a non-finite value)."""
     from .ssd_scan_triton import ssd_scan_triton
 
-    if inp.mixer_kind not in MIX_CODES:
+    if not kernel_supports(inp.mixer_kind, "fused_iteration"):
         raise ValueError(f"fused iteration: mixer kind {inp.mixer_kind!r} is not supported")
     r, T, d = y.shape
     b = inp.x.shape[0]
@@ -255,7 +260,7 @@ def fused_iteration(
     if r == 0 or T == 0:
         e = y.new_empty(r, T, d)
         H = y.new_zeros(r, nh, inp.head_dim, n) if inp.H0 is None else inp.H0[rows].float()
-        return e, (H,), y.new_zeros(r)
+        return MapOutput(e, (H,), y.new_zeros(r))
     # 1. All y-projections of every token in one GEMM (input in the weight's dtype, as the composed path).
     W = inp.weight_y
     G_all = F.linear(y.view(r * T, d).to(W.dtype), W)
@@ -265,7 +270,7 @@ def fused_iteration(
     Bn = torch.empty(r, T, g, n, device=dev, dtype=f32)
     Cn = torch.empty(r, T, g, n, device=dev, dtype=f32)
     dt = torch.empty(r, T, nh, device=dev, dtype=f32)
-    mix = MIX_CODES[inp.mixer_kind]
+    mix = mixer_kind(inp.mixer_kind).kernel_code
     x, Bx, Cx, dt_raw = inp.x, inp.Bx, inp.Cx, inp.dt_raw
     xp = inp.x_part if mix else x  # unused without a mixer
     off_bc = inp.mixer_rank * d + inp.mixer_rank if inp.mixer_reads_y else 0
@@ -300,4 +305,4 @@ def fused_iteration(
         HAS_MASK=inp.mask is not None, BG=pow2_at_least(d // gs, 1), BGS=pow2_at_least(gs, 1),
         num_warps=8 if BD >= 2048 else 4,
     )
-    return yhat, (H,), ratio.amax(-1)
+    return MapOutput(yhat, (H,), ratio.amax(-1))

@@ -13,19 +13,17 @@ All accumulation is fp32; outputs are fp32.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from ..precision import acc
+
 if TYPE_CHECKING:
     from ..fixed_point import SolverSettings
     from ..mixers import MixerFactors
-
-
-def acc(t: torch.Tensor) -> torch.Tensor:
-    """Accumulation precision: fp32, except that fp64 stays fp64 (exact gradient checks)."""
-    return t if t.dtype == torch.float64 else t.float()
 
 
 def _heads_of_groups(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -147,6 +145,18 @@ def gated_rms_norm(
     return acc(weight) * v.reshape(shape)
 
 
+@dataclass
+class DecodeResult:
+    """One decode token of every row: y_out = f(y*) (b, d), y* (b, d), the new recurrent state (fp32), and the
+    inner solve's iterations (b,) and relative residual (b,)."""
+
+    y_out: torch.Tensor
+    y_star: torch.Tensor
+    state: torch.Tensor
+    iterations: torch.Tensor
+    residual: torch.Tensor
+
+
 def decode_step(
     x: torch.Tensor,
     z: torch.Tensor,
@@ -162,7 +172,7 @@ def decode_step(
     norm_group_size: int,
     settings: "SolverSettings",
     layer_idx: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> DecodeResult:
     """One token of every row: the inner fixed-point loop on y_t, then one state update
     (docs/method.md, "Token-by-token decoding").
 
@@ -170,9 +180,9 @@ def decode_step(
     state (b, h, p, n) fp32 H_{t-1}; factors: Q_t of each row (fixed within the token).
     Everything that depends on y_{t-1} is fixed, so with a = C . (exp(dt A) H_{t-1}) and g = dt (C . B) + D
     each iteration is   x~ = y + Q (x - y);  yhat = RMSNorm((a + g x~) * SiLU(z)).
-    Returns (y_out = f(y*) (b, d), y* (b, d), new state (b, h, p, n), iterations (b,), residual (b,)).
+    Returns a DecodeResult (new state (b, h, p, n)).
     """
-    from ..fixed_point import solve
+    from ..fixed_point import MapOutput, solve
     from ..mixers import apply_mixer
 
     b, h, p = x.shape
@@ -187,9 +197,9 @@ def decode_step(
 
     def f(y: torch.Tensor, rows: torch.Tensor):
         xt = y + apply_mixer(factors.select(rows), x[rows] - y)
-        return gated_rms_norm(a[rows] + g[rows] * xt, z[rows], norm_weight, norm_eps, norm_group_size), (xt,)
+        return MapOutput(gated_rms_norm(a[rows] + g[rows] * xt, z[rows], norm_weight, norm_eps, norm_group_size), (xt,))
 
     res = solve(f, x.new_zeros(b, d), settings, training=False, layer_idx=layer_idx)
     (xt,) = res.aux
     new_state = decayed + (dt[:, :, None] * xt.view(b, h, p))[..., None] * Bh[:, :, None, :]
-    return res.y_out, res.y_star, new_state, res.iterations, res.residual
+    return DecodeResult(res.y_out, res.y_star, new_state, res.iterations, res.residual)

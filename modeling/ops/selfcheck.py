@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 
-from .reference import acc, decode_step, gated_rms_norm, ssd_scan_chunked
+from ..precision import acc
+from .reference import decode_step, gated_rms_norm, ssd_scan_chunked
 
 if TYPE_CHECKING:
     from ..fixed_point import SolverSettings
@@ -235,10 +236,10 @@ def fused_problem(inp: FusedIterationInputs) -> tuple[FusedIterationInputs, list
     T = one kernel chunk + 5; x, B, C and z, dt_raw strided views of wider tensors as in the layer; left padding in
     row 1 when masked), and the calls [(y, rows)]: all rows, then rows 0 and 2."""
     from .fused_iteration_triton import FusedIterationInputs
-    from .ssd_scan_triton import _chunk_len
+    from ._triton_utils import kernel_chunk_len
 
     rnd = _Random(inp.x.device)
-    b, T = CHECK_ROWS, _chunk_len(inp.chunk_size) + 5
+    b, T = CHECK_ROWS, kernel_chunk_len(inp.chunk_size) + 5
     d, g, n, nh, R = inp.x.shape[-1], inp.Bx.shape[2], inp.Bx.shape[3], inp.dt_raw.shape[-1], inp.mixer_rank
     gn = g * n
     xBC = rnd.normal(b, T, d + 2 * gn, dtype=inp.x.dtype)

@@ -18,10 +18,13 @@ The chunk length is a block size only (results do not depend on it beyond roundi
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+try:  # the kernels need triton (a CUDA build of torch on Linux brings it; else `pip install fpmamba-hf[triton]`)
+    import triton
+    import triton.language as tl
+except ImportError as err:  # ops.kernels_available() turns this into the PyTorch path
+    raise ImportError(f"fpmamba-hf's Triton kernels need triton: {err}") from err
 
-from ._triton_utils import dot_precision, interpreting, pow2_at_least
+from ._triton_utils import dot_precision, interpreting, kernel_chunk_len, pow2_at_least
 
 
 @triton.jit
@@ -180,13 +183,6 @@ def _bwd_kernel(
     tl.store(dD_ptr + pid_bh, dD_acc)
 
 
-def _chunk_len(chunk_size: int) -> int:
-    """The kernel's chunk (a block size): the requested one if a power of two in [16, 128], else 64."""
-    if chunk_size in (16, 32, 64, 128):
-        return chunk_size
-    return 64
-
-
 def _bwd_precision(x: torch.Tensor) -> str:
     """The backward keeps exact fp32 dots for fp32 inputs: with tf32 and fp32 operands loaded straight into
     shared memory it needs 256 KiB of it (over the H100's 227 KiB; measured by compiling for sm_90)."""
@@ -196,7 +192,7 @@ def _bwd_precision(x: torch.Tensor) -> str:
 def _fwd(x, dt, A, B, C, D, h0, mask, chunk_size, store_states):
     b, T, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
-    BL = _chunk_len(chunk_size)
+    BL = kernel_chunk_len(chunk_size)
     NC = triton.cdiv(T, BL)
     BN = pow2_at_least(n)
     BP = min(pow2_at_least(p), 32 if not interpreting() else 128)
@@ -232,7 +228,7 @@ class _SSDScan(torch.autograd.Function):
         x, dt, A, B, C, D, mask, hs, hT = ctx.saved_tensors
         b, T, h, p = x.shape
         g, n = B.shape[2], B.shape[3]
-        BL = _chunk_len(ctx.chunk_size)
+        BL = kernel_chunk_len(ctx.chunk_size)
         NC = triton.cdiv(T, BL)
         dev = x.device
         f32 = torch.float32

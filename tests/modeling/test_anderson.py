@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fpmamba_hf import FPMambaConfig
-from fpmamba_core import FPMambaLayerConfig, FPMambaMixer
+from fpmamba_core.backbones import Mamba2Layer
+from fpmamba_core.layer import FPMambaLayerConfig
 from fpmamba_core.anderson import AndersonHistory
 from fpmamba_core.fixed_point import SolverSettings, solve
 
@@ -14,13 +15,13 @@ TINY = dict(hidden_size=16, state_size=4, head_dim=8, chunk_size=4, mixer_rank=2
             fp_max_iter_eval=400, fp_train_quantile=1.0)
 
 
-def _layers(**overrides) -> dict[str, FPMambaMixer]:
+def _layers(**overrides) -> dict[str, Mamba2Layer]:
     """A Picard and an Anderson layer with the same fp64 weights (B/C read the iterate)."""
     torch.manual_seed(0)
-    picard = FPMambaMixer(FPMambaLayerConfig(**{**TINY, **overrides}), layer_idx=0).double()
+    picard = Mamba2Layer(FPMambaLayerConfig(**{**TINY, **overrides}), layer_idx=0).double()
     with torch.no_grad():
         picard.bc_y_proj.weight.normal_(std=0.3)
-    anderson = FPMambaMixer(FPMambaLayerConfig(**{**TINY, **overrides, "fp_solver": "anderson"}), 0).double()
+    anderson = Mamba2Layer(FPMambaLayerConfig(**{**TINY, **overrides, "fp_solver": "anderson"}), 0).double()
     anderson.load_state_dict(picard.state_dict())
     return {"picard": picard, "anderson": anderson}
 

@@ -3,13 +3,14 @@
 import pytest
 import torch
 
-from fpmamba_core import FPMambaLayerConfig, FPMambaMixer
+from fpmamba_core.backbones import Mamba2Layer
+from fpmamba_core.layer import FPMambaLayerConfig
 
 TINY = dict(hidden_size=16, state_size=4, head_dim=8, chunk_size=4, mixer_rank=2)
 
 
-def _layer(**overrides) -> FPMambaMixer:
-    layer = FPMambaMixer(FPMambaLayerConfig(**{**TINY, **overrides}), layer_idx=0).double().train()
+def _layer(**overrides) -> Mamba2Layer:
+    layer = Mamba2Layer(FPMambaLayerConfig(**{**TINY, **overrides}), layer_idx=0).double().train()
     with torch.no_grad():  # give the hidden-state dependence of B and C some weight
         layer.bc_y_proj.weight.normal_(std=0.1)
     return layer

@@ -37,13 +37,14 @@ RESULTS_ENV = "FPMAMBA_TEST_SELFCHECK_RESULTS"
 
 # ------------------------------------------------------------------------------------------------------ helpers
 def _layer(seed: int, **overrides):
-    from fpmamba_core.layer import FPMambaLayerConfig, FPMambaMixer
+    from fpmamba_core.backbones import Mamba2Layer
+    from fpmamba_core.layer import FPMambaLayerConfig
 
     torch.manual_seed(seed)
     cfg = dict(hidden_size=32, state_size=16, head_dim=8, n_groups=2, chunk_size=16, mixer_rank=2,
                mixer_reflection_scale=2, fp_tol=1e-6, fp_max_iter=2, fp_max_iter_eval=2)
     cfg.update(overrides)
-    layer = FPMambaMixer(FPMambaLayerConfig(**cfg), 0).eval()
+    layer = Mamba2Layer(FPMambaLayerConfig(**cfg), 0).eval()
     with torch.no_grad():  # y-projections away from zero, so every y-path matters
         layer.bc_y_proj.weight.normal_(0, 0.1)
         if layer.dt_y_proj is not None:
@@ -151,7 +152,7 @@ MAP_CASES = [
 def test_composed_fused_iteration_equals_layer_map(monkeypatch, kind, masked, with_state, overrides):
     """The check's reference, written from the fused inputs, is the layer's composed map (all rows and a subset)."""
     from fpmamba_core.fixed_point import relative_residual
-    from fpmamba_core.layer import LayerState
+    from fpmamba_core.backbones import LayerState
     from fpmamba_core.ops.selfcheck import composed_fused_iteration
 
     layer = _layer(1, mixer_type=kind, **overrides)

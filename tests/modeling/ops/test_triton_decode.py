@@ -64,16 +64,17 @@ def test_decode_matches_reference(kind, b, h, p, g, n, r, norm_groups, max_iter,
 
 @pytest.mark.parametrize("kind", ["householder"])
 def test_layer_decode_and_prefill_triton_equal_reference(kind):
-    """A tiny FPMambaMixer: prefill (scan kernel) then two decode tokens (decode kernel) under
+    """A tiny Mamba2Layer: prefill (scan kernel) then two decode tokens (decode kernel) under
     FPMAMBA_KERNELS=triton equal the reference path."""
     import os
 
-    from fpmamba_core.layer import FPMambaLayerConfig, FPMambaMixer
+    from fpmamba_core.backbones import Mamba2Layer
+    from fpmamba_core.layer import FPMambaLayerConfig
 
     torch.manual_seed(0)
     cfg = FPMambaLayerConfig(hidden_size=32, state_size=16, head_dim=16, n_groups=2, chunk_size=16,
                              mixer_type=kind, fp_tol=1e-5, fp_max_iter_eval=6)
-    layer = FPMambaMixer(cfg, 0).eval()
+    layer = Mamba2Layer(cfg, 0).eval()
     with torch.no_grad():
         layer.bc_y_proj.weight.normal_(0, 0.02)
     hs = torch.randn(2, 20, 32)

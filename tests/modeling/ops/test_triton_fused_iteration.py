@@ -22,13 +22,14 @@ pytestmark = pytest.mark.triton_interpreter
 
 
 def _layer(seed: int, **overrides):
-    from fpmamba_core.layer import FPMambaLayerConfig, FPMambaMixer
+    from fpmamba_core.backbones import Mamba2Layer
+    from fpmamba_core.layer import FPMambaLayerConfig
 
     torch.manual_seed(seed)
     cfg = dict(hidden_size=32, state_size=16, head_dim=8, n_groups=2, chunk_size=16, mixer_rank=2,
                mixer_reflection_scale=2, fp_tol=1e-6, fp_max_iter=4, fp_max_iter_eval=4)
     cfg.update(overrides)
-    layer = FPMambaMixer(FPMambaLayerConfig(**cfg), 0)
+    layer = Mamba2Layer(FPMambaLayerConfig(**cfg), 0)
     with torch.no_grad():  # y-projections away from their zero initialisation, so every y-path matters
         layer.bc_y_proj.weight.normal_(0, 0.1)
         if layer.dt_y_proj is not None:
@@ -88,7 +89,7 @@ MAP_CASES = [
 def test_fused_map_equals_composed_map(seed, b, T, masked, with_state, overrides):
     """f(y) fused (no grad) == f(y) composed (grad), on all rows and on strict subsets; residual included."""
     from fpmamba_core.fixed_point import relative_residual
-    from fpmamba_core.layer import LayerState
+    from fpmamba_core.backbones import LayerState
 
     _use("triton")
     layer = _layer(seed, **overrides)

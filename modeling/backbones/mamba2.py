@@ -1,0 +1,255 @@
+"""The Mamba-2 backbone of FP-Mamba (parameter names as transformers' Mamba2Mixer; docs/method.md, "The layer").
+
+Whole sequence (prefill / training), iterating on y (batch, T, d_inner) from y^0 = 0:
+    y_{t-1}  = shift(y), with the cached y* of the previous call (or 0) at t = 0
+    x~       = y + Q_t (x - y)                                   Q_t from the mixer on (x_t, y_{t-1})
+    B_t, C_t = l2norm(B^x_t + W_B^y y_{t-1}), l2norm(C^x_t + W_C^y y_{t-1})     (per group, if bc_norm)
+    dt_t     = softplus(dt^x_t [+ W_dt^y y_{t-1}] + dt_bias)
+    yhat     = RMSNorm((SSD_scan(x~, dt, A, B, C) + D x~) * SiLU(z))
+then out = out_proj(f(y*)). One decode token (T = 1 with a state): the per-token loop of `ops.decode_step`.
+With Q = I and the y-projections at zero the map does not depend on y: the layer IS Mamba-2's.
+The prelude (in_proj, conv, the mixer's x-part, A) is computed once per call; the map (`Mamba2Map`) holds it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..fixed_point import MapOutput, SolverSettings
+from ..layer import FixedPointLayer
+from ..mixers import ChannelMixer, apply_mixer, is_plain_linear
+from ..norms import GatedRMSNorm
+from ..ops import decode_step, fused_iteration, fused_iteration_supported, ssd_scan
+from ..ops.reference import DecodeResult
+from ..precision import acc
+
+if TYPE_CHECKING:
+    from ..ops.fused_iteration_triton import FusedIterationInputs
+
+
+@dataclass
+class LayerState:
+    """What a Mamba-2 layer carries between calls. conv: (b, conv_dim, conv_kernel) last pre-conv inputs;
+    ssm: (b, heads, head_dim, state) fp32 H; y_prev: (b, d_inner) fp32 y* of the last token."""
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+    y_prev: torch.Tensor
+
+
+@dataclass
+class Mamba2Prelude:
+    """Everything of one call that does not depend on the iterate. x, z (b, T, d) fp32; x_part: the mixer's
+    x-part (`ChannelMixer.precompute`); Bx, Cx (b, T, g, n) fp32; dt_raw (b, T, h); A (h,) fp32; y_prev0 (b, d):
+    y* before t = 0; H0 (b, h, p, n) | None; mask (b, T) bool | None; window: the new conv window; dtype: the
+    input's."""
+
+    x: torch.Tensor
+    z: torch.Tensor
+    x_part: torch.Tensor | None
+    Bx: torch.Tensor
+    Cx: torch.Tensor
+    dt_raw: torch.Tensor
+    A: torch.Tensor
+    y_prev0: torch.Tensor
+    H0: torch.Tensor | None
+    mask: torch.Tensor | None
+    window: torch.Tensor
+    dtype: torch.dtype
+
+
+class Mamba2Map:
+    """f(y) of one Mamba-2 layer call on the rows `rows`: the composed PyTorch map, or the fused Triton kernels
+    (`fused`, when they serve this call) for the no-autograd iterations. Returns MapOutput(yhat, (H,))."""
+
+    def __init__(self, layer: "Mamba2Layer", pre: Mamba2Prelude, fused: "FusedIterationInputs | None") -> None:
+        self.layer = layer
+        self.pre = pre
+        self.fused = fused
+
+    def __call__(self, y: torch.Tensor, rows: torch.Tensor) -> MapOutput:
+        if self.fused is not None and not torch.is_grad_enabled():
+            return fused_iteration(self.fused, y, rows)
+        layer, pre = self.layer, self.pre
+        b, T = pre.x.shape[:2]
+        # Gather the rows still iterating; while all are (the common case) use the tensors as they are.
+        take = (lambda t: t) if rows.numel() == b else (lambda t: None if t is None else t[rows])  # noqa: E731
+        ys = torch.cat([take(pre.y_prev0)[:, None], y[:, :-1]], dim=1)
+        factors = layer.mixer.factors(take(pre.x_part), ys)
+        B, C = layer.bc(take(pre.Bx), take(pre.Cx), ys)
+        dt = layer.dt(take(pre.dt_raw), ys)
+        mask = take(pre.mask)
+        # The projections above may run in bf16/fp16 under autocast (matmul inputs only, results upcast);
+        # the iterate, the scan's state and its accumulation stay fp32.
+        with torch.autocast(y.device.type, enabled=False):
+            xt = y + apply_mixer(factors, take(pre.x) - y)
+            s, H = ssd_scan(xt.view(-1, T, layer.num_heads, layer.head_dim), dt, pre.A, B, C, layer.D,
+                            take(pre.H0), mask, layer.config.chunk_size)
+            yhat = layer.norm(s.reshape(-1, T, layer.d_inner), take(pre.z))
+        if mask is not None:
+            yhat = yhat * mask[:, :, None].to(yhat.dtype)
+        return MapOutput(yhat, (H,))
+
+
+class Mamba2Layer(FixedPointLayer):
+    """FP-Mamba on a Mamba-2 backbone. forward(hidden_states (b, T, hidden)) -> LayerOutput (see FixedPointLayer)."""
+
+    def __init__(self, config: Any, layer_idx: int | None = None) -> None:
+        super().__init__(config, layer_idx)
+        c = config
+        self.d_inner = c.expand * c.hidden_size
+        self.head_dim = c.head_dim
+        self.num_heads = self.d_inner // c.head_dim
+        self.n_groups = c.n_groups
+        self.ssm_state_size = c.state_size
+        self.conv_kernel_size = c.conv_kernel
+        self.conv_dim = self.d_inner + 2 * c.n_groups * c.state_size
+        self.in_proj = nn.Linear(c.hidden_size, self.d_inner + self.conv_dim + self.num_heads, bias=c.use_bias)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, c.conv_kernel, groups=self.conv_dim,
+                                padding=c.conv_kernel - 1, bias=c.use_conv_bias)
+        self.dt_bias = nn.Parameter(torch.empty(self.num_heads))
+        self.A_log = nn.Parameter(torch.empty(self.num_heads))
+        self.D = nn.Parameter(torch.empty(self.num_heads))
+        group = self.d_inner // c.n_groups if c.norm_per_group else self.d_inner
+        self.norm = GatedRMSNorm(self.d_inner, group, c.layer_norm_epsilon)
+        self.out_proj = nn.Linear(self.d_inner, c.hidden_size, bias=c.use_bias)
+        # FP-Mamba's additions: the channel mixer and the hidden-state dependence of B, C (and dt).
+        self.mixer = ChannelMixer(c.mixer_type, self.d_inner, c.mixer_input, c.mixer_rank, c.mixer_reflection_scale,
+                                  c.mixer_activation, c.mixer_alpha_init, c.initializer_range)
+        self.bc_y_proj = nn.Linear(self.d_inner, 2 * c.n_groups * c.state_size, bias=False)
+        self.dt_y_proj = nn.Linear(self.d_inner, self.num_heads, bias=False) if c.dt_hidden_dependence else None
+        self.reset_parameters()
+
+    def initial_values(self) -> dict[str, torch.Tensor]:
+        """Mamba-2's A_log, D and dt_bias, and the y-projections at zero (the iteration starts as Mamba-2 plus the
+        mixer). Used by `reset_parameters` here and by the transformers model's `_init_weights`."""
+        c = self.config
+        dt = torch.exp(torch.rand(self.num_heads) * (math.log(c.time_step_max) - math.log(c.time_step_min))
+                       + math.log(c.time_step_min)).clamp(min=c.time_step_floor)
+        values = {
+            "A_log": torch.log(torch.arange(1, self.num_heads + 1, dtype=torch.float32)),
+            "D": torch.ones(self.num_heads),
+            "dt_bias": dt + torch.log(-torch.expm1(-dt)),  # inverse softplus
+            "bc_y_proj.weight": torch.zeros_like(self.bc_y_proj.weight),
+        }
+        if self.dt_y_proj is not None:
+            values["dt_y_proj.weight"] = torch.zeros_like(self.dt_y_proj.weight)
+        return values
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for name, value in self.initial_values().items():
+            self.get_parameter(name).copy_(value)
+        self.mixer.reset_parameters()
+
+    # --------------------------------------------------------------------- parts of the map that read y_{t-1}
+    def dt(self, dt_raw: torch.Tensor, y_prev: torch.Tensor) -> torch.Tensor:
+        """dt (..., h) from its x-part dt_raw (..., h) and the shifted iterate y_{t-1} (..., d_inner)."""
+        pre = acc(dt_raw)
+        if self.dt_y_proj is not None:  # called, not read as a weight: a wrapped (e.g. LoRA) projection takes part
+            pre = pre + acc(self.dt_y_proj(y_prev.to(self.dt_y_proj.weight.dtype)))
+        dt = F.softplus(pre + acc(self.dt_bias))
+        lo, hi = self.config.time_step_limit
+        return dt.clamp(lo, hi) if (lo > 0.0 or hi != float("inf")) else dt
+
+    def bc(self, Bx: torch.Tensor, Cx: torch.Tensor, y_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """B, C (..., g, n) from their x-parts and the shifted iterate y_{t-1} (..., d_inner)."""
+        gn = self.n_groups * self.ssm_state_size
+        By, Cy = acc(self.bc_y_proj(y_prev.to(self.bc_y_proj.weight.dtype))).split(gn, -1)
+        B = Bx + By.view(Bx.shape)
+        C = Cx + Cy.view(Cx.shape)
+        if self.config.bc_norm:
+            B, C = F.normalize(B, dim=-1, eps=1e-6), F.normalize(C, dim=-1, eps=1e-6)
+        return B, C
+
+    def _conv(self, xBC: torch.Tensor, window: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal depthwise conv + SiLU over xBC (b, T, conv_dim), continuing from `window` (b, conv_dim, k).
+        Returns (conv output (b, T, conv_dim), new window (b, conv_dim, k))."""
+        k = self.conv_kernel_size
+        seq = xBC.transpose(1, 2)
+        past = window.to(seq.dtype) if window is not None else seq.new_zeros(*seq.shape[:2], k)
+        history = torch.cat([past, seq], dim=-1)
+        out = F.conv1d(history[..., 1:], self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
+        return F.silu(out).transpose(1, 2), history[..., -k:]
+
+    # ------------------------------------------------------------------------------------ backbone interface
+    def prelude(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, state: LayerState | None):
+        b, T, _ = hidden_states.shape
+        dtype = hidden_states.dtype
+        if mask is not None:
+            hidden_states = hidden_states * mask[..., None].to(dtype)
+        z, xBC, dt_raw = self.in_proj(hidden_states).split([self.d_inner, self.conv_dim, self.num_heads], dim=-1)
+        xBC, window = self._conv(xBC, None if state is None else state.conv)
+        if mask is not None:
+            xBC = xBC * mask[..., None].to(xBC.dtype)
+        gn = self.n_groups * self.ssm_state_size
+        x, Bx, Cx = acc(xBC).split([self.d_inner, gn, gn], dim=-1)
+        return Mamba2Prelude(
+            x=x, z=acc(z), x_part=self.mixer.precompute(x),
+            Bx=Bx.view(b, T, self.n_groups, self.ssm_state_size), Cx=Cx.view(b, T, self.n_groups, self.ssm_state_size),
+            dt_raw=dt_raw, A=-torch.exp(acc(self.A_log)),
+            y_prev0=acc(state.y_prev) if state is not None else x.new_zeros(b, self.d_inner),
+            H0=None if state is None else state.ssm, mask=mask, window=window, dtype=dtype,
+        )
+
+    def initial_iterate(self, prelude: Mamba2Prelude) -> torch.Tensor:
+        return torch.zeros_like(prelude.x)
+
+    def iteration_map(self, prelude: Mamba2Prelude, settings: SolverSettings) -> Mamba2Map:
+        fused = self.fused_inputs(prelude, settings)
+        if fused is not None and not fused_iteration_supported(prelude.x, self.config.mixer_type, fused):
+            fused = None
+        return Mamba2Map(self, prelude, fused)
+
+    def fused_inputs(self, pre: Mamba2Prelude, settings: SolverSettings) -> "FusedIterationInputs | None":
+        """The per-call inputs of the fused iteration kernels (`ops.fused_iteration`), or None where they cannot
+        apply: the backend, dtype or mixer kind is not one the kernels serve, or a projection is wrapped (e.g. a LoRA
+        layer, whose weight alone the kernels would read). Whether they passed their self-check in this
+        configuration is `iteration_map`'s question (`ops.fused_iteration_supported`)."""
+        c = self.config
+        plain = all(is_plain_linear(m) for m in (self.mixer.proj, self.bc_y_proj, self.dt_y_proj) if m is not None)
+        if not plain or not fused_iteration_supported(pre.x, c.mixer_type):
+            return None
+        from ..ops.fused_iteration_triton import FusedIterationInputs
+
+        with torch.no_grad():
+            weights = [w for w in (self.mixer.y_weight(), self.bc_y_proj.weight,
+                                   None if self.dt_y_proj is None else self.dt_y_proj.weight) if w is not None]
+            weight_y = torch.cat([w.to(self.bc_y_proj.weight.dtype) for w in weights])
+            strength = self.mixer.strength().detach() if self.mixer.proj is not None else pre.x.new_zeros(())
+        return FusedIterationInputs(
+            x=pre.x, x_part=pre.x_part, Bx=pre.Bx, Cx=pre.Cx, dt_raw=pre.dt_raw, z=pre.z, y_prev0=pre.y_prev0,
+            H0=pre.H0, mask=pre.mask, weight_y=weight_y, A=pre.A.detach(), D=self.D.detach(),
+            dt_bias=self.dt_bias.detach(), strength=strength, norm_weight=self.norm.weight.detach(),
+            norm_eps=self.norm.variance_epsilon, norm_group_size=self.norm.group_size, mixer_kind=c.mixer_type,
+            mixer_rank=c.mixer_rank, mixer_activation=c.mixer_activation,
+            mixer_reads_y=self.mixer.y_weight() is not None, dt_reads_y=self.dt_y_proj is not None,
+            bc_norm=c.bc_norm, dt_limit=tuple(c.time_step_limit), chunk_size=c.chunk_size, head_dim=self.head_dim,
+            residual_eps=settings.eps,
+        )
+
+    def decode_token(self, pre: Mamba2Prelude, settings: SolverSettings) -> DecodeResult:
+        """One token per row through `ops.decode_step` (inference: no autograd through the inner loop)."""
+        b = pre.x.shape[0]
+        y_prev = pre.y_prev0
+        factors = self.mixer.factors(None if pre.x_part is None else pre.x_part[:, 0], y_prev)
+        B, C = self.bc(pre.Bx[:, 0], pre.Cx[:, 0], y_prev)
+        dt = self.dt(pre.dt_raw[:, 0], y_prev)
+        return decode_step(
+            pre.x[:, 0].view(b, self.num_heads, self.head_dim), pre.z[:, 0], dt, pre.A, B, C,
+            self.D, pre.H0, factors, self.norm.weight, self.norm.variance_epsilon, self.norm.group_size,
+            settings, self.layer_idx,
+        )
+
+    def output(self, y_out: torch.Tensor, prelude: Mamba2Prelude) -> torch.Tensor:
+        return self.out_proj(y_out.to(prelude.dtype))
+
+    def next_state(self, prelude: Mamba2Prelude, y_star: torch.Tensor, y_out: torch.Tensor, aux: tuple) -> LayerState:
+        (H,) = aux
+        return LayerState(prelude.window, H.detach(), y_star[:, -1].detach())
