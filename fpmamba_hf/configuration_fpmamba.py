@@ -150,5 +150,20 @@ class FPMambaConfig(PreTrainedConfig):
         # Read by transformers' DynamicCache: one linear-attention (conv + recurrent state) layer per block.
         return ["linear_attention"] * self.num_hidden_layers
 
+    def save_pretrained(self, save_directory, push_to_hub=False, **kwargs) -> None:
+        """PreTrainedConfig.save_pretrained. When config.json points the Auto classes at code in the folder
+        (`auto_map`, set by `register_for_auto_class` on the config or the model), the folder also gets that code as
+        a flat bundle that loads with trust_remote_code=True where this package is not installed
+        (fpmamba_hf/portable.py). A model's save_pretrained saves its config before the weights and before its own
+        upload (push_to_hub=True), so every model class gets the bundle and the upload includes it."""
+        auto_map = getattr(self, "auto_map", None)
+        if auto_map:  # the model alone was registered: the folder's config class must be named too
+            auto_map.setdefault("AutoConfig", f"{type(self).__module__.rpartition('.')[2]}.{type(self).__name__}")
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        if getattr(self, "auto_map", None):
+            from .portable import write_portable_code  # imported here: a plain save does not need it
+
+            write_portable_code(save_directory)
+
 
 __all__ = ["FPMambaConfig"]
