@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 
+from ..fixed_point import MapOutput
 from ..precision import acc
 from .reference import decode_step, gated_rms_norm, ssd_scan_chunked
 
@@ -168,14 +169,12 @@ class _Random:
 
 
 # --------------------------------------------------------------------------------------------- fused iteration
-def composed_fused_iteration(
-    inp: FusedIterationInputs, y: torch.Tensor, rows: torch.Tensor
-) -> tuple[torch.Tensor, tuple[torch.Tensor], torch.Tensor]:
-    """One iteration of the rows `rows` from `inp` in plain PyTorch: the layer's composed map (`FPMambaMixer.forward`'s
-    `f`) written from the fused inputs, with the y-projections as one GEMM like the kernels. Same returns as
-    `fused_iteration_triton.fused_iteration`: (yhat (r, T, d), (final state (r, h, p, n),), residual (r,))."""
+def composed_fused_iteration(inp: FusedIterationInputs, y: torch.Tensor, rows: torch.Tensor) -> MapOutput:
+    """One iteration of the rows `rows` from `inp` in plain PyTorch: the Mamba-2 backbone's composed map
+    (`Mamba2Map`) written from the fused inputs, with the y-projections as one GEMM like the kernels. Same returns as
+    `fused_iteration_triton.fused_iteration`: MapOutput(yhat (r, T, d), (final state (r, h, p, n),), residual (r,))."""
     from ..fixed_point import relative_residual
-    from ..mixers import _ACTIVATIONS, MixerFactors, apply_mixer
+    from ..mixers import ACTIVATIONS, apply_mixer, mixer_kind
 
     r, T, d = y.shape
     y = acc(y)
@@ -184,17 +183,13 @@ def composed_fused_iteration(
     W = inp.weight_y
     G = acc(F.linear(y.reshape(r * T, d).to(W.dtype), W)).view(r, T, -1)
     Gs = torch.cat([acc(inp.g0[rows])[:, None], G[:, :-1]], dim=1)  # projections of y_{t-1}
-    off = 0
-    if inp.mixer_kind == "none":
-        factors = MixerFactors("none")
-    else:
-        pre = acc(inp.x_part[rows])
-        if inp.mixer_reads_y:
-            pre = pre + Gs[..., : R * d + R]
-            off = R * d + R
-        u_raw, a_raw = pre.split([R * d, R], dim=-1)
-        u = F.normalize(_ACTIVATIONS[inp.mixer_activation](u_raw.reshape(r, T, R, d)), dim=-1, eps=1e-6)
-        factors = MixerFactors(inp.mixer_kind, u=u, coef=acc(inp.strength) * torch.sigmoid(a_raw))
+    spec = mixer_kind(inp.mixer_kind)
+    width = sum(spec.split_sizes(d, R))  # the mixer's rows of weight_y come first when it reads y
+    off = width if inp.mixer_reads_y else 0
+    pre = Gs.new_zeros(r, T, 0) if inp.x_part is None else acc(inp.x_part[rows])
+    if width and inp.mixer_reads_y:
+        pre = pre + Gs[..., :width]
+    factors = spec.factors(pre, acc(inp.strength), ACTIVATIONS[inp.mixer_activation], d, R)
     xt = y + apply_mixer(factors, acc(inp.x[rows]) - y)
     gn = g * n
     B = acc(inp.Bx[rows]) + Gs[..., off: off + gn].reshape(r, T, g, n)
@@ -215,7 +210,7 @@ def composed_fused_iteration(
                                     inp.norm_group_size)
     if mask is not None:
         yhat = yhat * mask.to(yhat.dtype)[:, :, None]
-    return yhat, (H,), relative_residual(yhat, y, inp.residual_eps)
+    return MapOutput(yhat, (H,), relative_residual(yhat, y, inp.residual_eps))
 
 
 def _fused_key(inp: FusedIterationInputs) -> tuple:
@@ -281,11 +276,10 @@ def _check_fused(inp: FusedIterationInputs) -> Verdict:
     prob, calls = fused_problem(inp)
     pairs = []
     for y, rows in calls:
-        yhat, (H,), res = fused_iteration(prob, y, rows)
-        yhat_r, (H_r,), res_r = composed_fused_iteration(prob, y, rows)
+        got, ref = fused_iteration(prob, y, rows), composed_fused_iteration(prob, y, rows)
         where = f"rows {rows.tolist()}"
-        pairs += [(f"yhat ({where})", yhat, yhat_r), (f"final state ({where})", H, H_r),
-                  (f"residual ({where})", res, res_r)]
+        pairs += [(f"yhat ({where})", got.yhat, ref.yhat), (f"final state ({where})", got.aux[0], ref.aux[0]),
+                  (f"residual ({where})", got.residual, ref.residual)]
     return _compare(pairs)
 
 
@@ -346,11 +340,11 @@ def _check_decode(args: tuple) -> Verdict:
 
     out = decode_step_triton(*args)
     ref = decode_step(*args)
-    if not torch.equal(out[3].to(ref[3].dtype), ref[3]):
+    if not torch.equal(out.iterations.to(ref.iterations.dtype), ref.iterations):
         return Verdict(False, math.inf, tolerance(),
-                       f"iteration counts {out[3].tolist()} != reference {ref[3].tolist()}")
-    names = ("y_out", "y*", "new state", "residual")
-    return _compare([(name, got, want) for name, got, want in zip(names, (*out[:3], out[4]), (*ref[:3], ref[4]))])
+                       f"iteration counts {out.iterations.tolist()} != reference {ref.iterations.tolist()}")
+    return _compare([("y_out", out.y_out, ref.y_out), ("y*", out.y_star, ref.y_star),
+                     ("new state", out.state, ref.state), ("residual", out.residual, ref.residual)])
 
 
 def decode_step_ok(x, z, dt, A, B, C, D, state, factors: MixerFactors, norm_weight, norm_eps: float,

@@ -9,7 +9,7 @@ from fpmamba_hf import FPMambaConfig
 from fpmamba_core.backbones import Mamba2Layer
 from fpmamba_core.layer import FPMambaLayerConfig
 from fpmamba_core.anderson import AndersonHistory
-from fpmamba_core.fixed_point import SolverSettings, solve
+from fpmamba_core.fixed_point import MapOutput, SolverSettings, solve
 
 TINY = dict(hidden_size=16, state_size=4, head_dim=8, chunk_size=4, mixer_rank=2, fp_max_iter=400,
             fp_max_iter_eval=400, fp_train_quantile=1.0)
@@ -35,7 +35,7 @@ def _linear_map(seed: int, b: int, d: int):
 
     def f(y, rows):
         yhat = torch.einsum("bij,bj->bi", W[rows], y) + c[rows]
-        return yhat, (2 * yhat,)
+        return MapOutput(yhat, (2 * yhat,))
 
     exact = torch.linalg.solve(torch.eye(d, dtype=torch.float64) - W, c)
     return f, exact

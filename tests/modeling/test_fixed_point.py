@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fpmamba_core.fixed_point import SolverSettings, solve
+from fpmamba_core.fixed_point import MapOutput, SolverSettings, solve
 
 
 def _affine_map(W: torch.Tensor, c: torch.Tensor):
@@ -13,7 +13,7 @@ def _affine_map(W: torch.Tensor, c: torch.Tensor):
 
     def f(y, rows):
         yhat = torch.einsum("bij,bj->bi", W[rows], y) + c[rows]
-        return yhat, (2 * yhat,)
+        return MapOutput(yhat, (2 * yhat,))
 
     return f
 
@@ -75,7 +75,7 @@ def test_damping_rescues_an_oscillating_map():
 
 def test_non_finite_values_raise_naming_the_layer():
     def f(y, rows):
-        return y + float("nan"), ()
+        return MapOutput(y + float("nan"))
 
     with pytest.raises(FloatingPointError, match="layer 3"):
         solve(f, torch.zeros(2, 3), SolverSettings(max_iter=5, tol=1e-3), layer_idx=3)

@@ -15,6 +15,8 @@ path's.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import subprocess
@@ -53,36 +55,18 @@ def _layer(seed: int, **overrides):
     return layer
 
 
-class _Captured(Exception):
-    pass
-
-
-def _capture_fused(layer, *args, **kwargs):
-    """Runs the layer (Triton backend, nothing launched) up to its solve: (the FusedIterationInputs it built, the
-    iteration function it handed the solver). Leaves FPMAMBA_KERNELS as it found it."""
-    import fpmamba_core.layer as layer_module
-    from fpmamba_core import ops
-
-    seen = {}
-    real_supported = ops.fused_iteration_supported
-
-    def supported(x, kind, inputs=None):
-        if inputs is not None:
-            seen["inputs"] = inputs
-            return True
-        return real_supported(x, kind)
-
-    def solve(f, *a, **k):
-        seen["f"] = f
-        raise _Captured
-
-    with pytest.MonkeyPatch.context() as mp:
+def _capture_fused(layer, hs, attention_mask=None, state=None):
+    """The layer's call reached as objects (no kernel launched): (the FusedIterationInputs it builds on the Triton
+    backend, its iteration map, which with autograd is the composed PyTorch map)."""
+    mask = None if attention_mask is None else attention_mask.to(torch.bool)
+    with pytest.MonkeyPatch.context() as mp, torch.no_grad():
         mp.setenv("FPMAMBA_KERNELS", "triton")
-        mp.setattr(ops, "fused_iteration_supported", supported)
-        mp.setattr(layer_module, "solve", solve)
-        with pytest.raises(_Captured), torch.no_grad():
-            layer(*args, **kwargs)
-    return seen["inputs"], seen["f"]
+        pre = layer.prelude(hs, mask, state)
+        settings = layer.solver_settings()
+        inputs = layer.fused_inputs(pre, settings)
+    from fpmamba_core.backbones import Mamba2Map
+
+    return inputs, Mamba2Map(layer, pre, None)
 
 
 def _decode_args(kind: str, b: int = 2, seed: int = 0):
@@ -112,8 +96,9 @@ class _Counting:
         if self.raises:
             raise RuntimeError("simulated kernel failure")
         out = self.fn(*args)
-        if self.perturb:
-            out = (out[0] * (1 + self.perturb), *out[1:])
+        if self.perturb:  # the first field: yhat of a MapOutput, y_out of a DecodeResult
+            first = dataclasses.fields(out)[0].name
+            out = dataclasses.replace(out, **{first: getattr(out, first) * (1 + self.perturb)})
         return out
 
 
@@ -172,9 +157,11 @@ def test_composed_fused_iteration_equals_layer_map(monkeypatch, kind, masked, wi
     for rows in (torch.arange(b), torch.tensor([0, 2])):
         y = torch.randn(rows.numel(), T, layer.d_inner)
         with torch.no_grad():
-            yhat, (H,), res = composed_fused_iteration(inputs, y, rows)
-        with torch.enable_grad():  # with autograd the layer's f is its composed map
-            ref, (H_ref,) = f(y, rows)
+            got = composed_fused_iteration(inputs, y, rows)
+        yhat, (H,), res = got.yhat, got.aux, got.residual
+        with torch.enable_grad():
+            out = f(y, rows)
+        ref, (H_ref,) = out.yhat, out.aux
         assert_close(f"yhat rows {rows.tolist()}", yhat, ref.detach(), 1e-5)
         assert_close(f"state rows {rows.tolist()}", H, H_ref.detach(), 1e-5)
         assert_close(f"residual rows {rows.tolist()}", res, relative_residual(ref.detach(), y, 1e-6), 1e-5)
@@ -219,8 +206,8 @@ def test_decode_disagreement_warns_once_and_falls_back(monkeypatch, fresh, failu
     assert ("raised RuntimeError" in message) == (failure == "raises"), message
     assert kernel.calls == 1, "the check ran once; the calls then took the reference"
     for out in outs:
-        for name, got, want in zip(["y_out", "y_star", "state", "iterations", "residual"], out, ref, strict=True):
-            assert_equal(name, got, want)
+        for field in dataclasses.fields(ref):
+            assert_equal(field.name, getattr(out, field.name), getattr(ref, field.name))
     (verdict,) = fresh.verdicts().values()
     assert not verdict.ok
     # Another configuration (another mixer) is a key of its own: checked on its own first use.
@@ -284,7 +271,7 @@ def test_env_switch_skips_the_check(monkeypatch, fresh):
         warnings.simplefilter("always")
         out = ops.decode_step(*args)
     assert _selfcheck_warnings(record) == [] and kernel.calls == 1 and fresh.verdicts() == {}
-    assert not torch.equal(out[0], reference.decode_step(*args)[0]), "the (perturbed) kernel ran unchecked"
+    assert not torch.equal(out.y_out, reference.decode_step(*args).y_out), "the (perturbed) kernel ran unchecked"
 
 
 def test_one_check_per_key_across_threads(monkeypatch, fresh):
@@ -314,7 +301,7 @@ def test_one_check_per_key_across_threads(monkeypatch, fresh):
     assert kernel.calls == 1 and len(_selfcheck_warnings(record)) == 1
     ref = reference.decode_step(*args)
     for out in results:
-        assert_equal("y_out", out[0], ref[0])
+        assert_equal("y_out", out.y_out, ref.y_out)
 
 
 def test_no_check_while_compiling(monkeypatch, fresh):
