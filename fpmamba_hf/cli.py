@@ -18,8 +18,11 @@ import dataclasses
 import difflib
 import sys
 import time
+import typing
 from pathlib import Path
+from typing import Any
 
+from .configuration_fpmamba import CHOICES, FPMambaConfig
 from .experiments import (
     MODEL_KINDS,
     ExperimentConfig,
@@ -50,6 +53,30 @@ def _add_common_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None)
 
 
+def _value_kwargs(name: str, hint: Any) -> dict[str, Any]:
+    """How argparse reads a value of a config knob of type `hint` (its choices from the config's CHOICES)."""
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(hint) is tuple:  # a fixed-length tuple of one type, e.g. time_step_limit
+        args = typing.get_args(hint)
+        return {"type": args[0], "nargs": len(args), "metavar": tuple(a.__name__.upper() for a in args)}
+    return {"type": hint, "choices": CHOICES.get(name)}
+
+
+def add_model_flags(train: argparse.ArgumentParser) -> None:
+    """One flag per ModelSpec field: the FPMambaConfig knobs, typed and documented as the config declares them,
+    defaulting to the harness's values (fpmamba_hf.experiments.models.HARNESS_DEFAULTS, else the config's)."""
+    group = train.add_argument_group("model", "FPMambaConfig knobs; each model kind uses those that apply to it "
+                                     "(fpmamba_hf/experiments/models.py); given flags override the recipe")
+    group.add_argument("--num-layers", dest="num_layers", type=int, help="default: the kind's own (1; mamba2: 2)")
+    docs = FPMambaConfig.field_docs()
+    for f in dataclasses.fields(ModelSpec):
+        if f.name == "num_layers":
+            continue
+        text = f"{docs[f.name].text} (harness default: {f.default})".replace("%", "%%")
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, help=text, **_value_kwargs(f.name, f.type))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fpmamba", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,18 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-fp-max-iter", dest="eval_fp_max_iter", type=int)
     train.add_argument("--eval-fp-tol", dest="eval_fp_tol", type=float)
     train.add_argument("--save-models", dest="save_models", action="store_true", default=None)
-    train.add_argument("--hidden-size", dest="hidden_size", type=int)
-    train.add_argument("--state-size", dest="state_size", type=int)
-    train.add_argument("--head-dim", dest="head_dim", type=int)
-    train.add_argument("--num-layers", dest="num_layers", type=int, help="default: the kind's own (1; mamba2: 2)")
-    train.add_argument("--chunk-size", dest="chunk_size", type=int)
-    train.add_argument("--mixer-type", dest="mixer_type", choices=("householder", "dplr", "kronecker"))
-    train.add_argument("--mixer-rank", dest="mixer_rank", type=int)
-    train.add_argument("--mixer-input", dest="mixer_input", choices=("concat", "sum", "x"))
-    train.add_argument("--mixer-reflection-scale", dest="mixer_reflection_scale", type=int, choices=(1, 2))
-    train.add_argument("--fp-max-iter", dest="fp_max_iter", type=int, help="training iteration cap")
-    train.add_argument("--fp-max-iter-eval", dest="fp_max_iter_eval", type=int, help="evaluation iteration cap")
-    train.add_argument("--fp-tol", dest="fp_tol", type=float)
+    add_model_flags(train)
     train.add_argument("--steps", type=int)
     train.add_argument("--batch-size", dest="batch_size", type=int)
     train.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float)

@@ -1,53 +1,181 @@
 """FPMambaConfig: the transformers configuration of FP-Mamba (model_type "fp_mamba").
 
-Names follow Mamba2Config where they are shared (hidden_size, state_size, head_dim, expand, n_groups, conv_kernel,
-chunk_size, ...). The layer knobs and their defaults live in one place, `modeling.FPMambaLayerConfig`; this class
-exposes them as config fields and validates them through it.
+It is the one declaration of every knob of the model: name, type, default (the fields below) and meaning (the class
+docstring, one entry per field). Names follow Mamba2Config where they are shared (hidden_size, state_size, head_dim,
+expand, n_groups, conv_kernel, chunk_size, ...). The layer reads these fields, and the task harness
+(fpmamba_hf/experiments/models.py) and the `fpmamba` CLI build their model settings and flags from them.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 import numbers
+import re
+import sys
+import types
+import typing
+from functools import cache
+from typing import Any, NamedTuple
 
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
-from fpmamba_core.layer import FPMambaLayerConfig
+from fpmamba_core.fixed_point import SOLVERS
+from fpmamba_core.layer import FP_BACKWARDS, FPMambaLayerConfig
+from fpmamba_core.mixers import ACTIVATIONS, MIXER_INPUTS, MIXER_KINDS
 
-_L = FPMambaLayerConfig()  # the single source of the layer defaults
-# Fields of the model config beyond the layer's (numbers among them are normalised like the layer's).
-_OWN_FIELDS = ("vocab_size", "num_hidden_layers")
+# The value rules beyond the type, one table per rule (`FPMambaConfig.check`).
+CHOICES: dict[str, tuple] = {
+    "mixer_type": MIXER_KINDS,
+    "mixer_input": MIXER_INPUTS,
+    "mixer_reflection_scale": (1, 2),
+    "mixer_activation": tuple(ACTIVATIONS),
+    "fp_solver": SOLVERS,
+    "fp_backward": FP_BACKWARDS,
+}
+_POSITIVE_INTS = (
+    "vocab_size", "num_hidden_layers", "hidden_size", "state_size", "head_dim", "expand", "n_groups", "conv_kernel",
+    "chunk_size", "mixer_rank", "fp_max_iter", "fp_max_iter_eval", "fp_damping_patience", "fp_anderson_m",
+    "fp_backward_steps", "fp_backward_max_iter",
+)
+_POSITIVE_FINITE = ("layer_norm_epsilon", "time_step_min", "time_step_max", "fp_tol", "fp_backward_tol")
+_NON_NEGATIVE_FINITE = ("time_step_floor", "initializer_range")
+_UNIT_INTERVAL = ("fp_damping", "fp_damping_decay", "fp_train_quantile")  # (0, 1]
+
+
+class FieldDoc(NamedTuple):
+    """One field as the class docstring documents it: type and default as written, description on one line."""
+
+    type: str
+    default: str
+    text: str
+
+
+# One "Args:" entry of the class docstring: `name (`type`, *optional*, defaults to `X`):` and its indented text.
+_DOC_ENTRY = re.compile(
+    r"^    (\w+) \(`([^`]+)`(?:, \*optional\*)?(?:, defaults to `([^`]*)`)?\):\n((?:        .*\n?)+)", re.MULTILINE
+)
 
 
 @strict(accept_kwargs=True)
 class FPMambaConfig(PreTrainedConfig):
     r"""
     Configuration of an FP-Mamba language model: Mamba-2 blocks whose mixer output is the fixed point of a
-    diagonal linear RNN iterated with a structured channel mixer Q_t.
+    diagonal linear RNN iterated with a structured channel mixer Q_t (docs/method.md).
 
-    Backbone (as Mamba2Config): vocab_size, hidden_size, num_hidden_layers, state_size, head_dim, expand
-    (d_inner = expand * hidden_size = num_heads * head_dim), n_groups, conv_kernel, chunk_size, use_bias,
-    use_conv_bias, layer_norm_epsilon, residual_in_fp32, time_step_min/max/floor/limit, initializer_range,
-    rescale_prenorm_residual, tie_word_embeddings. norm_per_group: gated RMSNorm per group of channels (Mamba-2's
-    original) or over all of d_inner.
+    Every field is checked at construction and on load, its type included (a string "false" for a bool, a float or
+    a bool for an int are refused; an int is a valid float; numpy numbers become Python numbers): a ValueError
+    names the field. `check()` runs the same checks on the config as it is now (after edits).
 
-    Mixer: mixer_type ("householder" | "dplr" | "kronecker" | "none"), mixer_rank (reflections / rank r),
-    mixer_input ("concat" = [x_t; y_{t-1}], "sum" = x_t + y_{t-1}, "x" = no hidden dependence),
-    mixer_reflection_scale (1 = paper, 2 = official code, allows negative eigenvalues), mixer_activation,
-    mixer_alpha_init (initial mixing strength; Q starts near the identity).
-    bc_norm: L2-normalise B and C per group. dt_hidden_dependence: dt also depends on y_{t-1}.
-
-    Fixed-point solver: fp_max_iter (cap in training), fp_max_iter_eval (cap in eval and generation), fp_tol
-    (relative inf-norm residual, per sequence), fp_damping / fp_damping_decay / fp_damping_patience,
-    fp_train_quantile (in training the batch stops when this fraction of rows converged).
-    fp_solver: the step between evaluations, "picard" (damped fixed-point iteration) or "anderson" (Anderson
-    acceleration mixing the last fp_anderson_m evaluations per sequence; same stopping rule, caps and gradients).
-    Per-call `fp_max_iter` / `fp_tol` arguments of forward() and generate() override these caps and tolerance.
-    Gradients: fp_backward ("one_step": fp_backward_steps applications from the detached fixed point;
-    "implicit": adjoint fixed point, capped by fp_backward_max_iter at fp_backward_tol).
-    fp_sync_ranks: in training under torch.distributed (more than one rank), all ranks run the same number of
-    iterations per solve (one all-reduce per iteration), so sharded training cannot deadlock; see
-    fpmamba_hf/distributed.py.
+    Args:
+        vocab_size (`int`, *optional*, defaults to `32000`):
+            Number of tokens in the vocabulary (rows of the embedding and of the LM head).
+        hidden_size (`int`, *optional*, defaults to `256`):
+            Width of the residual stream (d_model).
+        num_hidden_layers (`int`, *optional*, defaults to `4`):
+            Number of FP-Mamba blocks.
+        state_size (`int`, *optional*, defaults to `64`):
+            Size of the SSM state per head (d_state, Mamba-2's N).
+        head_dim (`int`, *optional*, defaults to `64`):
+            Channels per head; must divide d_inner = expand * hidden_size, and num_heads = d_inner / head_dim.
+        expand (`int`, *optional*, defaults to `2`):
+            Expansion of the layer's inner width: d_inner = expand * hidden_size.
+        n_groups (`int`, *optional*, defaults to `1`):
+            Groups of heads that share B and C (as Mamba-2); must divide the number of heads.
+        conv_kernel (`int`, *optional*, defaults to `4`):
+            Width of the causal depthwise convolution before the scan.
+        chunk_size (`int`, *optional*, defaults to `64`):
+            Chunk length of the chunked SSD scan (speed only: the result does not depend on it).
+        use_bias (`bool`, *optional*, defaults to `False`):
+            Bias in the layer's input and output projections.
+        use_conv_bias (`bool`, *optional*, defaults to `True`):
+            Bias in the depthwise convolution.
+        layer_norm_epsilon (`float`, *optional*, defaults to `1e-05`):
+            Epsilon of the RMSNorms (residual stream and the layer's gated norm).
+        norm_per_group (`bool`, *optional*, defaults to `True`):
+            The gated RMSNorm normalises each group of channels (Mamba-2's original) instead of all of d_inner.
+        residual_in_fp32 (`bool`, *optional*, defaults to `True`):
+            Keep the residual stream in fp32 whatever the model's dtype.
+        time_step_min (`float`, *optional*, defaults to `0.001`):
+            Smallest time step dt drawn at initialisation (log-uniform between min and max).
+        time_step_max (`float`, *optional*, defaults to `0.1`):
+            Largest time step dt drawn at initialisation.
+        time_step_floor (`float`, *optional*, defaults to `0.0001`):
+            Floor of the initial time steps.
+        time_step_limit (`tuple[float, float]`, *optional*, defaults to `(0.0, inf)`):
+            (low, high) clamp of dt in every call, 0 <= low <= high; (0, inf) means no clamp. A JSON list is
+            accepted and stored as a tuple.
+        initializer_range (`float`, *optional*, defaults to `0.02`):
+            Standard deviation of the normal initialisation (transformers' default for the embeddings and linear
+            layers; the mixer's direction weights).
+        rescale_prenorm_residual (`bool`, *optional*, defaults to `False`):
+            Divide the initial out_proj weights by sqrt(num_hidden_layers) (GPT-2's scheme).
+        mixer_type (`str`, *optional*, defaults to `"householder"`):
+            Structure of the channel mixer Q_t: "householder" (product of mixer_rank reflections), "dplr" (identity
+            minus rank mixer_rank), "kronecker" (Kronecker product of two small PSD factors) or "none" (Q = I, the
+            diagonal ablation).
+        mixer_rank (`int`, *optional*, defaults to `2`):
+            Number of reflections (householder) or the rank (dplr) of Q_t.
+        mixer_input (`str`, *optional*, defaults to `"concat"`):
+            What Q_t is computed from: "concat" ([x_t; y_{t-1}]), "sum" (x_t + y_{t-1}) or "x" (x_t alone, no
+            dependence on the hidden state).
+        mixer_reflection_scale (`float`, *optional*, defaults to `1.0`):
+            Scale c of each reflection: 1 (the paper: eigenvalues in (0, 1]) or 2 (the official code: eigenvalues
+            in (-1, 1], reflections allowed, which the state-tracking tasks need).
+        mixer_activation (`str`, *optional*, defaults to `"silu"`):
+            Activation applied to the mixer's direction vectors before normalising them: "silu", "identity",
+            "tanh" or "relu".
+        mixer_alpha_init (`float`, *optional*, defaults to `0.1`):
+            Initial value of every mixer gate, in (0, 1): Q_t starts near the identity.
+        bc_norm (`bool`, *optional*, defaults to `True`):
+            L2-normalise B and C per group.
+        dt_hidden_dependence (`bool`, *optional*, defaults to `False`):
+            The time step dt also depends on y_{t-1} (an extra projection, initialised at zero).
+        fp_max_iter (`int`, *optional*, defaults to `16`):
+            Iteration cap of the fixed-point solve in training.
+        fp_max_iter_eval (`int`, *optional*, defaults to `64`):
+            Iteration cap in eval mode and generation. forward() and generate() take `fp_max_iter` / `fp_tol`
+            arguments that override the cap and the tolerance for one call.
+        fp_tol (`float`, *optional*, defaults to `0.01`):
+            Tolerance of the stopping rule: a sequence stops when its relative inf-norm residual is below it.
+        fp_damping (`float`, *optional*, defaults to `1.0`):
+            Initial damping factor in (0, 1] of each step (1: plain Picard iteration).
+        fp_damping_decay (`float`, *optional*, defaults to `0.9`):
+            Factor in (0, 1] the damping of a sequence is multiplied by when its residual stalls.
+        fp_damping_patience (`int`, *optional*, defaults to `5`):
+            Evaluations without a new best residual before the damping decays.
+        fp_train_quantile (`float`, *optional*, defaults to `0.9`):
+            In training, the whole batch stops once this fraction (0, 1] of its sequences converged.
+        fp_solver (`str`, *optional*, defaults to `"picard"`):
+            Step between evaluations: "picard" (damped fixed-point iteration) or "anderson" (Anderson acceleration
+            over the last fp_anderson_m evaluations per sequence; same stopping rule, caps and gradients).
+        fp_anderson_m (`int`, *optional*, defaults to `5`):
+            Memory of the Anderson solver (evaluations mixed per step).
+        fp_backward (`str`, *optional*, defaults to `"one_step"`):
+            Gradient of the fixed point: "one_step" (fp_backward_steps applications of the map from the detached
+            fixed point) or "implicit" (the adjoint fixed point, capped by fp_backward_max_iter at
+            fp_backward_tol).
+        fp_backward_steps (`int`, *optional*, defaults to `1`):
+            Applications of the map differentiated by the "one_step" gradient.
+        fp_backward_max_iter (`int`, *optional*, defaults to `32`):
+            Iteration cap of the adjoint solve of the "implicit" gradient.
+        fp_backward_tol (`float`, *optional*, defaults to `0.0001`):
+            Tolerance of the adjoint solve of the "implicit" gradient.
+        fp_sync_ranks (`bool`, *optional*, defaults to `True`):
+            In training under torch.distributed with more than one rank, all ranks run the same number of
+            iterations per solve (one all-reduce per iteration), so sharded training cannot deadlock
+            (fpmamba_hf/distributed.py).
+        use_cache (`bool`, *optional*, defaults to `True`):
+            Return a cache (conv window, SSM state, last fixed point per layer) from forward in eval mode.
+        pad_token_id (`int | None`, *optional*, defaults to `None`):
+            Id of the padding token.
+        bos_token_id (`int | None`, *optional*, defaults to `None`):
+            Id of the beginning-of-sequence token.
+        eos_token_id (`int | list[int] | None`, *optional*, defaults to `None`):
+            Id(s) of the end-of-sequence token.
+        tie_word_embeddings (`bool`, *optional*, defaults to `True`):
+            The LM head shares the embedding matrix.
     """
 
     model_type = "fp_mamba"
@@ -56,46 +184,46 @@ class FPMambaConfig(PreTrainedConfig):
     keys_to_ignore_at_inference = ["cache_params", "past_key_values", "fp_iterations", "fp_residual"]
 
     vocab_size: int = 32000
-    hidden_size: int = _L.hidden_size
+    hidden_size: int = 256
     num_hidden_layers: int = 4
-    state_size: int = _L.state_size
-    head_dim: int = _L.head_dim
-    expand: int = _L.expand
-    n_groups: int = _L.n_groups
-    conv_kernel: int = _L.conv_kernel
-    chunk_size: int = _L.chunk_size
-    use_bias: bool = _L.use_bias
-    use_conv_bias: bool = _L.use_conv_bias
-    layer_norm_epsilon: float = _L.layer_norm_epsilon
-    norm_per_group: bool = _L.norm_per_group
+    state_size: int = 64
+    head_dim: int = 64
+    expand: int = 2
+    n_groups: int = 1
+    conv_kernel: int = 4
+    chunk_size: int = 64
+    use_bias: bool = False
+    use_conv_bias: bool = True
+    layer_norm_epsilon: float = 1e-5
+    norm_per_group: bool = True
     residual_in_fp32: bool = True
-    time_step_min: float = _L.time_step_min
-    time_step_max: float = _L.time_step_max
-    time_step_floor: float = _L.time_step_floor
-    time_step_limit: list[float] | tuple[float, ...] = _L.time_step_limit
-    initializer_range: float = _L.initializer_range
+    time_step_min: float = 0.001
+    time_step_max: float = 0.1
+    time_step_floor: float = 1e-4
+    time_step_limit: tuple[float, float] = (0.0, math.inf)
+    initializer_range: float = 0.02
     rescale_prenorm_residual: bool = False
-    mixer_type: str = _L.mixer_type
-    mixer_rank: int = _L.mixer_rank
-    mixer_input: str = _L.mixer_input
-    mixer_reflection_scale: float | int = _L.mixer_reflection_scale
-    mixer_activation: str = _L.mixer_activation
-    mixer_alpha_init: float = _L.mixer_alpha_init
-    bc_norm: bool = _L.bc_norm
-    dt_hidden_dependence: bool = _L.dt_hidden_dependence
-    fp_max_iter: int = _L.fp_max_iter
-    fp_max_iter_eval: int = _L.fp_max_iter_eval
-    fp_tol: float = _L.fp_tol
-    fp_damping: float = _L.fp_damping
-    fp_damping_decay: float = _L.fp_damping_decay
-    fp_damping_patience: int = _L.fp_damping_patience
-    fp_train_quantile: float = _L.fp_train_quantile
-    fp_solver: str = _L.fp_solver
-    fp_anderson_m: int = _L.fp_anderson_m
-    fp_backward: str = _L.fp_backward
-    fp_backward_steps: int = _L.fp_backward_steps
-    fp_backward_max_iter: int = _L.fp_backward_max_iter
-    fp_backward_tol: float = _L.fp_backward_tol
+    mixer_type: str = "householder"
+    mixer_rank: int = 2
+    mixer_input: str = "concat"
+    mixer_reflection_scale: float = 1.0
+    mixer_activation: str = "silu"
+    mixer_alpha_init: float = 0.1
+    bc_norm: bool = True
+    dt_hidden_dependence: bool = False
+    fp_max_iter: int = 16
+    fp_max_iter_eval: int = 64
+    fp_tol: float = 1e-2
+    fp_damping: float = 1.0
+    fp_damping_decay: float = 0.9
+    fp_damping_patience: int = 5
+    fp_train_quantile: float = 0.9
+    fp_solver: str = "picard"
+    fp_anderson_m: int = 5
+    fp_backward: str = "one_step"
+    fp_backward_steps: int = 1
+    fp_backward_max_iter: int = 32
+    fp_backward_tol: float = 1e-4
     fp_sync_ranks: bool = True
     use_cache: bool = True
     pad_token_id: int | None = None
@@ -104,24 +232,9 @@ class FPMambaConfig(PreTrainedConfig):
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs) -> None:
-        """Every knob is checked at construction (and on load), types included; a ValueError names the offending
-        field. numpy scalars become Python numbers (so the config saves as JSON). `num_heads` (a Mamba2Config
-        field, derived here) is accepted when it agrees with expand * hidden_size / head_dim."""
-        for name in FPMambaLayerConfig.field_names() + _OWN_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
-                setattr(self, name, int(value))
-            elif isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
-                setattr(self, name, float(value))
-        for name in ("vocab_size", "num_hidden_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"FPMamba config: invalid {name}={value!r}: must be a positive integer")
-        for name in ("residual_in_fp32", "rescale_prenorm_residual", "fp_sync_ranks", "use_cache",
-                     "tie_word_embeddings"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"FPMamba config: invalid {name}={getattr(self, name)!r}: must be of type bool")
-        self.layer_config().validate()
+        """`check()` every field; `num_heads` (a Mamba2Config field, derived here) is accepted when it agrees with
+        expand * hidden_size / head_dim."""
+        self.check()
         num_heads = kwargs.pop("num_heads", None)
         if num_heads is not None and num_heads != self.num_heads:
             raise ValueError(
@@ -130,11 +243,71 @@ class FPMambaConfig(PreTrainedConfig):
             )
         super().__post_init__(**kwargs)
 
+    @staticmethod
+    @cache
+    def field_types() -> dict[str, Any]:
+        """The type of every field declared by FPMambaConfig (not its PreTrainedConfig base), in declaration
+        order. The annotations are strings (postponed evaluation): resolved here, in this module's namespace.
+        Postponed, because @strict would otherwise check them on every assignment, refusing an int for a float
+        and a numpy number before `check()` converts it."""
+        namespace = vars(sys.modules[FPMambaConfig.__module__])
+        return {name: eval(hint, namespace) for name, hint in vars(FPMambaConfig)["__annotations__"].items()}
+
+    @staticmethod
+    @cache
+    def field_docs() -> dict[str, FieldDoc]:
+        """Every field documented in the class docstring ("Args:" entries), in the docstring's order."""
+        doc = inspect.cleandoc(FPMambaConfig.__doc__)
+        return {m[1]: FieldDoc(m[2], m[3], " ".join(m[4].split())) for m in _DOC_ENTRY.finditer(doc)}
+
+    def check(self) -> None:
+        """Normalise the fields (numpy numbers to Python numbers, a list to a tuple for a tuple field), then check
+        every field's type and value; a ValueError names the first invalid field."""
+
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"FPMamba config: invalid {name}={getattr(self, name)!r}: {why}")
+
+        hints = vars(FPMambaConfig)["__annotations__"]
+        for name, hint in self.field_types().items():
+            value = getattr(self, name)
+            if type(value) not in (bool, int, float) and isinstance(value, numbers.Real):  # numpy (np.float64 too)
+                setattr(self, name, int(value) if isinstance(value, numbers.Integral) else float(value))
+            elif isinstance(value, list) and typing.get_origin(hint) is tuple:  # JSON has no tuples
+                setattr(self, name, tuple(value))
+            if not _has_type(getattr(self, name), hint):
+                bad(name, f"must be of type {hints[name]}")
+
+        for name in _POSITIVE_INTS:
+            if getattr(self, name) < 1:
+                bad(name, "must be a positive integer")
+        for name in _POSITIVE_FINITE:
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                bad(name, "must be a finite number > 0")
+        for name in _NON_NEGATIVE_FINITE:
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                bad(name, "must be a finite number >= 0")
+        for name in _UNIT_INTERVAL:
+            if not 0.0 < getattr(self, name) <= 1.0:
+                bad(name, "must lie in (0, 1]")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                bad(name, f"choose one of {choices}")
+        if not 0.0 < self.mixer_alpha_init < 1.0:
+            bad("mixer_alpha_init", "must lie in (0, 1)")
+        lo, hi = self.time_step_limit
+        if not 0.0 <= lo <= hi:
+            bad("time_step_limit", "must be a (low, high) pair with 0 <= low <= high")
+        if self.time_step_min > self.time_step_max:
+            bad("time_step_min", "must not exceed time_step_max")
+        if self.intermediate_size % self.head_dim:
+            bad("head_dim", f"must divide d_inner = expand * hidden_size = {self.intermediate_size}")
+        if self.num_heads % self.n_groups:
+            bad("n_groups", f"must divide the number of heads ({self.num_heads})")
+
     def layer_config(self) -> FPMambaLayerConfig:
-        """The per-layer settings (a plain dataclass of the `modeling` package)."""
+        """The per-layer settings as the layer takes them today (a plain dataclass of `fpmamba_core`)."""
         values = {name: getattr(self, name) for name in FPMambaLayerConfig.field_names()}
-        if isinstance(values["time_step_limit"], list):  # JSON has no tuples
-            values["time_step_limit"] = tuple(values["time_step_limit"])
+        values["time_step_limit"] = tuple(values["time_step_limit"])  # an edit after construction may be a list
         return FPMambaLayerConfig(**values)
 
     @property
@@ -165,5 +338,36 @@ class FPMambaConfig(PreTrainedConfig):
 
             write_portable_code(save_directory)
 
+    def save_pretrained(self, save_directory, push_to_hub=False, **kwargs) -> None:
+        """PreTrainedConfig.save_pretrained. When config.json points the Auto classes at code in the folder
+        (`auto_map`, set by `register_for_auto_class` on the config or the model), the folder also gets that code as
+        a flat bundle that loads with trust_remote_code=True where this package is not installed
+        (fpmamba_hf/portable.py). A model's save_pretrained saves its config before the weights and before its own
+        upload (push_to_hub=True), so every model class gets the bundle and the upload includes it."""
+        auto_map = getattr(self, "auto_map", None)
+        if auto_map:  # the model alone was registered: the folder's config class must be named too
+            auto_map.setdefault("AutoConfig", f"{type(self).__module__.rpartition('.')[2]}.{type(self).__name__}")
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        if getattr(self, "auto_map", None):
+            from .portable import write_portable_code  # imported here: a plain save does not need it
 
-__all__ = ["FPMambaConfig"]
+            write_portable_code(save_directory)
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether `value` is of the annotated type: bool is not an int, an int is a float (Python's numeric tower)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_has_type(value, arg) for arg in args)
+    if origin is tuple:
+        return isinstance(value, tuple) and len(value) == len(args) and all(map(_has_type, value, args))
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)  # bool, str, NoneType
+
+
+__all__ = ["CHOICES", "FPMambaConfig", "FieldDoc"]

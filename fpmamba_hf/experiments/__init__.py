@@ -9,13 +9,13 @@ the LSTM baseline (model_type "fpmamba_lstm") with the Auto classes.
 from .data import collate, eval_lengths
 from .evaluation import LengthResult, evaluate_lengths, primary_metric
 from .lstm import LSTMConfig, LSTMForCausalLM
-from .models import MODEL_KINDS, ModelSpec, build_model, count_parameters
+from .models import HARNESS_DEFAULTS, MODEL_KINDS, ModelSpec, build_model, count_parameters
 from .reporting import format_table, load_results_csv, plot_results, write_results
 from .runner import ExperimentConfig, ExperimentResult, load_config, run_evaluation, run_experiment
-from .training import AlignedLabelTrainer, TrainSettings, train
+from .training import TrainSettings, train
 
 __all__ = [
-    "MODEL_KINDS", "AlignedLabelTrainer", "ExperimentConfig", "ExperimentResult", "LSTMConfig", "LSTMForCausalLM",
+    "HARNESS_DEFAULTS", "MODEL_KINDS", "ExperimentConfig", "ExperimentResult", "LSTMConfig", "LSTMForCausalLM",
     "LengthResult", "ModelSpec", "TrainSettings", "build_model", "collate", "count_parameters", "eval_lengths",
     "evaluate_lengths", "format_table", "load_config", "load_results_csv", "plot_results", "primary_metric",
     "run_evaluation", "run_experiment", "train", "write_results",

@@ -9,14 +9,20 @@ import torch
 
 
 def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack task rows into `input_ids` and aligned `labels` (LongTensor (batch, T)).
+    """Stack task rows into `input_ids`, `labels` and `shift_labels` (LongTensor (batch, T)).
 
+    Task labels are aligned (labels[:, i] is the target of the output at position i), so they go to the models'
+    causal-LM loss (transformers' ForCausalLMLoss) as `shift_labels`, which it uses as they are instead of shifting
+    `labels`. `labels` (the same tensor) is there because Trainer and transformers' Mamba2 compute a loss only when
+    it is; Trainer counts the targets (`num_items_in_batch`) on `shift_labels`.
     The attention mask is left out on purpose: task rows are right padded, FP-Mamba accepts left padding only, and
     in a causal model trailing padding cannot change the outputs at the real positions before it.
     """
+    labels = torch.as_tensor(np.stack([np.asarray(r["labels"]) for r in rows]), dtype=torch.long)
     return {
         "input_ids": torch.as_tensor(np.stack([np.asarray(r["input_ids"]) for r in rows]), dtype=torch.long),
-        "labels": torch.as_tensor(np.stack([np.asarray(r["labels"]) for r in rows]), dtype=torch.long),
+        "labels": labels,
+        "shift_labels": labels,
     }
 
 

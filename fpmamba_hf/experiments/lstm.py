@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers import initialization as init
@@ -38,7 +37,8 @@ class LSTMConfig(PreTrainedConfig):
 
 @dataclass
 class LSTMOutput(ModelOutput):
-    """loss (next-token, labels shifted inside like any HF causal LM); logits (batch, T, vocab) fp32."""
+    """loss (transformers' causal-LM loss: `labels` shifted inside, or aligned `shift_labels`); logits (batch, T,
+    vocab) fp32."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
@@ -73,11 +73,13 @@ class LSTMForCausalLM(PreTrainedModel):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
 
     def forward(self, input_ids: torch.LongTensor, labels: torch.LongTensor | None = None, **kwargs: Any) -> LSTMOutput:
+        """kwargs: transformers' causal-LM loss arguments (`shift_labels`: targets aligned with the logits, used
+        instead of shifting `labels`; `num_items_in_batch` from Trainer), as every transformers causal LM takes them."""
         hidden, _ = self.lstm(self.embeddings(input_ids))
         logits = self.lm_head(hidden).float()
         loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        if labels is not None or kwargs.get("shift_labels") is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return LSTMOutput(loss=loss, logits=logits)
 
 

@@ -1,9 +1,10 @@
 """Training through transformers' Trainer, with the task's aligned labels.
 
-Loss choice: task labels are aligned (labels[:, i] is the target of the output at position i), while HF causal LMs
-shift `labels` internally. Rather than rely on each model forwarding `shift_labels` to its loss (transformers'
-Mamba2 and our LSTM do not share that path), `AlignedLabelTrainer.compute_loss` pops the labels and computes the
-cross-entropy on the logits itself, identically for every model kind.
+The loss is each model's own causal-LM loss: the collator (`data.collate`) passes the aligned task labels as
+`shift_labels`, which FP-Mamba, transformers' Mamba2 and our LSTM all hand to transformers' ForCausalLMLoss, so
+every kind is scored the same way (labels[:, i] against the output at position i, -100 ignored). The mean
+fixed-point iterations of the training forwards are logged by `FixedPointLogCallback` (`fp_iterations_mean`,
+`fp_iterations_max`, `fp_residual_max`) for the models that report them.
 """
 
 from __future__ import annotations
@@ -11,43 +12,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import datasets
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
+from ..callbacks import FixedPointLogCallback
 from .data import collate
-
-
-class AlignedLabelTrainer(Trainer):
-    """Trainer whose loss is cross-entropy against aligned labels, and which logs the mean fixed-point
-    iterations of the training forwards (`fp_iter`) next to the loss when the model reports them."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._fp_iter_sum = 0.0
-        self._fp_iter_count = 0
-
-    def compute_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
-                     num_items_in_batch: Any = None):
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        logits = outputs.logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-        iterations = getattr(outputs, "fp_iterations", None)
-        if iterations is not None:
-            self._fp_iter_sum += float(iterations.float().mean())
-            self._fp_iter_count += 1
-        return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._fp_iter_count and "loss" in logs:
-            logs["fp_iter"] = round(self._fp_iter_sum / self._fp_iter_count, 2)
-            self._fp_iter_sum, self._fp_iter_count = 0.0, 0
-        super().log(logs, start_time)
 
 
 @dataclass
@@ -90,7 +62,8 @@ def train(model: nn.Module, train_dataset: datasets.Dataset, settings: TrainSett
         dataloader_pin_memory=torch.cuda.is_available(),
         bf16=False,  # CPU-first harness: fp32 (pass a GPU recipe's own settings for bf16 runs)
     )
-    trainer = AlignedLabelTrainer(model=model, args=args, train_dataset=train_dataset, data_collator=collate)
+    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=collate)
+    FixedPointLogCallback.attach(trainer)
     start = time.perf_counter()
     result = trainer.train()
     runtime = time.perf_counter() - start
@@ -103,4 +76,4 @@ def train(model: nn.Module, train_dataset: datasets.Dataset, settings: TrainSett
     }
 
 
-__all__ = ["AlignedLabelTrainer", "TrainSettings", "train"]
+__all__ = ["TrainSettings", "train"]

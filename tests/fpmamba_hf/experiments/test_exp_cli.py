@@ -1,12 +1,16 @@
-"""The `fpmamba` console script: train -> save -> eval round trip, task listing, and the GPU recipes' schema."""
+"""The `fpmamba` console script: train -> save -> eval round trip, task listing, the model flags (FPMambaConfig's
+knobs) and the GPU recipes' schema."""
 
+import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from fpmamba_hf.cli import build_parser, config_from_args, main
-from fpmamba_hf.experiments import load_config, load_results_csv
+from fpmamba_hf import FPMambaConfig
+from fpmamba_hf.cli import add_model_flags, build_parser, config_from_args, main
+from fpmamba_hf.experiments import ModelSpec, load_config, load_results_csv
 from fpmamba_hf.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -58,3 +62,38 @@ def test_recipes_load_and_flags_override_them(recipe):
 
 def test_recipes_cover_the_paper_tasks():
     assert {load_config(p).task for p in RECIPES} >= {"A5", "S5", "copy", "modular_arithmetic"}
+
+
+def train_args(*flags: str):
+    return config_from_args(build_parser().parse_args(["task", "train", "--task", "S3", "--train-length", "4",
+                                                       "--output-dir", "x", *flags]))
+
+
+def test_every_model_knob_has_a_flag_documented_as_the_config_documents_it():
+    parser = argparse.ArgumentParser()
+    add_model_flags(parser)
+    actions = {a.dest: a for a in parser._actions}
+    docs = FPMambaConfig.field_docs()
+    for f in dataclasses.fields(ModelSpec):
+        assert actions[f.name].option_strings[0] == "--" + f.name.replace("_", "-")
+        if f.name != "num_layers":
+            assert actions[f.name].help.startswith(docs[f.name].text.replace("%", "%%")), f.name
+
+
+def test_model_flags_parse_as_the_config_types():
+    model = train_args("--no-bc-norm", "--dt-hidden-dependence", "--fp-solver", "anderson", "--time-step-limit", "0",
+                       "1.5", "--mixer-reflection-scale", "1", "--fp-tol", "1e-3", "--mixer-rank", "3").model
+    assert model.bc_norm is False and model.dt_hidden_dependence is True and model.fp_solver == "anderson"
+    assert list(model.time_step_limit) == [0.0, 1.5] and model.mixer_reflection_scale == 1.0
+    assert model.fp_tol == 1e-3 and model.mixer_rank == 3
+    untouched = train_args().model
+    assert untouched == ModelSpec()  # no flag given: the harness's defaults
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--fp-solver", "newton"], ["--mixer-rank", "2.5"], ["--mixer-reflection-scale", "3"], ["--bc-norm", "no"]],
+)
+def test_bad_model_flags_are_refused(flags):
+    with pytest.raises(SystemExit):
+        train_args(*flags)

@@ -58,7 +58,7 @@ def test_every_task_trains_and_evaluates(task, tmp_path):
         assert 1.0 <= r.fp_iterations_mean <= r.fp_iterations_max <= TINY_MODEL.fp_max_iter_eval
     summary = result.training["fpmamba"]
     assert summary["steps"] == TINY_TRAINING.steps and summary["final_loss"] > 0
-    assert any("fp_iter" in entry for entry in summary["log_history"])
+    assert any("fp_iterations_mean" in entry for entry in summary["log_history"])
     check_files_match(result, tmp_path, train_length=4)
 
 
