@@ -132,10 +132,7 @@ class FPMambaPreTrainedModel(PreTrainedModel):
                 param = module.get_parameter(name)
                 init.copy_(param, value.to(param.device, param.dtype))
         if isinstance(module, FixedPointLayer):
-            init.kaiming_uniform_(module.conv1d.weight, a=math.sqrt(5))
-            if module.conv1d.bias is not None:
-                init.zeros_(module.conv1d.bias)
-            init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
+            module.init_weights(init)
             weight = module.out_proj.weight
             if self.config.rescale_prenorm_residual and not getattr(weight, "_is_hf_initialized", False):
                 weight /= math.sqrt(self.config.num_hidden_layers)
@@ -540,44 +537,27 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         """Convert a transformers Mamba2ForCausalLM (instance or path) into an FP-Mamba whose fixed point is exactly
         the Mamba-2 output: mixer gain 0 (Q = I), y-projections 0, B/C not normalised (Mamba-2 does not).
         The mixers keep their random directions, so fine-tuning can grow the gain into a dense RNN."""
-        from transformers import Mamba2ForCausalLM
+        return cls._from_source("mamba2", model_or_path, config_overrides)
 
-        source = Mamba2ForCausalLM.from_pretrained(model_or_path) if isinstance(model_or_path, str) else model_or_path
-        src = source.config
-        if src.hidden_act != "silu":
-            raise ValueError(f"from_mamba2: only hidden_act='silu' Mamba-2 models convert, got {src.hidden_act!r}")
-        if src.num_heads * src.head_dim != src.expand * src.hidden_size:
-            raise ValueError("from_mamba2: num_heads * head_dim must equal expand * hidden_size")
-        first_norm = source.backbone.layers[0].mixer.norm
-        d_inner = src.expand * src.hidden_size
-        norm_per_group = getattr(first_norm, "group_size", d_inner) != d_inner
-        values = dict(
-            vocab_size=src.vocab_size, hidden_size=src.hidden_size, num_hidden_layers=src.num_hidden_layers,
-            state_size=src.state_size, head_dim=src.head_dim, expand=src.expand, n_groups=src.n_groups,
-            conv_kernel=src.conv_kernel, chunk_size=src.chunk_size, use_bias=src.use_bias,
-            use_conv_bias=src.use_conv_bias, layer_norm_epsilon=src.layer_norm_epsilon,
-            residual_in_fp32=src.residual_in_fp32, time_step_min=src.time_step_min, time_step_max=src.time_step_max,
-            time_step_floor=src.time_step_floor, time_step_limit=tuple(src.time_step_limit),
-            rescale_prenorm_residual=src.rescale_prenorm_residual, tie_word_embeddings=src.tie_word_embeddings,
-            pad_token_id=src.pad_token_id, bos_token_id=src.bos_token_id, eos_token_id=src.eos_token_id,
-            norm_per_group=norm_per_group, bc_norm=False,
-        )
+    @classmethod
+    def _from_source(cls, backbone: str, model_or_path: Any, config_overrides: dict[str, Any]) -> "FPMambaForCausalLM":
+        """The conversion of a transformers model into the FP model of `backbone` (its layer class says how)."""
+        import transformers
+
+        layer_cls = backbone_layer(backbone)
+        source_cls = getattr(transformers, layer_cls.source_model)
+        source = source_cls.from_pretrained(model_or_path) if isinstance(model_or_path, str) else model_or_path
+        values = layer_cls.config_from_source(source)
         values.update(config_overrides)
         model = cls(FPMambaConfig(**values)).to(source.dtype)
         missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
-        added = (".mixer.mixer.", ".mixer.bc_y_proj.", ".mixer.dt_y_proj.")
+        added = tuple(f".mixer.{prefix}" for prefix in layer_cls.added_parameters)
         if unexpected or any(not any(a in k for a in added) for k in missing):
-            raise ValueError(f"from_mamba2: weights do not map 1:1 (missing {missing}, unexpected {unexpected})")
-        with torch.no_grad():
-            for block in model.backbone.layers:
-                if block.mixer.mixer.proj is not None:
-                    block.mixer.mixer.gain.zero_()
-                block.mixer.bc_y_proj.weight.zero_()
-                if block.mixer.dt_y_proj is not None:
-                    block.mixer.dt_y_proj.weight.zero_()
+            raise ValueError(f"from_{backbone}: weights do not map 1:1 (missing {missing}, unexpected {unexpected})")
+        for block in model.backbone.layers:
+            block.mixer.start_as_source()
         if model.config.tie_word_embeddings:
             model.tie_weights()
         return model
-
 
 __all__ = ["FPMambaForCausalLM", "FPMambaModel", "FPMambaPreTrainedModel"]

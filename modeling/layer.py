@@ -89,6 +89,28 @@ class FixedPointLayer(nn.Module):
         """Initial values of the parameters this layer initialises specially, by name."""
         raise NotImplementedError
 
+    def init_weights(self, init: Any) -> None:
+        """The random initialisation of the backbone's own weights (e.g. its conv), through `init`: transformers'
+        guarded helpers (`transformers.initialization`), which leave loaded weights alone."""
+        raise NotImplementedError
+
+    # The converter from the transformers source model (`FPMambaForCausalLM.from_<source>`): the source's class
+    # name in transformers, its config mapped onto ours, and what makes the layer compute the source exactly.
+    source_model: str
+
+    @classmethod
+    def config_from_source(cls, source: nn.Module) -> dict[str, Any]:
+        """The FP config values of a converted `source` model (its transformers `*ForCausalLM`); raises ValueError
+        for a source that cannot convert exactly."""
+        raise NotImplementedError
+
+    added_parameters: tuple[str, ...] = ()  # name prefixes of the parameters the source model does not have
+
+    def start_as_source(self) -> None:
+        """Make the layer compute its source backbone's output exactly (e.g. Q = I, y-projections at zero), keeping
+        a gradient path so that fine-tuning can grow the fixed-point part."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------------------------------- the solve
     def solver_settings(self, max_iter: int | None = None, tol: float | None = None) -> SolverSettings:
         """The settings of one call: the config's, with the per-call cap / tolerance if given."""

@@ -148,6 +148,49 @@ class Mamba2Layer(FixedPointLayer):
             self.get_parameter(name).copy_(value)
         self.mixer.reset_parameters()
 
+    def init_weights(self, init: Any) -> None:
+        init.kaiming_uniform_(self.conv1d.weight, a=math.sqrt(5))
+        if self.conv1d.bias is not None:
+            init.zeros_(self.conv1d.bias)
+        init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
+
+    # ---------------------------------------------------------------------- conversion from Mamba2ForCausalLM
+    source_model = "Mamba2ForCausalLM"
+    added_parameters = ("mixer.", "bc_y_proj.", "dt_y_proj.")
+
+    @classmethod
+    def config_from_source(cls, source: nn.Module) -> dict[str, Any]:
+        """Mamba2Config's fields under our names; B/C not normalised (Mamba-2 does not), the norm per group as the
+        source's."""
+        src = source.config
+        if src.hidden_act != "silu":
+            raise ValueError(f"from_mamba2: only hidden_act='silu' Mamba-2 models convert, got {src.hidden_act!r}")
+        if src.num_heads * src.head_dim != src.expand * src.hidden_size:
+            raise ValueError("from_mamba2: num_heads * head_dim must equal expand * hidden_size")
+        d_inner = src.expand * src.hidden_size
+        first_norm = source.backbone.layers[0].mixer.norm
+        return dict(
+            vocab_size=src.vocab_size, hidden_size=src.hidden_size,
+            num_hidden_layers=src.num_hidden_layers, state_size=src.state_size, head_dim=src.head_dim,
+            expand=src.expand, n_groups=src.n_groups, conv_kernel=src.conv_kernel, chunk_size=src.chunk_size,
+            use_bias=src.use_bias, use_conv_bias=src.use_conv_bias, layer_norm_epsilon=src.layer_norm_epsilon,
+            residual_in_fp32=src.residual_in_fp32, time_step_min=src.time_step_min,
+            time_step_max=src.time_step_max, time_step_floor=src.time_step_floor,
+            time_step_limit=tuple(src.time_step_limit), rescale_prenorm_residual=src.rescale_prenorm_residual,
+            tie_word_embeddings=src.tie_word_embeddings, pad_token_id=src.pad_token_id,
+            bos_token_id=src.bos_token_id, eos_token_id=src.eos_token_id,
+            norm_per_group=getattr(first_norm, "group_size", d_inner) != d_inner, bc_norm=False,
+        )
+
+    @torch.no_grad()
+    def start_as_source(self) -> None:
+        """Mixer gain 0 (Q = I; its random directions stay, so fine-tuning can grow it), y-projections 0."""
+        if self.mixer.proj is not None:
+            self.mixer.gain.zero_()
+        self.bc_y_proj.weight.zero_()
+        if self.dt_y_proj is not None:
+            self.dt_y_proj.weight.zero_()
+
     # --------------------------------------------------------------------- parts of the map that read y_{t-1}
     def dt(self, dt_raw: torch.Tensor, y_prev: torch.Tensor) -> torch.Tensor:
         """dt (..., h) from its x-part dt_raw (..., h) and the shifted iterate y_{t-1} (..., d_inner)."""
