@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._common import median_ms, peak_mib, report  # noqa: E402
 from fpmamba_core.backbones import Mamba2Layer
-    from fpmamba_core.layer import FPMambaLayerConfig  # noqa: E402
+    from fpmamba_hf.configuration_fpmamba import FPMambaConfig  # noqa: E402
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_float32_matmul_precision(args.fp32_matmul)
     torch.manual_seed(0)
-    cfg = FPMambaLayerConfig(hidden_size=768, state_size=128, head_dim=64, expand=2, n_groups=1,
+    cfg = FPMambaConfig(hidden_size=768, state_size=128, head_dim=64, expand=2, n_groups=1,
                              mixer_type="householder", mixer_rank=2, fp_tol=1e-12, fp_train_quantile=1.0)
     layer = Mamba2Layer(cfg, 0).cuda().to(torch.bfloat16)
     rows = []

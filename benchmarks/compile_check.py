@@ -105,11 +105,11 @@ def _decode_variants() -> None:
 
 def _fused_variants(weight_dtype: torch.dtype) -> None:
     from fpmamba_core.backbones import Mamba2Layer
-    from fpmamba_core.layer import FPMambaLayerConfig
+    from fpmamba_hf.configuration_fpmamba import FPMambaConfig
 
     os.environ["FPMAMBA_KERNELS"] = "triton"
     for kind, extra in (("householder", {}), ("dplr", {"dt_hidden_dependence": True}), ("none", {})):
-        cfg = FPMambaLayerConfig(hidden_size=768, state_size=128, head_dim=64, mixer_type=kind, mixer_rank=2,
+        cfg = FPMambaConfig(hidden_size=768, state_size=128, head_dim=64, mixer_type=kind, mixer_rank=2,
                                  fp_max_iter_eval=1, **extra)
         layer = Mamba2Layer(cfg, 0).eval().to(weight_dtype)
         with torch.no_grad():

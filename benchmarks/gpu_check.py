@@ -124,10 +124,10 @@ def decode_section() -> None:
 
 def layer_section() -> None:
     from fpmamba_core.backbones import Mamba2Layer
-    from fpmamba_core.layer import FPMambaLayerConfig
+    from fpmamba_hf.configuration_fpmamba import FPMambaConfig
 
     torch.manual_seed(0)
-    cfg = FPMambaLayerConfig(hidden_size=768, state_size=128, head_dim=64, mixer_type="householder", mixer_rank=2,
+    cfg = FPMambaConfig(hidden_size=768, state_size=128, head_dim=64, mixer_type="householder", mixer_rank=2,
                              fp_max_iter=4, fp_tol=1e-3)
     layer = Mamba2Layer(cfg, 0).cuda()
     hs = torch.randn(4, 512, 768, device="cuda")

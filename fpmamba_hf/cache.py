@@ -1,8 +1,8 @@
-"""Glue between a layer's `LayerState` and transformers' stock `DynamicCache`.
+"""Glue between a layer's state and transformers' stock `DynamicCache`.
 
 Generation builds `DynamicCache(config=...)`, which gives each block a linear-attention cache layer with one conv
-state and one recurrent state. FP-Mamba needs one more tensor per layer, y*_{t-1} (batch, d_inner): it rides in the
-recurrent state as an extra column, (b, heads, head_dim, state + 1), so that beam reordering, batch expansion and
+state and one recurrent state. Each backbone packs its state into those two tensors (`FixedPointLayer.pack_state`;
+Mamba-2 adds y*_{t-1} as an extra column of the recurrent state), so that beam reordering, batch expansion and
 offloading of the stock cache carry it along untouched.
 
 The cache also counts the positions it has consumed (`seen_tokens`; padding included, as generate() feeds it), so
@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from fpmamba_core.backbones import LayerState
-from fpmamba_core.precision import acc
+from typing import Any
+
+from fpmamba_core.layer import FixedPointLayer
 
 
 def _layer(cache, layer_idx: int):
@@ -28,8 +29,9 @@ def _layer(cache, layer_idx: int):
     return layers[layer_idx]
 
 
-def read_state(cache, layer_idx: int, batch_size: int) -> LayerState | None:
-    """The state stored for `layer_idx`, or None if the cache is still empty for that layer."""
+def read_state(cache, layer_idx: int, batch_size: int, owner: FixedPointLayer) -> Any:
+    """The state stored for `layer_idx` (unpacked by its layer, `owner`), or None if the cache is still empty for
+    that layer."""
     layer = _layer(cache, layer_idx)
     if not layer.is_recurrent_states_initialized[0]:
         return None
@@ -39,20 +41,19 @@ def read_state(cache, layer_idx: int, batch_size: int) -> LayerState | None:
             f"cache_params holds a batch of {packed.shape[0]} sequences but the input has {batch_size} rows; "
             "pass a cache built for this batch (or none)"
         )
-    b, h, p, _ = packed.shape
-    return LayerState(conv=layer.conv_states[0], ssm=packed[..., :-1], y_prev=packed[..., -1].reshape(b, h * p))
+    return owner.unpack_state(layer.conv_states[0], packed)
 
 
-def write_state(cache, layer_idx: int, state: LayerState) -> None:
-    """Store `state` for `layer_idx` (in place, keeping the tensors' addresses once allocated)."""
+def write_state(cache, layer_idx: int, state: Any, owner: FixedPointLayer) -> None:
+    """Store `state` for `layer_idx` (packed by its layer, `owner`; in place, keeping the tensors' addresses once
+    allocated)."""
     layer = _layer(cache, layer_idx)
-    b, h, p, _ = state.ssm.shape
-    packed = torch.cat([acc(state.ssm), acc(state.y_prev).reshape(b, h, p, 1)], dim=-1)  # fp32 (fp64 stays)
+    conv, packed = owner.pack_state(state)
     if not layer.is_recurrent_states_initialized[0] or layer.recurrent_states[0].shape != packed.shape:
         layer.is_recurrent_states_initialized[0] = False
         layer.is_conv_states_initialized[0] = False
-        layer.lazy_initialization(conv_states=state.conv, recurrent_states=packed)
-    layer.conv_states[0].copy_(state.conv)
+        layer.lazy_initialization(conv_states=conv, recurrent_states=packed)
+    layer.conv_states[0].copy_(conv)
     layer.recurrent_states[0].copy_(packed)
     layer.has_previous_state[0] = True
 

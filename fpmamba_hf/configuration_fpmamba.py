@@ -21,13 +21,16 @@ from typing import Any, NamedTuple
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
+from fpmamba_core.backbones import BACKBONES
 from fpmamba_core.fixed_point import SOLVERS
-from fpmamba_core.layer import FP_BACKWARDS, FPMambaLayerConfig
-from fpmamba_core.mixers import ACTIVATIONS, MIXER_INPUTS, MIXER_KINDS
+from fpmamba_core.layer import FP_BACKWARDS
+from fpmamba_core.mixers import ACTIVATIONS, MIXER_INPUTS, MIXERS
 
-# The value rules beyond the type, one table per rule (`FPMambaConfig.check`).
-CHOICES: dict[str, tuple] = {
-    "mixer_type": MIXER_KINDS,
+# The value rules beyond the type, one table per rule (`FPMambaConfig.check`). The registries are read as they are
+# at check time, so a backbone or mixer kind added to one is a valid choice.
+CHOICES: dict[str, Any] = {
+    "backbone": BACKBONES,
+    "mixer_type": MIXERS,
     "mixer_input": MIXER_INPUTS,
     "mixer_reflection_scale": (1, 2),
     "mixer_activation": tuple(ACTIVATIONS),
@@ -69,6 +72,9 @@ class FPMambaConfig(PreTrainedConfig):
     names the field. `check()` runs the same checks on the config as it is now (after edits).
 
     Args:
+        backbone (`str`, *optional*, defaults to `"mamba2"`):
+            The diagonal RNN whose fixed point each layer computes, by name in `fpmamba_core.backbones.BACKBONES`:
+            "mamba2" (Mamba-2's layer, parameter names as transformers' Mamba2Mixer).
         vocab_size (`int`, *optional*, defaults to `32000`):
             Number of tokens in the vocabulary (rows of the embedding and of the LM head).
         hidden_size (`int`, *optional*, defaults to `256`):
@@ -183,6 +189,7 @@ class FPMambaConfig(PreTrainedConfig):
     # fpmamba_hf.callbacks.FixedPointLogCallback for telemetry in the logs).
     keys_to_ignore_at_inference = ["cache_params", "past_key_values", "fp_iterations", "fp_residual"]
 
+    backbone: str = "mamba2"
     vocab_size: int = 32000
     hidden_size: int = 256
     num_hidden_layers: int = 4
@@ -291,7 +298,7 @@ class FPMambaConfig(PreTrainedConfig):
                 bad(name, "must lie in (0, 1]")
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
-                bad(name, f"choose one of {choices}")
+                bad(name, f"choose one of {tuple(choices)}")
         if not 0.0 < self.mixer_alpha_init < 1.0:
             bad("mixer_alpha_init", "must lie in (0, 1)")
         lo, hi = self.time_step_limit
@@ -304,11 +311,14 @@ class FPMambaConfig(PreTrainedConfig):
         if self.num_heads % self.n_groups:
             bad("n_groups", f"must divide the number of heads ({self.num_heads})")
 
-    def layer_config(self) -> FPMambaLayerConfig:
-        """The per-layer settings as the layer takes them today (a plain dataclass of `fpmamba_core`)."""
-        values = {name: getattr(self, name) for name in FPMambaLayerConfig.field_names()}
-        values["time_step_limit"] = tuple(values["time_step_limit"])  # an edit after construction may be a list
-        return FPMambaLayerConfig(**values)
+    @staticmethod
+    def structural_fields() -> tuple[str, ...]:
+        """The fields that shape a built model's parameters or their meaning: an edit of one after the model was
+        built cannot take effect, and the model refuses it. The others are read at every call (the fp_* solver
+        settings, residual_in_fp32, fp_sync_ranks, use_cache) or kept in step by transformers (vocab_size through
+        resize_token_embeddings, the special token ids)."""
+        runtime = ("vocab_size", "residual_in_fp32", "use_cache", "pad_token_id", "bos_token_id", "eos_token_id")
+        return tuple(n for n in FPMambaConfig.field_types() if not n.startswith("fp_") and n not in runtime)
 
     @property
     def intermediate_size(self) -> int:
@@ -322,21 +332,6 @@ class FPMambaConfig(PreTrainedConfig):
     def layer_types(self) -> list[str]:
         # Read by transformers' DynamicCache: one linear-attention (conv + recurrent state) layer per block.
         return ["linear_attention"] * self.num_hidden_layers
-
-    def save_pretrained(self, save_directory, push_to_hub=False, **kwargs) -> None:
-        """PreTrainedConfig.save_pretrained. When config.json points the Auto classes at code in the folder
-        (`auto_map`, set by `register_for_auto_class` on the config or the model), the folder also gets that code as
-        a flat bundle that loads with trust_remote_code=True where this package is not installed
-        (fpmamba_hf/portable.py). A model's save_pretrained saves its config before the weights and before its own
-        upload (push_to_hub=True), so every model class gets the bundle and the upload includes it."""
-        auto_map = getattr(self, "auto_map", None)
-        if auto_map:  # the model alone was registered: the folder's config class must be named too
-            auto_map.setdefault("AutoConfig", f"{type(self).__module__.rpartition('.')[2]}.{type(self).__name__}")
-        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
-        if getattr(self, "auto_map", None):
-            from .portable import write_portable_code  # imported here: a plain save does not need it
-
-            write_portable_code(save_directory)
 
     def save_pretrained(self, save_directory, push_to_hub=False, **kwargs) -> None:
         """PreTrainedConfig.save_pretrained. When config.json points the Auto classes at code in the folder

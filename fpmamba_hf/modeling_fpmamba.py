@@ -26,7 +26,7 @@ from transformers.utils import ModelOutput, logging
 from fpmamba_core.checkpointing import FixedPointReplay
 from fpmamba_core.fixed_point import ContinueSync
 from fpmamba_core.backbones import backbone_layer
-from fpmamba_core.layer import FixedPointLayer, FPMambaLayerConfig
+from fpmamba_core.layer import FixedPointLayer
 from fpmamba_core.mixers import ChannelMixer
 from fpmamba_core.norms import GatedRMSNorm
 from fpmamba_core.precision import acc
@@ -77,7 +77,7 @@ class FPMambaBlock(GradientCheckpointingLayer):
         self.layer_idx = layer_idx
         self.config = config  # read at call time (residual_in_fp32), so an edit of the config takes effect
         self.norm = FPMambaRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
-        self.mixer = backbone_layer("mamba2")(config.layer_config(), layer_idx=layer_idx)
+        self.mixer = backbone_layer(config.backbone)(config, layer_idx=layer_idx)
 
     def forward(
         self,
@@ -96,7 +96,7 @@ class FPMambaBlock(GradientCheckpointingLayer):
             residual = acc(residual)  # fp32 (an fp64 model keeps fp64)
         state = None
         if cache_params is not None:
-            state = read_state(cache_params, self.layer_idx, hidden_states.shape[0])
+            state = read_state(cache_params, self.layer_idx, hidden_states.shape[0], self.mixer)
         out = self.mixer(
             hidden_states,
             attention_mask=attention_mask,
@@ -108,7 +108,7 @@ class FPMambaBlock(GradientCheckpointingLayer):
             replay=fp_replay,
         )
         if cache_params is not None:
-            write_state(cache_params, self.layer_idx, out.state)
+            write_state(cache_params, self.layer_idx, out.state, self.mixer)
         # A fresh alias of the telemetry: a reentrant checkpoint marks its float outputs as differentiable in place,
         # and the mixer's residual is also held by the replay, which the recompute returns again.
         return residual + out.out, out.iterations, out.residual.detach()
@@ -237,6 +237,7 @@ class FPMambaModel(FPMambaPreTrainedModel):
         self.layers = nn.ModuleList([FPMambaBlock(config, layer_idx=i) for i in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
         self.norm_f = FPMambaRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self._built_fields = {name: getattr(config, name) for name in config.structural_fields()}
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -245,24 +246,17 @@ class FPMambaModel(FPMambaPreTrainedModel):
     def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
         self.embeddings = new_embeddings
 
-    def _apply_live_config(self) -> None:
-        """Make the layers run the config as it is now. The fp_* knobs may be edited between calls and take effect
-        at the next one; every other layer knob shapes the parameters or their meaning, so an edit after the model
-        was built is refused rather than saved without running."""
-        live = self.config.layer_config()
-        built = self.layers[0].mixer.config
-        if live == built:
-            return
-        live.validate()
-        changed = [n for n in FPMambaLayerConfig.field_names() if getattr(live, n) != getattr(built, n)]
-        fixed = [n for n in changed if not n.startswith("fp_")]
-        if fixed:
+    def _check_live_config(self) -> None:
+        """The layers read the config at every call, so an edit of the fp_* solver settings takes effect at the next
+        one. Every structural field (`FPMambaConfig.structural_fields`) shapes the parameters or their meaning: an
+        edit after the model was built is refused rather than saved without running."""
+        self.config.check()  # also turns an edited list into the tuple its field holds
+        changed = [n for n, v in self._built_fields.items() if getattr(self.config, n) != v]
+        if changed:
             raise ValueError(
-                f"config field(s) {fixed} were changed after the model was built; they cannot take effect on an "
+                f"config field(s) {changed} were changed after the model was built; they cannot take effect on an "
                 "existing model (only the fp_* solver settings can). Build a new model from the edited config."
             )
-        for block in self.layers:
-            block.mixer.config = live
 
     def forward(
         self,
@@ -290,7 +284,7 @@ class FPMambaModel(FPMambaPreTrainedModel):
         owns_report = stages is None  # called directly: this forward checks its own outputs
         stages = StageFlags() if stages is None else stages
         fp_max_iter, fp_tol = _call_budget(fp_max_iter, fp_tol)
-        self._apply_live_config()
+        self._check_live_config()
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )

@@ -14,7 +14,7 @@ A backbone subclasses it and implements the interface below (`prelude`, `iterati
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,14 +24,12 @@ from .checkpointing import FixedPointReplay
 from .fixed_point import (
     ContinueSync,
     IterationMap,
-    SOLVERS,
     MapOutput,
     SolverSettings,
     implicit_output,
     one_step_output,
     solve,
 )
-from .mixers import MIXER_INPUTS, MIXER_KINDS
 from .ops.reference import DecodeResult
 
 FP_BACKWARDS = ("one_step", "implicit")
@@ -83,6 +81,15 @@ class FixedPointLayer(nn.Module):
 
     def next_state(self, prelude: Any, y_star: torch.Tensor, y_out: torch.Tensor, aux: tuple) -> Any:
         """The state to continue from: y_star, y_out (b, T, d) of this call, aux: the map's aux at y*."""
+        raise NotImplementedError
+
+    def pack_state(self, state: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The state as the two tensors of a transformers linear-attention cache layer: (conv_states,
+        recurrent_states), batch first, so that the stock cache's beam reordering and batch expansion carry it."""
+        raise NotImplementedError
+
+    def unpack_state(self, conv: torch.Tensor, recurrent: torch.Tensor) -> Any:
+        """The inverse of `pack_state` (views of the cache's tensors)."""
         raise NotImplementedError
 
     def initial_values(self) -> dict[str, torch.Tensor]:
@@ -180,119 +187,3 @@ class FixedPointLayer(nn.Module):
         new_state = self.next_state(pre, y_star.detach(), fin.yhat.detach(), fin.aux) if return_state else None
         return LayerOutput(self.output(fin.yhat, pre), new_state, iterations, residual)
 
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-# One check per field annotation of FPMambaLayerConfig (the annotations are strings under postponed evaluation).
-_TYPE_CHECKS = {
-    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "float": _is_number,
-    "bool": lambda v: isinstance(v, bool),
-    "str": lambda v: isinstance(v, str),
-    "tuple[float, float]": lambda v: isinstance(v, tuple) and len(v) == 2 and all(_is_number(x) for x in v),
-}
-
-
-@dataclass
-class FPMambaLayerConfig:
-    """Every knob of one FP-Mamba layer. `validate()` raises ValueError naming the offending field."""
-
-    hidden_size: int = 256
-    state_size: int = 64
-    head_dim: int = 64
-    expand: int = 2
-    n_groups: int = 1
-    conv_kernel: int = 4
-    chunk_size: int = 64
-    use_bias: bool = False
-    use_conv_bias: bool = True
-    layer_norm_epsilon: float = 1e-5
-    norm_per_group: bool = True
-    time_step_min: float = 0.001
-    time_step_max: float = 0.1
-    time_step_floor: float = 1e-4
-    time_step_limit: tuple[float, float] = (0.0, float("inf"))
-    initializer_range: float = 0.02
-    mixer_type: str = "householder"
-    mixer_rank: int = 2
-    mixer_input: str = "concat"
-    mixer_reflection_scale: float = 1.0
-    mixer_activation: str = "silu"
-    mixer_alpha_init: float = 0.1
-    bc_norm: bool = True
-    dt_hidden_dependence: bool = False
-    fp_max_iter: int = 16
-    fp_max_iter_eval: int = 64
-    fp_tol: float = 1e-2
-    fp_damping: float = 1.0
-    fp_damping_decay: float = 0.9
-    fp_damping_patience: int = 5
-    fp_train_quantile: float = 0.9
-    fp_solver: str = "picard"
-    fp_anderson_m: int = 5
-    fp_backward: str = "one_step"
-    fp_backward_steps: int = 1
-    fp_backward_max_iter: int = 32
-    fp_backward_tol: float = 1e-4
-
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
-
-    @property
-    def d_inner(self) -> int:
-        return self.expand * self.hidden_size
-
-    @property
-    def num_heads(self) -> int:
-        return self.d_inner // self.head_dim
-
-    def validate(self) -> None:
-        def bad(name: str, why: str) -> None:
-            raise ValueError(f"FPMamba config: invalid {name}={getattr(self, name)!r}: {why}")
-
-        for f in fields(self):  # types first: a string "false" must not pass as a true bool
-            if not _TYPE_CHECKS[f.type](getattr(self, f.name)):
-                bad(f.name, f"must be of type {f.type}")
-        lo, hi = self.time_step_limit
-        if not 0.0 <= lo <= hi:
-            bad("time_step_limit", "must be a (low, high) pair with 0 <= low <= high")
-
-        for name in ("hidden_size", "state_size", "head_dim", "expand", "n_groups", "conv_kernel", "chunk_size",
-                     "mixer_rank", "fp_max_iter", "fp_max_iter_eval", "fp_backward_steps", "fp_backward_max_iter",
-                     "fp_damping_patience", "fp_anderson_m"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                bad(name, "must be a positive integer")
-        if self.d_inner % self.head_dim:
-            bad("head_dim", f"must divide d_inner = expand * hidden_size = {self.d_inner}")
-        if self.num_heads % self.n_groups:
-            bad("n_groups", f"must divide the number of heads ({self.num_heads})")
-        if self.mixer_type not in MIXER_KINDS:
-            bad("mixer_type", f"unknown mixer; choose one of {MIXER_KINDS}")
-        if self.mixer_input not in MIXER_INPUTS:
-            bad("mixer_input", f"choose one of {MIXER_INPUTS}")
-        if self.mixer_reflection_scale not in (1, 2):
-            bad("mixer_reflection_scale", "must be 1 (paper) or 2 (official code)")
-        if self.mixer_activation not in ("silu", "identity", "tanh", "relu"):
-            bad("mixer_activation", "choose one of silu, identity, tanh, relu")
-        if not 0.0 < self.mixer_alpha_init < 1.0:
-            bad("mixer_alpha_init", "must lie in (0, 1)")
-        if self.fp_solver not in SOLVERS:
-            bad("fp_solver", f"choose one of {SOLVERS}")
-        if self.fp_backward not in FP_BACKWARDS:
-            bad("fp_backward", f"choose one of {FP_BACKWARDS}")
-        for name in ("fp_tol", "fp_backward_tol", "layer_norm_epsilon", "time_step_min", "time_step_max"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                bad(name, "must be a finite number > 0")
-        if not 0.0 < self.fp_damping <= 1.0:
-            bad("fp_damping", "must lie in (0, 1]")
-        if not 0.0 < self.fp_damping_decay <= 1.0:
-            bad("fp_damping_decay", "must lie in (0, 1]")
-        if not 0.0 < self.fp_train_quantile <= 1.0:
-            bad("fp_train_quantile", "must lie in (0, 1]")
-        if self.time_step_min > self.time_step_max:
-            bad("time_step_min", "must not exceed time_step_max")

@@ -170,7 +170,7 @@ class Mamba2Layer(FixedPointLayer):
         d_inner = src.expand * src.hidden_size
         first_norm = source.backbone.layers[0].mixer.norm
         return dict(
-            vocab_size=src.vocab_size, hidden_size=src.hidden_size,
+            backbone="mamba2", vocab_size=src.vocab_size, hidden_size=src.hidden_size,
             num_hidden_layers=src.num_hidden_layers, state_size=src.state_size, head_dim=src.head_dim,
             expand=src.expand, n_groups=src.n_groups, conv_kernel=src.conv_kernel, chunk_size=src.chunk_size,
             use_bias=src.use_bias, use_conv_bias=src.use_conv_bias, layer_norm_epsilon=src.layer_norm_epsilon,
@@ -292,6 +292,15 @@ class Mamba2Layer(FixedPointLayer):
 
     def output(self, y_out: torch.Tensor, prelude: Mamba2Prelude) -> torch.Tensor:
         return self.out_proj(y_out.to(prelude.dtype))
+
+    def pack_state(self, state: LayerState) -> tuple[torch.Tensor, torch.Tensor]:
+        """y*_{t-1} rides in the recurrent state as an extra column: (b, heads, head_dim, state + 1), fp32."""
+        b, h, p, _ = state.ssm.shape
+        return state.conv, torch.cat([acc(state.ssm), acc(state.y_prev).reshape(b, h, p, 1)], dim=-1)
+
+    def unpack_state(self, conv: torch.Tensor, recurrent: torch.Tensor) -> LayerState:
+        b, h, p, _ = recurrent.shape
+        return LayerState(conv=conv, ssm=recurrent[..., :-1], y_prev=recurrent[..., -1].reshape(b, h * p))
 
     def next_state(self, prelude: Mamba2Prelude, y_star: torch.Tensor, y_out: torch.Tensor, aux: tuple) -> LayerState:
         (H,) = aux

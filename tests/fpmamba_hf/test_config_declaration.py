@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fpmamba_core.fixed_point import SOLVERS
-from fpmamba_core.mixers import MIXER_INPUTS, MIXER_KINDS
+from fpmamba_core.backbones import BACKBONES
+from fpmamba_core.mixers import MIXER_INPUTS, MIXERS
 from fpmamba_hf import FPMambaConfig
 from fpmamba_hf.configuration_fpmamba import CHOICES
 
@@ -27,7 +28,8 @@ def test_every_field_is_documented_with_its_declared_type_and_default():
 
 
 def test_the_choices_are_the_core_packages():
-    assert CHOICES["mixer_type"] == MIXER_KINDS and CHOICES["mixer_input"] == MIXER_INPUTS
+    assert CHOICES["mixer_type"] is MIXERS and CHOICES["backbone"] is BACKBONES  # the registries, read live
+    assert CHOICES["mixer_input"] == MIXER_INPUTS
     assert CHOICES["fp_solver"] == SOLVERS
 
 

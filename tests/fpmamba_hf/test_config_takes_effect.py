@@ -81,5 +81,4 @@ def test_wrong_types_and_inconsistent_values_are_rejected(field, value, message)
 
 def test_a_consistent_num_heads_is_accepted():
     assert FPMambaConfig(hidden_size=32, head_dim=16, num_heads=4).num_heads == 4
-    assert FPMambaConfig(hidden_size=32, head_dim=16, time_step_limit=[0.0, 0.5]).layer_config().time_step_limit \
-        == (0.0, 0.5)
+    assert FPMambaConfig(hidden_size=32, head_dim=16, time_step_limit=[0.0, 0.5]).time_step_limit == (0.0, 0.5)

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from fpmamba_core.backbones import Mamba2Layer
-from fpmamba_core.layer import FPMambaLayerConfig
+from fpmamba_hf.configuration_fpmamba import FPMambaConfig
 
 TINY = dict(hidden_size=16, state_size=4, head_dim=8, chunk_size=4, mixer_rank=2)
 
 
 def _layer(**overrides) -> Mamba2Layer:
-    layer = Mamba2Layer(FPMambaLayerConfig(**{**TINY, **overrides}), layer_idx=0).double().train()
+    layer = Mamba2Layer(FPMambaConfig(**{**TINY, **overrides}), layer_idx=0).double().train()
     with torch.no_grad():  # give the hidden-state dependence of B and C some weight
         layer.bc_y_proj.weight.normal_(std=0.1)
     return layer

@@ -40,13 +40,13 @@ RESULTS_ENV = "FPMAMBA_TEST_SELFCHECK_RESULTS"
 # ------------------------------------------------------------------------------------------------------ helpers
 def _layer(seed: int, **overrides):
     from fpmamba_core.backbones import Mamba2Layer
-    from fpmamba_core.layer import FPMambaLayerConfig
+    from fpmamba_hf.configuration_fpmamba import FPMambaConfig
 
     torch.manual_seed(seed)
     cfg = dict(hidden_size=32, state_size=16, head_dim=8, n_groups=2, chunk_size=16, mixer_rank=2,
                mixer_reflection_scale=2, fp_tol=1e-6, fp_max_iter=2, fp_max_iter_eval=2)
     cfg.update(overrides)
-    layer = Mamba2Layer(FPMambaLayerConfig(**cfg), 0).eval()
+    layer = Mamba2Layer(FPMambaConfig(**cfg), 0).eval()
     with torch.no_grad():  # y-projections away from zero, so every y-path matters
         layer.bc_y_proj.weight.normal_(0, 0.1)
         if layer.dt_y_proj is not None:

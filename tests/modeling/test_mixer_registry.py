@@ -14,7 +14,7 @@ import torch
 from fpmamba_core import ops
 from fpmamba_core.backbones import Mamba2Layer
 from fpmamba_core.fixed_point import SolverSettings
-from fpmamba_core.layer import FPMambaLayerConfig
+from fpmamba_hf.configuration_fpmamba import FPMambaConfig
 from fpmamba_core.mixers import (
     KERNEL_OPS,
     MIXERS,
@@ -114,9 +114,10 @@ def test_a_registered_kind_runs_in_a_layer_parallel_and_token_by_token(scaled_re
     as its parallel forward (fp64, tight tolerance)."""
     assert "scaled" in mixer_registry.MIXERS
     torch.manual_seed(0)
-    config = FPMambaLayerConfig(hidden_size=16, state_size=8, head_dim=8, chunk_size=4, fp_tol=1e-12,
+    config = FPMambaConfig(hidden_size=16, state_size=8, head_dim=8, chunk_size=4, fp_tol=1e-12,
                                 fp_max_iter_eval=200)
-    config.mixer_type = "scaled"  # past the config's own check: the registry is what the layer consults
+    config.mixer_type = "scaled"  # a registered kind is a valid choice
+    config.check()
     layer = Mamba2Layer(config, 0).double().eval()
     with torch.no_grad():
         layer.bc_y_proj.weight.normal_(0, 0.05)

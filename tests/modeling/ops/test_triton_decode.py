@@ -72,10 +72,10 @@ def test_layer_decode_and_prefill_triton_equal_reference(kind):
     import os
 
     from fpmamba_core.backbones import Mamba2Layer
-    from fpmamba_core.layer import FPMambaLayerConfig
+    from fpmamba_hf.configuration_fpmamba import FPMambaConfig
 
     torch.manual_seed(0)
-    cfg = FPMambaLayerConfig(hidden_size=32, state_size=16, head_dim=16, n_groups=2, chunk_size=16,
+    cfg = FPMambaConfig(hidden_size=32, state_size=16, head_dim=16, n_groups=2, chunk_size=16,
                              mixer_type=kind, fp_tol=1e-5, fp_max_iter_eval=6)
     layer = Mamba2Layer(cfg, 0).eval()
     with torch.no_grad():
