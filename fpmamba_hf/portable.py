@@ -6,7 +6,7 @@ imports are not installed. Our code lives in two packages (`fpmamba_core`, `fpma
 so `write_portable_code` writes the import closure of the model and config modules as one flat file per module,
 each import of our modules rewritten to the flat relative form. The rewrite edits the import statements in the
 source text only, so the shipped files read like ours. Our modules import names, never submodules (`from
-fpmamba_core.layer import FPMambaMixer`, not `from fpmamba_core import layer` nor `import fpmamba_core.layer`):
+fpmamba_core.layer import FixedPointLayer`, not `from fpmamba_core import layer` nor `import fpmamba_core.layer`):
 a flat bundle has no packages to bind submodules on, so the other forms are refused with the file and line.
 """
 

@@ -1,4 +1,4 @@
-"""The fused fixed-point iteration of a whole sequence (inference-mode iterations of `FPMambaMixer`).
+"""The fused fixed-point iteration of a whole sequence (inference-mode iterations of `Mamba2Layer`).
 
 One iteration y -> yhat (docs/method.md, "The iteration map") as four launches instead of some thirty:
   1. one GEMM (cuBLAS): every y-projection at once, G = y @ [W_mixer_y; W_bc_y; W_dt_y]^T, on the UNshifted

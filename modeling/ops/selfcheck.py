@@ -317,7 +317,7 @@ def decode_problem(x, z, dt, A, B, C, D, state, factors: MixerFactors, norm_weig
     _, h, p = x.shape
     g, n = B.shape[1], B.shape[2]
     d = h * p
-    if factors.kind in ("householder", "dplr"):
+    if factors.u is not None:  # rank-one terms (the kinds whose factors are directions u and coefficients)
         r = factors.u.shape[-2]
         u = F.normalize(rnd.normal(b, r, d), dim=-1).to(factors.u.dtype)
         coef = rnd.uniform(b, r, dtype=factors.coef.dtype)
