@@ -14,7 +14,7 @@ A backbone subclasses it and implements the interface below (`prelude`, `iterati
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ from .fixed_point import (
     implicit_output,
     one_step_output,
     solve,
+    solve_constant,
 )
 from .ops.reference import DecodeResult
 
@@ -69,6 +70,11 @@ class FixedPointLayer(nn.Module):
 
     def iteration_map(self, prelude: Any, settings: SolverSettings) -> IterationMap:
         """The map f of this call, an object: f(y, rows) -> MapOutput(yhat, aux)."""
+        raise NotImplementedError
+
+    def map_reads_iterate(self) -> bool:
+        """Whether f can depend on the iterate with the current parameters. False (e.g. Q = I and the y-projections at
+        zero: a converted source model) lets the layer take f's first evaluation as the fixed point."""
         raise NotImplementedError
 
     def decode_token(self, prelude: Any, settings: SolverSettings) -> DecodeResult:
@@ -168,8 +174,13 @@ class FixedPointLayer(nn.Module):
         mask = None if attention_mask is None else attention_mask.to(torch.bool)
         pre = self.prelude(hidden_states, mask, state)
 
+        constant = not self.map_reads_iterate()
         if state is not None and hidden_states.shape[1] == 1 and not torch.is_grad_enabled():
-            step = self.decode_token(pre, settings)
+            if constant:  # one evaluation is the fixed point: y* = f(0) exactly, residual 0
+                step = self.decode_token(pre, replace(settings, max_iter=1))
+                step = replace(step, y_star=step.y_out, residual=torch.zeros_like(step.residual))
+            else:
+                step = self.decode_token(pre, settings)
             y_star, y_out = step.y_star[:, None], step.y_out[:, None]
             new_state = self.next_state(pre, y_star, y_out, (step.state,)) if return_state else None
             return LayerOutput(self.output(y_out, pre), new_state, step.iterations, step.residual)
@@ -178,7 +189,9 @@ class FixedPointLayer(nn.Module):
         if replay is not None and replay.filled:
             y_star, iterations, residual, plain = replay.y_star, replay.iterations, replay.residual, None
         else:
-            res = solve(f, self.initial_iterate(pre), settings, self.training, self.layer_idx, sync)
+            y0 = self.initial_iterate(pre)
+            res = (solve_constant(f, y0, self.layer_idx) if constant
+                   else solve(f, y0, settings, self.training, self.layer_idx, sync))
             y_star, iterations, residual = res.y_star, res.iterations, res.residual
             plain = MapOutput(res.y_out, res.aux)
             if replay is not None:

@@ -6,9 +6,10 @@ BACKBONES is the one place that names them; the model picks a layer class here f
 from __future__ import annotations
 
 from ..layer import FixedPointLayer
+from .mamba1 import MAMBA1_GATES, MAMBA1_NORMS, Mamba1Layer, Mamba1Map, Mamba1Prelude, Mamba1State
 from .mamba2 import LayerState, Mamba2Layer, Mamba2Map, Mamba2Prelude
 
-BACKBONES: dict[str, type[FixedPointLayer]] = {"mamba2": Mamba2Layer}
+BACKBONES: dict[str, type[FixedPointLayer]] = {"mamba2": Mamba2Layer, "mamba1": Mamba1Layer}
 
 
 def backbone_layer(name: str) -> type[FixedPointLayer]:
@@ -18,4 +19,5 @@ def backbone_layer(name: str) -> type[FixedPointLayer]:
     return BACKBONES[name]
 
 
-__all__ = ["BACKBONES", "LayerState", "Mamba2Layer", "Mamba2Map", "Mamba2Prelude", "backbone_layer"]
+__all__ = ["BACKBONES", "LayerState", "MAMBA1_GATES", "MAMBA1_NORMS", "Mamba1Layer", "Mamba1Map", "Mamba1Prelude",
+           "Mamba1State", "Mamba2Layer", "Mamba2Map", "Mamba2Prelude", "backbone_layer"]

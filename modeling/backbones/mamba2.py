@@ -277,6 +277,31 @@ class Mamba2Layer(FixedPointLayer):
             residual_eps=settings.eps,
         )
 
+    def map_reads_iterate(self) -> bool:
+        """f reads y through the mixer (unless Q = I: no mixer, or strength c * g = 0) and the y-projections of B, C
+        (and dt). A projection wrapped by an adapter is assumed to read it. The verdict costs one host sync and is
+        kept until a parameter it looked at changes (its tensor or its in-place version counter), so a model that
+        is not being trained pays it once."""
+        mixer_reads = self.mixer.proj is not None and self.mixer.y_weight() is not None
+        gain = self.mixer.gain if mixer_reads else None
+        weights = [w for w in (self.bc_y_proj.weight, None if self.dt_y_proj is None else self.dt_y_proj.weight)
+                   if w is not None]
+        watched = weights if gain is None else [gain, *weights]
+        key = tuple((id(p), p._version) for p in watched)
+        if getattr(self, "_reads_iterate_key", None) == key:
+            return self._reads_iterate
+        projections = (self.bc_y_proj, self.dt_y_proj, self.mixer.proj if mixer_reads else None)
+        if not all(is_plain_linear(m) for m in projections if m is not None):
+            reads = True
+        else:
+            with torch.no_grad():
+                terms = [w.detach().abs().amax() for w in weights]
+                if mixer_reads:
+                    terms.append(self.mixer.strength().detach().abs())
+                reads = bool(torch.stack([acc(t) for t in terms]).amax() > 0)
+        self._reads_iterate_key, self._reads_iterate = key, reads
+        return reads
+
     def decode_token(self, pre: Mamba2Prelude, settings: SolverSettings) -> DecodeResult:
         """One token per row through `ops.decode_step` (inference: no autograd through the inner loop)."""
         b = pre.x.shape[0]

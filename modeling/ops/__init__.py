@@ -26,9 +26,11 @@ import torch
 
 from ..mixers import kernel_supports
 from ._triton_utils import kernel_chunk_len
+from .diagonal_scan import diag_scan_chunked
 
 from .reference import decode_step as reference_decode_step
 from .reference import gated_rms_norm, ssd_scan_chunked
+from .selective_reference import mamba1_readout, selective_decode_step, selective_scan_chunked
 from .selfcheck import decode_step_ok, fused_iteration_ok
 from .selfcheck import KernelSelfCheckWarning  # noqa: F401 -- re-exported: ops.KernelSelfCheckWarning
 
@@ -69,6 +71,18 @@ def _warn_no_triton() -> None:
                   "slower). Install it with `pip install fpmamba-hf[triton]`.", RuntimeWarning, stacklevel=3)
 
 
+def diag_scan(
+    lam: torch.Tensor,
+    u: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """First-order diagonal scan h_t = lam_t * h_{t-1} + u_t (the vector FP-RNN's). See `diagonal_scan` for shapes;
+    returns (h fp32, final_state fp32). The PyTorch chunked form on every backend (no kernel implements it yet)."""
+    return diag_scan_chunked(lam, u, initial_state, mask, chunk_size)
+
+
 def ssd_scan(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -89,6 +103,22 @@ def ssd_scan(
 
         return ssd_scan_triton(x, dt, A, B, C, D, initial_state, mask, chunk_size)
     return ssd_scan_chunked(x, dt, A, B, C, D, initial_state, mask, chunk_size)
+
+
+def selective_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba-1 selective scan. See `selective_reference.selective_scan_chunked` for shapes; returns (y fp32,
+    final_state fp32). The PyTorch reference on every backend (no kernel implements it yet)."""
+    return selective_scan_chunked(x, dt, A, B, C, D, initial_state, mask, chunk_size)
 
 
 def decode_step(
@@ -142,5 +172,6 @@ def fused_iteration(inputs: FusedIterationInputs, y: torch.Tensor, rows: torch.T
     return run(inputs, y, rows)
 
 
-__all__ = ["KernelSelfCheckWarning", "backend_for", "decode_step", "fused_iteration", "fused_iteration_supported",
-           "gated_rms_norm", "ssd_scan", "triton_available"]
+__all__ = ["KernelSelfCheckWarning", "backend_for", "decode_step", "diag_scan", "fused_iteration",
+           "fused_iteration_supported", "gated_rms_norm", "mamba1_readout", "selective_decode_step", "selective_scan", "ssd_scan",
+           "triton_available"]

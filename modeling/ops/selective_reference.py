@@ -1,0 +1,179 @@
+"""Pure-PyTorch reference of the Mamba-1 ops (docs/method.md, "Mamba-1 backbone"): the spec and the CPU path.
+
+Shapes (Mamba-1 layout, token-major):
+    x      (batch, T, d)          input of the scan (the mixed input x~)
+    dt     (batch, T, d)          step size per channel, already softplus'ed and clamped
+    A      (d, n)                 negative decay rate per channel and state entry
+    B, C   (batch, T, n)          shared by every channel
+    D      (d,)                   skip
+    state  (batch, d, n)          fp32 recurrent state H
+Recurrence: H_t = exp(dt_t A) * H_{t-1} + (dt_t x_t) B_t^T ;  y_t = H_t C_t + D x_t   (* elementwise on (d, n)).
+A padded position (mask False) leaves the state untouched: its dt and x are zeroed (decay exp(0) = 1, no input).
+All accumulation is fp32 (fp64 stays fp64); outputs are fp32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from ..precision import acc
+from .reference import DecodeResult
+
+if TYPE_CHECKING:
+    from ..fixed_point import SolverSettings
+    from ..mixers import MixerFactors
+
+
+def _prepare(x, dt, B, C, mask):
+    x, dt, B, C = acc(x), acc(dt), acc(B), acc(C)
+    if mask is not None:
+        m = mask.to(x.dtype)[:, :, None]
+        x, dt = x * m, dt * m
+    return x, dt, B, C
+
+
+def selective_scan_sequential(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recurrence token by token (the spec). Returns (y (b, T, d) fp32, final_state (b, d, n) fp32)."""
+    x, dt, B, C = _prepare(x, dt, B, C, mask)
+    b, T, d = x.shape
+    A = acc(A)
+    H = x.new_zeros(b, d, A.shape[-1]) if initial_state is None else acc(initial_state)
+    ys = []
+    for t in range(T):
+        H = torch.exp(dt[:, t, :, None] * A) * H + (dt[:, t] * x[:, t])[:, :, None] * B[:, t, None, :]
+        ys.append(torch.einsum("bdn,bn->bd", H, C[:, t]))
+    y = torch.stack(ys, dim=1)
+    if D is not None:
+        y = y + acc(D) * x
+    return y, H
+
+
+def selective_scan_chunked(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same signature and results as `selective_scan_sequential`, in about 2 sqrt(T) vectorised steps.
+
+    T is cut into chunks of `chunk_size` tokens (default ceil(sqrt(T)), which minimises the steps; it need not
+    divide T). (1) Every chunk runs the recurrence from a zero state, all chunks at once, step by step inside the
+    chunk. (2) The states entering the chunks follow from their end states, chunk by chunk. (3) Each position adds
+    what its chunk's entering state contributes: C_t . (exp(A cum_t) * H_in), cum_t = the chunk's dt summed up to t.
+    Every factor is a product of decays <= 1, so no ratio of decays is ever formed: stable for any dt and A (the
+    cumulative log-decay trick, exp(-A cum) inside a chunk, overflows for large dt |A|).
+    """
+    x, dt, B, C = _prepare(x, dt, B, C, mask)
+    b, T, d = x.shape
+    A = acc(A)
+    n = A.shape[-1]
+    L = chunk_size or math.isqrt(T - 1) + 1
+    pad = (-T) % L
+    if pad:  # zero dt and x on the tail: the state is unchanged, the outputs are dropped below
+        x, dt, B, C = (F.pad(t, (0, 0, 0, pad)) for t in (x, dt, B, C))
+    c = (T + pad) // L
+    u = (dt * x).view(b, c, L, d)
+    dtc = dt.view(b, c, L, d)
+    Bc, Cc = B.view(b, c, L, n), C.view(b, c, L, n)
+
+    # (1) inside every chunk from zero, all chunks in parallel: L steps on (b, c, d, n).
+    decay = torch.exp(dtc[..., None] * A)  # (b, c, L, d, n)
+    H = x.new_zeros(b, c, d, n)
+    local = []
+    for l in range(L):
+        H = decay[:, :, l] * H + u[:, :, l, :, None] * Bc[:, :, l, None, :]
+        local.append(torch.einsum("bcdn,bcn->bcd", H, Cc[:, :, l]))
+    y = torch.stack(local, dim=2)  # (b, c, L, d)
+
+    # (2) the state entering each chunk: c steps on (b, d, n).
+    chunk_decay = torch.exp(dtc.sum(2)[..., None] * A)  # (b, c, d, n)
+    state = x.new_zeros(b, d, n) if initial_state is None else acc(initial_state)
+    entering = []
+    for k in range(c):
+        entering.append(state)
+        state = chunk_decay[:, k] * state + H[:, k]
+    H_in = torch.stack(entering, dim=1)  # (b, c, d, n)
+
+    # (3) the entering state's share of every output.
+    carried = torch.exp(torch.cumsum(dtc, dim=2)[..., None] * A) * H_in[:, :, None]  # (b, c, L, d, n)
+    y = (y + torch.einsum("bcldn,bcln->bcld", carried, Cc)).reshape(b, c * L, d)[:, :T]
+    if D is not None:
+        y = y + acc(D) * x[:, :T]
+    return y, state
+
+
+def mamba1_readout(
+    s: torch.Tensor,
+    gate: torch.Tensor | None,
+    norm_weight: torch.Tensor | None,
+    norm_bias: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """FP-Mamba1's in-loop readout of the scan output s (..., d): s * gate (the in-loop gate SiLU(z), when given),
+    then LayerNorm over d with norm_weight and norm_bias (d,) when norm_weight is given (else no norm). fp32."""
+    v = acc(s) if gate is None else acc(s) * acc(gate)
+    if norm_weight is None:
+        return v
+    bias = None if norm_bias is None else acc(norm_bias)
+    return F.layer_norm(v, v.shape[-1:], acc(norm_weight), bias, eps)
+
+
+def selective_decode_step(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    state: torch.Tensor,
+    factors: "MixerFactors",
+    gate: torch.Tensor | None,
+    norm_weight: torch.Tensor | None,
+    norm_bias: torch.Tensor | None,
+    norm_eps: float,
+    settings: "SolverSettings",
+    layer_idx: int | None = None,
+) -> DecodeResult:
+    """One token of every row for the Mamba-1 backbone: the inner fixed-point loop on y_t, then one state update.
+
+    x (b, d) conv'ed input; dt (b, d); B, C (b, n) final B_t, C_t; state (b, d, n) fp32 H_{t-1}; factors: Q_t of
+    each row; gate (b, d) | None: SiLU(z_t) when the gate is inside the loop; norm_*: see `mamba1_readout`.
+    Everything that depends on y_{t-1} is fixed, so with a = C . (exp(dt A) * H_{t-1}) and g = dt (C . B) + D
+    each iteration is   x~ = y + Q (x - y);  yhat = readout(a + g x~).
+    Returns a DecodeResult (new state (b, d, n)).
+    """
+    from ..fixed_point import MapOutput, solve
+    from ..mixers import apply_mixer
+
+    x, dt, B, C = acc(x), acc(dt), acc(B), acc(C)
+    decayed = torch.exp(dt[..., None] * acc(A)) * acc(state)  # (b, d, n)
+    a = torch.einsum("bdn,bn->bd", decayed, C)
+    g = dt * (B * C).sum(-1, keepdim=True) + acc(D)
+
+    def f(y: torch.Tensor, rows: torch.Tensor) -> MapOutput:
+        xt = y + apply_mixer(factors.select(rows), x[rows] - y)
+        gate_rows = None if gate is None else gate[rows]
+        return MapOutput(mamba1_readout(a[rows] + g[rows] * xt, gate_rows, norm_weight, norm_bias, norm_eps), (xt,))
+
+    res = solve(f, torch.zeros_like(x), settings, training=False, layer_idx=layer_idx)
+    (xt,) = res.aux
+    new_state = decayed + (dt * xt)[..., None] * B[:, None, :]
+    return DecodeResult(res.y_out, res.y_star, new_state, res.iterations, res.residual)

@@ -1,0 +1,69 @@
+"""A map that cannot depend on the iterate (Q = I, y-projections at zero: a converted Mamba-2) is solved in one
+evaluation: y* = f(0) exactly, residual 0, in the parallel forward and token by token; the verdict follows the
+parameters (an edit of the mixer gain or of a y-projection makes the layer iterate again)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Mamba2Config, Mamba2ForCausalLM
+
+from fpmamba_hf import FPMambaForCausalLM
+
+
+def _converted(mixer_type: str = "householder") -> tuple[FPMambaForCausalLM, Mamba2ForCausalLM]:
+    torch.manual_seed(0)
+    cfg = Mamba2Config(vocab_size=40, hidden_size=32, head_dim=16, num_heads=4, state_size=8, n_groups=1,
+                       num_hidden_layers=2, chunk_size=8, expand=2)
+    mamba2 = Mamba2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in mamba2.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return FPMambaForCausalLM.from_mamba2(mamba2, mixer_type=mixer_type, fp_tol=1e-6).eval(), mamba2
+
+
+@pytest.mark.parametrize("mixer_type", ["householder", "none"])
+def test_one_evaluation_is_the_fixed_point(mixer_type):
+    fp, mamba2 = _converted(mixer_type)
+    ids = torch.randint(0, 40, (3, 13))
+    with torch.no_grad():
+        out = fp(ids)
+        expected = mamba2(ids).logits
+    assert out.fp_iterations.eq(1).all() and out.fp_residual.eq(0).all()
+    assert (out.logits - expected).abs().max() <= 1e-4
+    mask = torch.ones_like(ids)
+    gen = fp.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
+    assert gen.fp_iterations.eq(1).all() and gen.fp_residual.eq(0).all()
+    ref = mamba2.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
+    assert torch.equal(gen.sequences, ref)
+
+
+def test_an_edit_of_the_parameters_is_seen():
+    fp, _ = _converted()
+    ids = torch.randint(0, 40, (2, 9))
+    with torch.no_grad():
+        assert fp(ids).fp_iterations.eq(1).all()
+        fp.backbone.layers[1].mixer.mixer.gain.fill_(1.0)  # in place: the version counter moves
+        its = fp(ids).fp_iterations
+        assert its[:, 0].eq(1).all() and its[:, 1].gt(1).all()
+        fp.backbone.layers[1].mixer.mixer.gain.zero_()
+        fp.backbone.layers[0].mixer.bc_y_proj.weight[0, 0] = 0.5
+        its = fp(ids).fp_iterations
+        assert its[:, 0].gt(1).all() and its[:, 1].eq(1).all()
+
+
+def test_gradients_are_those_of_the_iterated_solve():
+    """Training a converted model: the one-step gradient through f(y*) is the same whether y* took one evaluation
+    (constant map) or was iterated to the fixed point (forced by a tiny gain, which moves nothing at fp64 scale)."""
+    fp, _ = _converted()
+    fp = fp.double().train()
+    ids = torch.randint(0, 40, (2, 9))
+    fp(ids, labels=ids).loss.backward()
+    fast = {n: p.grad.clone() for n, p in fp.named_parameters() if p.grad is not None}
+    assert fp.backbone.layers[0].mixer.mixer.gain.grad.abs() > 0  # the mixer can still leave the identity
+    fp.zero_grad()
+    for block in fp.backbone.layers:
+        block.mixer.map_reads_iterate = lambda: True  # the iterated path on the same parameters
+    fp(ids, labels=ids).loss.backward()
+    for name, grad in fast.items():
+        torch.testing.assert_close(fp.get_parameter(name).grad, grad, rtol=1e-10, atol=1e-12, msg=name)
