@@ -173,5 +173,5 @@ def fused_iteration(inputs: FusedIterationInputs, y: torch.Tensor, rows: torch.T
 
 
 __all__ = ["KernelSelfCheckWarning", "backend_for", "decode_step", "diag_scan", "fused_iteration",
-           "fused_iteration_supported", "gated_rms_norm", "mamba1_readout", "selective_decode_step", "selective_scan", "ssd_scan",
-           "triton_available"]
+           "fused_iteration_supported", "gated_rms_norm", "mamba1_readout", "selective_decode_step",
+           "selective_scan", "ssd_scan", "triton_available"]
