@@ -24,7 +24,7 @@ from transformers.configuration_utils import PreTrainedConfig
 from fpmamba_core.backbones import BACKBONES
 from fpmamba_core.fixed_point import SOLVERS
 from fpmamba_core.layer import FP_BACKWARDS
-from fpmamba_core.mixers import ACTIVATIONS, MIXER_INPUTS, MIXERS
+from fpmamba_core.mixers import ACTIVATIONS, KRONECKER_NORMS, MIXER_INPUTS, MIXERS
 
 # The value rules beyond the type, one table per rule (`FPMambaConfig.check`). The registries are read as they are
 # at check time, so a backbone or mixer kind added to one is a valid choice.
@@ -34,6 +34,7 @@ CHOICES: dict[str, Any] = {
     "mixer_input": MIXER_INPUTS,
     "mixer_reflection_scale": (1, 2),
     "mixer_activation": tuple(ACTIVATIONS),
+    "mixer_kron_norm": KRONECKER_NORMS,
     "fp_solver": SOLVERS,
     "fp_backward": FP_BACKWARDS,
 }
@@ -74,7 +75,10 @@ class FPMambaConfig(PreTrainedConfig):
     Args:
         backbone (`str`, *optional*, defaults to `"mamba2"`):
             The diagonal RNN whose fixed point each layer computes, by name in `fpmamba_core.backbones.BACKBONES`:
-            "mamba2" (Mamba-2's layer, parameter names as transformers' Mamba2Mixer).
+            "mamba2" (Mamba-2's layer, parameter names as transformers' Mamba2Mixer) or "rnn" (the paper's vector
+            FP-RNN, its Fig. 3: a state of d_inner channels, decay sigmoid(W x + b), input SiLU(W_b x) * x, output
+            gate SiLU(W_c [x_t; h*_{t-1}]); no source model, no conv, no heads; of the shape fields it reads expand,
+            use_bias and layer_norm_epsilon, and time_step_min/max/floor set its initial decays exp(-dt)).
         vocab_size (`int`, *optional*, defaults to `32000`):
             Number of tokens in the vocabulary (rows of the embedding and of the LM head).
         hidden_size (`int`, *optional*, defaults to `256`):
@@ -92,7 +96,8 @@ class FPMambaConfig(PreTrainedConfig):
         conv_kernel (`int`, *optional*, defaults to `4`):
             Width of the causal depthwise convolution before the scan.
         chunk_size (`int`, *optional*, defaults to `64`):
-            Chunk length of the chunked SSD scan (speed only: the result does not depend on it).
+            Chunk length of the chunked SSD scan (mamba2) and of the diagonal scan (rnn); speed only, the result
+            does not depend on it.
         use_bias (`bool`, *optional*, defaults to `False`):
             Bias in the layer's input and output projections.
         use_conv_bias (`bool`, *optional*, defaults to `True`):
@@ -134,6 +139,10 @@ class FPMambaConfig(PreTrainedConfig):
             "tanh" or "relu".
         mixer_alpha_init (`float`, *optional*, defaults to `0.1`):
             Initial value of every mixer gate, in (0, 1): Q_t starts near the identity.
+        mixer_kron_norm (`str`, *optional*, defaults to `"frobenius"`):
+            Normalisation of the PSD factors of the "kronecker" mixer (every backbone; other mixers ignore it):
+            "frobenius" (divided by their Frobenius norm) or "spectral" (the paper's FP-RNN: divided by an upper
+            bound of their top eigenvalue from the power method, so each factor's spectral norm is near 1).
         bc_norm (`bool`, *optional*, defaults to `True`):
             L2-normalise B and C per group.
         dt_hidden_dependence (`bool`, *optional*, defaults to `False`):
@@ -216,6 +225,7 @@ class FPMambaConfig(PreTrainedConfig):
     mixer_reflection_scale: float = 1.0
     mixer_activation: str = "silu"
     mixer_alpha_init: float = 0.1
+    mixer_kron_norm: str = "frobenius"
     bc_norm: bool = True
     dt_hidden_dependence: bool = False
     fp_max_iter: int = 16

@@ -133,7 +133,7 @@ class FPMambaPreTrainedModel(PreTrainedModel):
                 init.copy_(param, value.to(param.device, param.dtype))
         if isinstance(module, FixedPointLayer):
             module.init_weights(init)
-            weight = module.out_proj.weight
+            weight = module.output_projection().weight
             if self.config.rescale_prenorm_residual and not getattr(weight, "_is_hf_initialized", False):
                 weight /= math.sqrt(self.config.num_hidden_layers)
         if isinstance(module, (GatedRMSNorm, FPMambaRMSNorm)):

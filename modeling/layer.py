@@ -107,6 +107,11 @@ class FixedPointLayer(nn.Module):
         guarded helpers (`transformers.initialization`), which leave loaded weights alone."""
         raise NotImplementedError
 
+    def output_projection(self) -> nn.Linear:
+        """The projection into the residual stream, whose initial weight rescale_prenorm_residual divides by
+        sqrt(num_hidden_layers). Every backbone so far names it `out_proj`; one that does not overrides this."""
+        return self.get_submodule("out_proj")
+
     # The converter from the transformers source model (`FPMambaForCausalLM.from_<source>`): the source's class
     # name in transformers, its config mapped onto ours, and what makes the layer compute the source exactly.
     source_model: str

@@ -8,8 +8,9 @@ from __future__ import annotations
 from ..layer import FixedPointLayer
 from .mamba1 import MAMBA1_GATES, MAMBA1_NORMS, Mamba1Layer, Mamba1Map, Mamba1Prelude, Mamba1State
 from .mamba2 import LayerState, Mamba2Layer, Mamba2Map, Mamba2Prelude
+from .rnn import RNNLayer, RNNMap, RNNPrelude, RNNState
 
-BACKBONES: dict[str, type[FixedPointLayer]] = {"mamba2": Mamba2Layer, "mamba1": Mamba1Layer}
+BACKBONES: dict[str, type[FixedPointLayer]] = {"mamba2": Mamba2Layer, "mamba1": Mamba1Layer, "rnn": RNNLayer}
 
 
 def backbone_layer(name: str) -> type[FixedPointLayer]:
@@ -20,4 +21,5 @@ def backbone_layer(name: str) -> type[FixedPointLayer]:
 
 
 __all__ = ["BACKBONES", "LayerState", "MAMBA1_GATES", "MAMBA1_NORMS", "Mamba1Layer", "Mamba1Map", "Mamba1Prelude",
-           "Mamba1State", "Mamba2Layer", "Mamba2Map", "Mamba2Prelude", "backbone_layer"]
+           "Mamba1State", "Mamba2Layer", "Mamba2Map", "Mamba2Prelude", "RNNLayer", "RNNMap", "RNNPrelude", "RNNState",
+           "backbone_layer"]

@@ -117,8 +117,7 @@ class Mamba1Layer(FixedPointLayer):
         self.out_proj = nn.Linear(d, c.hidden_size, bias=c.use_bias)
         # FP-Mamba's additions: the channel mixer, the in-loop norm, the hidden-state dependence of B, C (and dt),
         # and the after-loop gate's dependence on the previous output.
-        self.mixer = ChannelMixer(c.mixer_type, d, c.mixer_input, c.mixer_rank, c.mixer_reflection_scale,
-                                  c.mixer_activation, c.mixer_alpha_init, c.initializer_range)
+        self.mixer = ChannelMixer.from_config(c, d)
         self.norm = nn.LayerNorm(d, eps=c.layer_norm_epsilon) if c.mamba1_norm == "layernorm" else None
         self.bc_y_proj = nn.Linear(d, 2 * n, bias=False)
         self.dt_y_proj = nn.Linear(d, r, bias=False) if c.dt_hidden_dependence else None

@@ -120,8 +120,7 @@ class Mamba2Layer(FixedPointLayer):
         self.norm = GatedRMSNorm(self.d_inner, group, c.layer_norm_epsilon)
         self.out_proj = nn.Linear(self.d_inner, c.hidden_size, bias=c.use_bias)
         # FP-Mamba's additions: the channel mixer and the hidden-state dependence of B, C (and dt).
-        self.mixer = ChannelMixer(c.mixer_type, self.d_inner, c.mixer_input, c.mixer_rank, c.mixer_reflection_scale,
-                                  c.mixer_activation, c.mixer_alpha_init, c.initializer_range)
+        self.mixer = ChannelMixer.from_config(c, self.d_inner)
         self.bc_y_proj = nn.Linear(self.d_inner, 2 * c.n_groups * c.state_size, bias=False)
         self.dt_y_proj = nn.Linear(self.d_inner, self.num_heads, bias=False) if c.dt_hidden_dependence else None
         self.reset_parameters()

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from .base import KERNEL_OPS, MixerFactors, MixerKind
 from .channel_mixer import ACTIVATIONS, ChannelMixer, is_plain_linear
-from .kronecker import kronecker_dims
+from .kronecker import KRONECKER_NORMS, kronecker_dims, top_eigenvalue_bound
 from .registry import MIXER_INPUTS, MIXER_KINDS, MIXERS, apply_mixer, kernel_supports, mixer_kind
 
 __all__ = [
-    "ACTIVATIONS", "KERNEL_OPS", "MIXERS", "MIXER_INPUTS", "MIXER_KINDS", "ChannelMixer", "MixerFactors",
-    "MixerKind", "apply_mixer", "is_plain_linear", "kernel_supports", "kronecker_dims", "mixer_kind",
+    "ACTIVATIONS", "KERNEL_OPS", "KRONECKER_NORMS", "MIXERS", "MIXER_INPUTS", "MIXER_KINDS", "ChannelMixer",
+    "MixerFactors", "MixerKind", "apply_mixer", "is_plain_linear", "kernel_supports", "kronecker_dims", "mixer_kind",
+    "top_eigenvalue_bound",
 ]

@@ -9,7 +9,7 @@ PyTorch path instead of reaching a kernel that cannot serve it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -50,6 +50,12 @@ class MixerKind:
     name: ClassVar[str]
     kernel_code: ClassVar[int | None] = None
     kernel_ops: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def configured(cls, **options: Any) -> type["MixerKind"]:
+        """The kind with a layer's mixer options applied (`ChannelMixer`'s `options`, e.g. Kronecker's kron_norm). A
+        kind reads the options it has and ignores the others: every layer passes the same set, whatever its kind."""
+        return cls
 
     @staticmethod
     def split_sizes(d: int, rank: int) -> list[int]:

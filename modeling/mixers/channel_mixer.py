@@ -16,6 +16,7 @@ decides the layout of proj's output, the factors and their application.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -48,9 +49,10 @@ class ChannelMixer(nn.Module):
         activation: str = "silu",
         alpha_init: float = 0.1,
         initializer_range: float = 0.02,
+        options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.spec = mixer_kind(kind)
+        self.spec = mixer_kind(kind).configured(**(options or {}))  # options: the kind's own settings (kron_norm)
         self.kind = kind
         self.d_inner = d_inner
         self.input_mode = input_mode
@@ -67,6 +69,13 @@ class ChannelMixer(nn.Module):
         self.proj = nn.Linear(in_dim, sum(self.split_sizes), bias=True)
         self.gain = nn.Parameter(torch.ones(1))  # shape (1,), not (): FSDP2's fully_shard rejects 0-dim parameters
         self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, config: Any, d_inner: int) -> "ChannelMixer":
+        """The mixer of a layer of width d_inner, from the model config's mixer_* fields (FPMambaConfig)."""
+        c = config
+        return cls(c.mixer_type, d_inner, c.mixer_input, c.mixer_rank, c.mixer_reflection_scale, c.mixer_activation,
+                   c.mixer_alpha_init, c.initializer_range, options={"kron_norm": c.mixer_kron_norm})
 
     def initial_values(self) -> dict[str, torch.Tensor]:
         """Initial parameter values by name: random directions, gates at alpha_init, gain 1 (Q near identity)."""

@@ -1,11 +1,16 @@
 """Kronecker mixer: Q = I - c g (K1 (x) K2) with d = m1 * m2 and, per factor n,
-K_n = diag(sigmoid(W_n p + b_n)) S_n / ||S_n||_F,  S_n = P_n P_n^T,  P_n = upper_triangular(act(W'_n p)).
-||K_n|| <= 1 since the Frobenius norm bounds the spectral one. No Triton kernel implements it (PyTorch path).
+K_n = diag(sigmoid(W_n p + b_n)) S_n / N(S_n),  S_n = P_n P_n^T,  P_n = upper_triangular(act(W'_n p)).
+The normalisation N (config field mixer_kron_norm, `Kronecker.configured`) bounds the spectral norm, so ||K_n|| <= 1:
+  "frobenius": N(S) = ||S||_F, so ||S / N|| = lambda_max / ||S||_F, between 1 / sqrt(m) and 1;
+  "spectral":  N(S) = an upper bound of S's top eigenvalue by the power method on the matrix (the paper's spectral
+               normalisation, made a guaranteed bound: see `top_eigenvalue_bound`), so ||S / N|| is near 1.
+No Triton kernel implements it (PyTorch path).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
 
@@ -18,15 +23,46 @@ def kronecker_dims(d: int) -> tuple[int, int]:
     return m1, d // m1
 
 
-def _psd_factor(raw: torch.Tensor, gate: torch.Tensor, act: Activation) -> torch.Tensor:
+KRONECKER_NORMS = ("frobenius", "spectral")  # config field mixer_kron_norm
+SPECTRAL_SQUARINGS = 6  # bound / top eigenvalue <= m^(1/128) for an m x m factor; in practice much nearer 1
+
+
+def top_eigenvalue_bound(S: torch.Tensor, squarings: int = SPECTRAL_SQUARINGS) -> torch.Tensor:
+    """An upper bound (...,) of the top eigenvalue of the PSD matrices S (..., m, m): ||S^(2^k)||_F^(2^-k), k =
+    `squarings`. The power method on the matrix rather than on one vector, whose Rayleigh quotient approaches the
+    top eigenvalue from below and so can leave ||S / estimate|| above 1. Here sum_i lambda_i^(2^(k+1)) >=
+    lambda_max^(2^(k+1)) makes it a bound, and the small eigenvalues' share vanishes with each squaring (at most a
+    factor m^(2^-(k+1)) above lambda_max). Each square is renormalised, so nothing overflows; differentiable."""
+    norm = S.flatten(-2).norm(dim=-1).clamp_min(torch.finfo(S.dtype).tiny)
+    A = S / norm[..., None, None]
+    log_bound = torch.log(norm)
+    for j in range(1, squarings + 1):
+        A = A @ A
+        # ||A^2||_F >= lambda_max(A)^2 >= 1 / m for a PSD A of unit norm: no underflow unless S = 0.
+        n = A.flatten(-2).norm(dim=-1).clamp_min(torch.finfo(S.dtype).tiny)
+        A = A / n[..., None, None]
+        log_bound = log_bound + torch.log(n) / 2**j
+    return torch.exp(log_bound)
+
+
+def _psd_factor(raw: torch.Tensor, gate: torch.Tensor, act: Activation, norm: str) -> torch.Tensor:
     P = torch.triu(act(raw))
     S = P @ P.transpose(-1, -2)
-    S = S / (S.flatten(-2).norm(dim=-1)[..., None, None] + 1e-6)
+    scale = S.flatten(-2).norm(dim=-1) if norm == "frobenius" else top_eigenvalue_bound(S)
+    S = S / (scale[..., None, None] + 1e-6)
     return torch.sigmoid(gate)[..., :, None] * S
 
 
 class Kronecker(MixerKind):
     name = "kronecker"
+    norm: ClassVar[str] = "frobenius"  # the normalisation of S_n (KRONECKER_NORMS)
+
+    @classmethod
+    def configured(cls, kron_norm: str = "frobenius", **others: Any) -> type[MixerKind]:
+        """Kronecker with the normalisation `kron_norm` (one of KRONECKER_NORMS); other kinds' options ignored."""
+        if kron_norm not in KRONECKER_NORMS:
+            raise ValueError(f"unknown Kronecker normalisation {kron_norm!r}; choose one of {KRONECKER_NORMS}")
+        return KroneckerSpectral if kron_norm == "spectral" else Kronecker
 
     @staticmethod
     def split_sizes(d: int, rank: int) -> list[int]:
@@ -37,13 +73,13 @@ class Kronecker(MixerKind):
     def gate_chunks(d: int, rank: int) -> int:
         return 2
 
-    @staticmethod
-    def factors(pre: torch.Tensor, strength: torch.Tensor, act: Activation, d: int, rank: int) -> MixerFactors:
+    @classmethod
+    def factors(cls, pre: torch.Tensor, strength: torch.Tensor, act: Activation, d: int, rank: int) -> MixerFactors:
         m1, m2 = kronecker_dims(d)
         lead = pre.shape[:-1]
         p1, p2, g1, g2 = pre.split(Kronecker.split_sizes(d, rank), dim=-1)
-        k1 = _psd_factor(p1.reshape(*lead, m1, m1), g1, act)
-        k2 = _psd_factor(p2.reshape(*lead, m2, m2), g2, act)
+        k1 = _psd_factor(p1.reshape(*lead, m1, m1), g1, act, cls.norm)
+        k2 = _psd_factor(p2.reshape(*lead, m2, m2), g2, act, cls.norm)
         return MixerFactors("kronecker", k1=k1, k2=k2, coef=strength.expand(lead))
 
     @staticmethod
@@ -53,3 +89,10 @@ class Kronecker(MixerKind):
         # (K1 (x) K2) vec(V) = vec(K1 V K2^T) for row-major vec.
         KV = factors.k1 @ V @ factors.k2.transpose(-1, -2)
         return v - factors.coef[..., None] * KV.reshape(v.shape)
+
+
+class KroneckerSpectral(Kronecker):
+    """Kronecker with the spectral normalisation (mixer_kron_norm="spectral"); same name, layout and application,
+    so its factors apply through the registry's "kronecker" entry."""
+
+    norm = "spectral"

@@ -1,0 +1,99 @@
+"""backbone="rnn", the vector FP-RNN: the diagonal special case, the exact per-token solve, decode == parallel."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fpmamba_core.backbones import RNNLayer
+from fpmamba_core.fixed_point import SolverSettings, solve
+from fpmamba_core.mixers import MIXERS
+from fpmamba_hf import FPMambaForCausalLM
+from tests.fpmamba_hf.helpers import VOCAB, tiny_config
+
+# Decays in [exp(-1), exp(-0.1)] and gates at 0.5: a map far from the identity, that still contracts.
+RNN = dict(backbone="rnn", hidden_size=16, time_step_min=0.1, time_step_max=1.0, mixer_alpha_init=0.5)
+TIGHT = dict(fp_tol=1e-6, fp_max_iter_eval=400)
+
+
+def _rnn_model(mixer_type: str, **overrides) -> FPMambaForCausalLM:
+    """A tiny FP-RNN LM in eval mode whose output gate reads h*_{t-1} strongly (c_proj at std 0.3)."""
+    model = FPMambaForCausalLM(tiny_config(mixer_type=mixer_type, **RNN, **overrides)).eval()
+    with torch.no_grad():
+        for block in model.backbone.layers:
+            block.mixer.c_proj.weight.normal_(std=0.3)
+    return model
+
+
+def _diagonal_rnn(layer: RNNLayer, hs: torch.Tensor) -> torch.Tensor:
+    """The layer's output with Q = I and W_c's h-part at zero, as a loop: h_t = lam_t h_{t-1} + (1 - lam_t) b_t x_t,
+    out_t = out_proj(RMSNorm(SiLU(z_t) * SiLU(W_c^x x_t) * h_t)). hs (b, T, hidden) -> (b, T, hidden)."""
+    d = layer.d_inner
+    x, z = layer.in_proj(hs).split(d, dim=-1)
+    lam = torch.sigmoid(layer.lambda_proj(x))
+    u = (1 - lam) * F.silu(layer.b_proj(x)) * x
+    c = F.silu(x @ layer.c_proj.weight[:, :d].T)
+    h, outs = torch.zeros_like(x[:, 0]), []
+    for t in range(hs.shape[1]):
+        h = lam[:, t] * h + u[:, t]
+        v = F.silu(z[:, t]) * c[:, t] * h
+        outs.append(layer.out_proj(v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + layer.norm.variance_epsilon)
+                                   * layer.norm.weight))
+    return torch.stack(outs, dim=1)
+
+
+@pytest.mark.parametrize("mixer_type", ["none", "householder"])
+def test_identity_mixer_and_zero_y_projection_is_a_plain_diagonal_rnn(mixer_type):
+    layer = RNNLayer(tiny_config(mixer_type=mixer_type, **RNN), 0).double().eval()
+    with torch.no_grad():
+        layer.c_proj.weight[:, layer.d_inner:] = 0
+        layer.c_proj.weight[:, : layer.d_inner].normal_(std=0.3)
+        if mixer_type != "none":
+            layer.mixer.gain.zero_()  # Q = I through the gain
+    hs = torch.randn(2, 11, 16, dtype=torch.float64)
+    with torch.no_grad():
+        out = layer(hs)
+        expected = _diagonal_rnn(layer, hs)
+    torch.testing.assert_close(out.out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mixer_type", list(MIXERS))
+def test_exact_token_solve_equals_the_iterated_one(mixer_type):
+    """decode_token's direct solve of the linear per-token problem == Picard iteration on the same map (fp64)."""
+    layer = RNNLayer(tiny_config(mixer_type=mixer_type, **RNN), 0).double().eval()
+    hs = torch.randn(3, 6, 16, dtype=torch.float64)
+    tight = SolverSettings(max_iter=2000, tol=1e-13)
+    with torch.no_grad():
+        state = layer(hs[:, :5], return_state=True).state
+        pre = layer.prelude(hs[:, 5:], None, state)
+        exact = layer.decode_token(pre, tight)
+        factors = layer.mixer.factors(None if pre.x_part is None else pre.x_part[:, 0], pre.y_prev0)
+        iterated = solve(layer.token_map(pre, factors), torch.zeros_like(exact.y_star), tight)
+    assert int(iterated.iterations.max()) > 2 or mixer_type == "none"  # the iteration had work to do
+    assert exact.iterations.tolist() == [1, 1, 1] and float(exact.residual.max()) < 1e-13
+    torch.testing.assert_close(exact.y_star, iterated.y_star, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(exact.state, iterated.y_out, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("mixer_type", list(MIXERS))
+def test_left_padded_batch_decodes_token_by_token_as_each_row_in_parallel(mixer_type):
+    """Prefill a left-padded batch, decode 4 more tokens through the cache: every row's logits equal that row's own
+    parallel forward over its whole sequence (fp32, tight tolerance)."""
+    model = _rnn_model(mixer_type, **TIGHT)
+    lengths, extra = [9, 5, 2], 4
+    T = max(lengths)
+    rows = [torch.randint(0, VOCAB, (1, n + extra)) for n in lengths]
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, T - n:], mask[i, T - n:] = rows[i][0, :n], 1
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, use_cache=True)
+        cache, logits = out.cache_params, [out.logits]
+        for t in range(extra):
+            new = torch.stack([r[0, n + t] for r, n in zip(rows, lengths)])[:, None]
+            logits.append(model(new, cache_params=cache, use_cache=True).logits)
+        decoded = torch.cat(logits, dim=1)
+        for i, (r, n) in enumerate(zip(rows, lengths)):
+            alone = model(r)
+            assert bool((alone.fp_residual < TIGHT["fp_tol"]).all())
+            assert (decoded[i, T - n:] - alone.logits[0]).abs().max() <= 1e-4
