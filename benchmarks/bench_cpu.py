@@ -46,6 +46,7 @@ from benchmarks._cpu_timing import interleaved_ms  # noqa: E402
 from benchmarks._op_count import OpCounter  # noqa: E402
 from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM  # noqa: E402
 from fpmamba_hf.experiments import collate, primary_metric, run_experiment  # noqa: E402
+from fpmamba_hf.telemetry import GenerationLog  # noqa: E402
 from fpmamba_hf.tasks import TaskSpec, get_task  # noqa: E402
 
 SECTIONS = ("forward", "train_step", "decode", "extra_iteration", "solvers", "decode_ops")
@@ -234,8 +235,11 @@ def bench_solvers(model: FPMambaForCausalLM, task: TaskSpec, lengths: list[int],
 def count_decode_ops(model: nn.Module, shape: Shape, prompt_length: int, steps: int, warm_steps: int = 2,
                      **call_kwargs) -> dict:
     """Ops, host syncs and data-dependent ops per decoded token of the model's forward (T = 1 with a cache), in
-    steady state (after `warm_steps` decode steps); per layer: those inside the decoder blocks / layers."""
+    steady state (after `warm_steps` decode steps); per layer: those inside the decoder blocks / layers. An FP-Mamba
+    forward gets a GenerationLog, as inside generate() (where the ids after the first step need no range check)."""
     layers = list(model.backbone.layers)
+    if isinstance(model, FPMambaForCausalLM):
+        call_kwargs = {**call_kwargs, "fp_log": GenerationLog()}
     out = model(shape.ids(prompt_length, 5), use_cache=True, **call_kwargs)
     cache = out.cache_params
     counter = OpCounter()
@@ -330,7 +334,7 @@ def run(args: argparse.Namespace) -> dict:
         "decode": lambda: bench_decode(mamba2, fp, shape, args.prompt_length, args.new_tokens, args.reps),
         "extra_iteration": lambda: bench_extra_iteration(mamba2, shape, args.train_length, args.iterations,
                                                          args.reps),
-        # the converted model also at the default tolerance: its identity map stops after 2 evaluations
+        # the converted model also at the default budget: its map does not read y, one evaluation per layer
         "decode_ops": lambda: {"mamba2": ops(mamba2), "fpmamba_1_iteration": ops(fp),
                                "fpmamba_default_tol": ops(fp, fp_max_iter=FPMambaConfig().fp_max_iter_eval)},
         "solvers": lambda: _solver_study(args),

@@ -149,12 +149,14 @@ def solve(
         if aux_out is None:
             aux_out = [torch.empty((batch, *a.shape[1:]), dtype=a.dtype, device=device) for a in aux]
         if active.numel() > 0:
-            # A non-finite yhat makes its row's residual NaN: checking (rows,) values is checking yhat.
-            check_finite(r, layer_idx, k)
             iterations[active] = k
             residual[active] = r
         done = r < settings.tol
-        n_new = int(done.sum())  # the one host sync of an iteration
+        # The one host sync of an iteration: the rows done, or -1 when a row turned non-finite (a non-finite yhat
+        # makes its row's residual NaN, so checking (rows,) values is checking yhat).
+        n_new = int(torch.where(torch.isfinite(r).all(), done.sum(), -1))
+        if n_new < 0:
+            check_finite(r, layer_idx, k)
         go_on = k < settings.max_iter and n_done + n_new < batch
         if training and n_done + n_new >= settings.train_quantile * batch:
             go_on = False
