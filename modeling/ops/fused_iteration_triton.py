@@ -273,7 +273,8 @@ def fused_iteration(
     mix = mixer_kind(inp.mixer_kind).kernel_code
     x, Bx, Cx, dt_raw = inp.x, inp.Bx, inp.Cx, inp.dt_raw
     xp = inp.x_part if mix else x  # unused without a mixer
-    off_bc = inp.mixer_rank * d + inp.mixer_rank if inp.mixer_reads_y else 0
+    # weight_y stacks the mixer's y-rows (its kind's projection layout) before those of B and C.
+    off_bc = sum(mixer_kind(inp.mixer_kind).split_sizes(d, inp.mixer_rank)) if inp.mixer_reads_y else 0
     lo, hi = inp.dt_limit
     clamp = lo > 0.0 or hi != float("inf")
     BD = pow2_at_least(d, 1)
