@@ -60,7 +60,17 @@ def _value_kwargs(name: str, hint: Any) -> dict[str, Any]:
     if typing.get_origin(hint) is tuple:  # a fixed-length tuple of one type, e.g. time_step_limit
         args = typing.get_args(hint)
         return {"type": args[0], "nargs": len(args), "metavar": tuple(a.__name__.upper() for a in args)}
+    if hint == str | int:  # e.g. time_step_rank: "auto" or a number
+        return {"type": _int_or_word}
     return {"type": hint, "choices": CHOICES.get(name)}
+
+
+def _int_or_word(text: str) -> int | str:
+    """A flag value that is an int when it reads as one, else the word itself (the config checks which words)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def add_model_flags(train: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
-from fpmamba_core.backbones import BACKBONES
+from fpmamba_core.backbones import BACKBONES, MAMBA1_GATES, MAMBA1_NORMS
 from fpmamba_core.fixed_point import SOLVERS
 from fpmamba_core.layer import FP_BACKWARDS
 from fpmamba_core.mixers import ACTIVATIONS, KRONECKER_NORMS, MIXER_INPUTS, MIXERS
@@ -30,6 +30,8 @@ from fpmamba_core.mixers import ACTIVATIONS, KRONECKER_NORMS, MIXER_INPUTS, MIXE
 # at check time, so a backbone or mixer kind added to one is a valid choice.
 CHOICES: dict[str, Any] = {
     "backbone": BACKBONES,
+    "mamba1_gate": MAMBA1_GATES,
+    "mamba1_norm": MAMBA1_NORMS,
     "mixer_type": MIXERS,
     "mixer_input": MIXER_INPUTS,
     "mixer_reflection_scale": (1, 2),
@@ -65,8 +67,9 @@ _DOC_ENTRY = re.compile(
 @strict(accept_kwargs=True)
 class FPMambaConfig(PreTrainedConfig):
     r"""
-    Configuration of an FP-Mamba language model: Mamba-2 blocks whose mixer output is the fixed point of a
-    diagonal linear RNN iterated with a structured channel mixer Q_t (docs/method.md).
+    Configuration of an FP-Mamba language model: blocks of a diagonal RNN backbone (Mamba-2 or Mamba-1, `backbone`)
+    whose mixer output is the fixed point of that RNN iterated with a structured channel mixer Q_t
+    (docs/method.md). A field that applies to one backbone only says so.
 
     Every field is checked at construction and on load, its type included (a string "false" for a bool, a float or
     a bool for an int are refused; an int is a valid float; numpy numbers become Python numbers): a ValueError
@@ -75,10 +78,12 @@ class FPMambaConfig(PreTrainedConfig):
     Args:
         backbone (`str`, *optional*, defaults to `"mamba2"`):
             The diagonal RNN whose fixed point each layer computes, by name in `fpmamba_core.backbones.BACKBONES`:
-            "mamba2" (Mamba-2's layer, parameter names as transformers' Mamba2Mixer) or "rnn" (the paper's vector
-            FP-RNN, its Fig. 3: a state of d_inner channels, decay sigmoid(W x + b), input SiLU(W_b x) * x, output
-            gate SiLU(W_c [x_t; h*_{t-1}]); no source model, no conv, no heads; of the shape fields it reads expand,
-            use_bias and layer_norm_epsilon, and time_step_min/max/floor set its initial decays exp(-dt)).
+            "mamba2" (Mamba-2's layer, parameter names as transformers' Mamba2Mixer) or "mamba1" (Mamba-1's
+            layer, the paper's FP-Mamba, parameter names as transformers' MambaMixer; per-channel, per-state decay)
+            or "rnn" (the paper's vector FP-RNN, its Fig. 3: a state of d_inner channels, decay sigmoid(W x + b),
+            input SiLU(W_b x) * x, output gate SiLU(W_c [x_t; h*_{t-1}]); no source model, no conv, no heads; of the
+            shape fields it reads expand, use_bias and layer_norm_epsilon, and time_step_min/max/floor set its
+            initial decays exp(-dt)).
         vocab_size (`int`, *optional*, defaults to `32000`):
             Number of tokens in the vocabulary (rows of the embedding and of the LM head).
         hidden_size (`int`, *optional*, defaults to `256`):
@@ -86,26 +91,28 @@ class FPMambaConfig(PreTrainedConfig):
         num_hidden_layers (`int`, *optional*, defaults to `4`):
             Number of FP-Mamba blocks.
         state_size (`int`, *optional*, defaults to `64`):
-            Size of the SSM state per head (d_state, Mamba-2's N).
+            Size of the SSM state (d_state, N): per head (mamba2) or per channel (mamba1).
         head_dim (`int`, *optional*, defaults to `64`):
-            Channels per head; must divide d_inner = expand * hidden_size, and num_heads = d_inner / head_dim.
+            Channels per head; must divide d_inner = expand * hidden_size, and num_heads = d_inner / head_dim
+            (mamba2 only).
         expand (`int`, *optional*, defaults to `2`):
             Expansion of the layer's inner width: d_inner = expand * hidden_size.
         n_groups (`int`, *optional*, defaults to `1`):
-            Groups of heads that share B and C (as Mamba-2); must divide the number of heads.
+            Groups of heads that share B and C (as Mamba-2); must divide the number of heads (mamba2 only).
         conv_kernel (`int`, *optional*, defaults to `4`):
             Width of the causal depthwise convolution before the scan.
         chunk_size (`int`, *optional*, defaults to `64`):
             Chunk length of the chunked SSD scan (mamba2) and of the diagonal scan (rnn); speed only, the result
-            does not depend on it.
+            does not depend on it. The mamba1 selective scan picks its own, ceil(sqrt(T)).
         use_bias (`bool`, *optional*, defaults to `False`):
             Bias in the layer's input and output projections.
         use_conv_bias (`bool`, *optional*, defaults to `True`):
             Bias in the depthwise convolution.
         layer_norm_epsilon (`float`, *optional*, defaults to `1e-05`):
-            Epsilon of the RMSNorms (residual stream and the layer's gated norm).
+            Epsilon of the RMSNorms (residual stream and the layer's gated norm) and of mamba1's in-loop LayerNorm.
         norm_per_group (`bool`, *optional*, defaults to `True`):
-            The gated RMSNorm normalises each group of channels (Mamba-2's original) instead of all of d_inner.
+            The gated RMSNorm normalises each group of channels (Mamba-2's original) instead of all of d_inner
+            (mamba2 only).
         residual_in_fp32 (`bool`, *optional*, defaults to `True`):
             Keep the residual stream in fp32 whatever the model's dtype.
         time_step_min (`float`, *optional*, defaults to `0.001`):
@@ -144,9 +151,21 @@ class FPMambaConfig(PreTrainedConfig):
             "frobenius" (divided by their Frobenius norm) or "spectral" (the paper's FP-RNN: divided by an upper
             bound of their top eigenvalue from the power method, so each factor's spectral norm is near 1).
         bc_norm (`bool`, *optional*, defaults to `True`):
-            L2-normalise B and C per group.
+            L2-normalise B and C: per group (mamba2), over the state (mamba1).
         dt_hidden_dependence (`bool`, *optional*, defaults to `False`):
-            The time step dt also depends on y_{t-1} (an extra projection, initialised at zero).
+            The time step dt also depends on y_{t-1} (an extra projection, initialised at zero; mamba1: into the
+            time_step_rank inputs of dt_proj).
+        time_step_rank (`str | int`, *optional*, defaults to `"auto"`):
+            Rank of Mamba-1's low-rank time step (x_proj -> time_step_rank -> dt_proj), as MambaConfig: a positive
+            int, or "auto" for ceil(hidden_size / 16) (mamba1 only).
+        mamba1_gate (`str`, *optional*, defaults to `"after_loop"`):
+            Where mamba1's SiLU gate acts: "after_loop" (the official code's default: out = out_proj(SiLU(z +
+            W_zy y_out_{t-1}) * y_out), y_out = f(y*), W_zy initialised at zero) or "in_loop" (the paper: every
+            iterate is s * SiLU(z) before the in-loop norm) (mamba1 only).
+        mamba1_norm (`str`, *optional*, defaults to `"layernorm"`):
+            mamba1's normalisation of every iterate: "layernorm" (the paper's in-loop LayerNorm over d_inner,
+            after the in-loop gate) or "none" (no norm: what a model converted from Mamba-1 uses, since then it
+            computes its source exactly) (mamba1 only).
         fp_max_iter (`int`, *optional*, defaults to `16`):
             Iteration cap of the fixed-point solve in training.
         fp_max_iter_eval (`int`, *optional*, defaults to `64`):
@@ -228,6 +247,9 @@ class FPMambaConfig(PreTrainedConfig):
     mixer_kron_norm: str = "frobenius"
     bc_norm: bool = True
     dt_hidden_dependence: bool = False
+    time_step_rank: str | int = "auto"
+    mamba1_gate: str = "after_loop"
+    mamba1_norm: str = "layernorm"
     fp_max_iter: int = 16
     fp_max_iter_eval: int = 64
     fp_tol: float = 1e-2
@@ -316,9 +338,11 @@ class FPMambaConfig(PreTrainedConfig):
             bad("time_step_limit", "must be a (low, high) pair with 0 <= low <= high")
         if self.time_step_min > self.time_step_max:
             bad("time_step_min", "must not exceed time_step_max")
-        if self.intermediate_size % self.head_dim:
+        if self.time_step_rank != "auto" and (isinstance(self.time_step_rank, str) or self.time_step_rank < 1):
+            bad("time_step_rank", 'must be "auto" or a positive integer')
+        if self.backbone == "mamba2" and self.intermediate_size % self.head_dim:
             bad("head_dim", f"must divide d_inner = expand * hidden_size = {self.intermediate_size}")
-        if self.num_heads % self.n_groups:
+        if self.backbone == "mamba2" and self.num_heads % self.n_groups:
             bad("n_groups", f"must divide the number of heads ({self.num_heads})")
 
     @staticmethod

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -31,7 +31,9 @@ from .fixed_point import (
     solve,
     solve_constant,
 )
+from .mixers import ChannelMixer, is_plain_linear
 from .ops.reference import DecodeResult
+from .precision import acc
 
 FP_BACKWARDS = ("one_step", "implicit")
 
@@ -80,6 +82,29 @@ class FixedPointLayer(nn.Module):
     def decode_token(self, prelude: Any, settings: SolverSettings) -> DecodeResult:
         """One token per row (T = 1, a state, no autograd): its inner solve and the new recurrent state."""
         raise NotImplementedError
+
+    def reads_iterate_through(self, mixer: ChannelMixer, y_projections: Sequence[nn.Module | None]) -> bool:
+        """The verdict of `map_reads_iterate` for a map that reads y only through `mixer` (unless Q = I: no mixer,
+        or strength c * g = 0) and the linear `y_projections` (None: absent). A projection wrapped by an adapter is
+        assumed to read it. The verdict costs one host sync and is kept until a parameter it looked at changes (its
+        tensor or its in-place version counter), so a model that is not being trained pays it once."""
+        mixer_reads = mixer.proj is not None and mixer.y_weight() is not None
+        projections = [m for m in y_projections if m is not None]
+        weights = [m.weight for m in projections]
+        watched = [mixer.gain, *weights] if mixer_reads else weights
+        key = tuple((id(p), p._version) for p in watched)
+        if getattr(self, "_reads_iterate_key", None) == key:
+            return self._reads_iterate
+        if not all(is_plain_linear(m) for m in projections + ([mixer.proj] if mixer_reads else [])):
+            reads = True
+        else:
+            with torch.no_grad():
+                terms = [w.detach().abs().amax() for w in weights]
+                if mixer_reads:
+                    terms.append(mixer.strength().detach().abs())
+                reads = bool(torch.stack([acc(t) for t in terms]).amax() > 0)
+        self._reads_iterate_key, self._reads_iterate = key, reads
+        return reads
 
     def output(self, y_out: torch.Tensor, prelude: Any) -> torch.Tensor:
         """The layer's output (b, T, hidden) in the input's dtype from f(y*) (b, T, d)."""

@@ -255,6 +255,11 @@ class Mamba1Layer(FixedPointLayer):
     def iteration_map(self, prelude: Mamba1Prelude, settings: SolverSettings) -> Mamba1Map:
         return Mamba1Map(self, prelude)
 
+    def map_reads_iterate(self) -> bool:
+        """f reads y through the mixer and the y-projections of B, C (and dt): see `reads_iterate_through`. (The
+        after-loop gate's W_zy reads f(y*), outside the map.)"""
+        return self.reads_iterate_through(self.mixer, (self.bc_y_proj, self.dt_y_proj))
+
     def decode_token(self, pre: Mamba1Prelude, settings: SolverSettings) -> DecodeResult:
         """One token per row through `ops.selective_decode_step` (inference: no autograd through the inner loop)."""
         y_prev = pre.y_prev0

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..fixed_point import MapOutput, SolverSettings
 from ..layer import FixedPointLayer
-from ..mixers import ChannelMixer, apply_mixer, is_plain_linear
+from ..mixers import ChannelMixer, MixerFactors, apply_mixer, is_plain_linear
 from ..norms import GatedRMSNorm
 from ..ops import decode_step, fused_iteration, fused_iteration_supported, ssd_scan
 from ..ops.reference import DecodeResult
@@ -68,10 +68,12 @@ class Mamba2Map:
     """f(y) of one Mamba-2 layer call on the rows `rows`: the composed PyTorch map, or the fused Triton kernels
     (`fused`, when they serve this call) for the no-autograd iterations. Returns MapOutput(yhat, (H,))."""
 
-    def __init__(self, layer: "Mamba2Layer", pre: Mamba2Prelude, fused: "FusedIterationInputs | None") -> None:
+    def __init__(self, layer: "Mamba2Layer", pre: Mamba2Prelude, fused: "FusedIterationInputs | None",
+                 constant: bool = False) -> None:
         self.layer = layer
         self.pre = pre
         self.fused = fused
+        self.constant = constant  # Q = I and zero y-projections (`map_reads_iterate` is False)
 
     def __call__(self, y: torch.Tensor, rows: torch.Tensor) -> MapOutput:
         if self.fused is not None and not torch.is_grad_enabled():
@@ -80,15 +82,20 @@ class Mamba2Map:
         b, T = pre.x.shape[:2]
         # Gather the rows still iterating; while all are (the common case) use the tensors as they are.
         take = (lambda t: t) if rows.numel() == b else (lambda t: None if t is None else t[rows])  # noqa: E731
-        ys = torch.cat([take(pre.y_prev0)[:, None], y[:, :-1]], dim=1)
-        factors = layer.mixer.factors(take(pre.x_part), ys)
+        # A constant map without autograd skips what cannot change its value: the mixer (Q = I) and the
+        # y-projections (zero). With autograd they stay, so the gain and the projections get their gradients.
+        skip_y = self.constant and not torch.is_grad_enabled()
+        ys = None if skip_y else torch.cat([take(pre.y_prev0)[:, None], y[:, :-1]], dim=1)
         B, C = layer.bc(take(pre.Bx), take(pre.Cx), ys)
         dt = layer.dt(take(pre.dt_raw), ys)
         mask = take(pre.mask)
         # The projections above may run in bf16/fp16 under autocast (matmul inputs only, results upcast);
         # the iterate, the scan's state and its accumulation stay fp32.
         with torch.autocast(y.device.type, enabled=False):
-            xt = y + apply_mixer(factors, take(pre.x) - y)
+            if skip_y:
+                xt = take(pre.x)
+            else:
+                xt = y + apply_mixer(layer.mixer.factors(take(pre.x_part), ys), take(pre.x) - y)
             s, H = ssd_scan(xt.view(-1, T, layer.num_heads, layer.head_dim), dt, pre.A, B, C, layer.D,
                             take(pre.H0), mask, layer.config.chunk_size)
             yhat = layer.norm(s.reshape(-1, T, layer.d_inner), take(pre.z))
@@ -191,21 +198,25 @@ class Mamba2Layer(FixedPointLayer):
             self.dt_y_proj.weight.zero_()
 
     # --------------------------------------------------------------------- parts of the map that read y_{t-1}
-    def dt(self, dt_raw: torch.Tensor, y_prev: torch.Tensor) -> torch.Tensor:
-        """dt (..., h) from its x-part dt_raw (..., h) and the shifted iterate y_{t-1} (..., d_inner)."""
+    def dt(self, dt_raw: torch.Tensor, y_prev: torch.Tensor | None) -> torch.Tensor:
+        """dt (..., h) from its x-part dt_raw (..., h) and the shifted iterate y_{t-1} (..., d_inner); y_prev None:
+        the y-projection is known to be zero (a constant map)."""
         pre = acc(dt_raw)
-        if self.dt_y_proj is not None:  # called, not read as a weight: a wrapped (e.g. LoRA) projection takes part
+        if self.dt_y_proj is not None and y_prev is not None:  # called, not read as a weight: a wrapped (e.g. LoRA) projection takes part
             pre = pre + acc(self.dt_y_proj(y_prev.to(self.dt_y_proj.weight.dtype)))
         dt = F.softplus(pre + acc(self.dt_bias))
         lo, hi = self.config.time_step_limit
         return dt.clamp(lo, hi) if (lo > 0.0 or hi != float("inf")) else dt
 
-    def bc(self, Bx: torch.Tensor, Cx: torch.Tensor, y_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """B, C (..., g, n) from their x-parts and the shifted iterate y_{t-1} (..., d_inner)."""
-        gn = self.n_groups * self.ssm_state_size
-        By, Cy = acc(self.bc_y_proj(y_prev.to(self.bc_y_proj.weight.dtype))).split(gn, -1)
-        B = Bx + By.view(Bx.shape)
-        C = Cx + Cy.view(Cx.shape)
+    def bc(self, Bx: torch.Tensor, Cx: torch.Tensor, y_prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """B, C (..., g, n) from their x-parts and the shifted iterate y_{t-1} (..., d_inner); y_prev None: the
+        y-projection is known to be zero (a constant map)."""
+        B, C = Bx, Cx
+        if y_prev is not None:
+            gn = self.n_groups * self.ssm_state_size
+            By, Cy = acc(self.bc_y_proj(y_prev.to(self.bc_y_proj.weight.dtype))).split(gn, -1)
+            B = Bx + By.view(Bx.shape)
+            C = Cx + Cy.view(Cx.shape)
         if self.config.bc_norm:
             B, C = F.normalize(B, dim=-1, eps=1e-6), F.normalize(C, dim=-1, eps=1e-6)
         return B, C
@@ -232,8 +243,10 @@ class Mamba2Layer(FixedPointLayer):
             xBC = xBC * mask[..., None].to(xBC.dtype)
         gn = self.n_groups * self.ssm_state_size
         x, Bx, Cx = acc(xBC).split([self.d_inner, gn, gn], dim=-1)
+        # The mixer's x-part is needed unless Q = I is known and no gradient flows (see Mamba2Map).
+        needs_mixer = torch.is_grad_enabled() or self.map_reads_iterate()
         return Mamba2Prelude(
-            x=x, z=acc(z), x_part=self.mixer.precompute(x),
+            x=x, z=acc(z), x_part=self.mixer.precompute(x) if needs_mixer else None,
             Bx=Bx.view(b, T, self.n_groups, self.ssm_state_size), Cx=Cx.view(b, T, self.n_groups, self.ssm_state_size),
             dt_raw=dt_raw, A=-torch.exp(acc(self.A_log)),
             y_prev0=acc(state.y_prev) if state is not None else x.new_zeros(b, self.d_inner),
@@ -244,6 +257,8 @@ class Mamba2Layer(FixedPointLayer):
         return torch.zeros_like(prelude.x)
 
     def iteration_map(self, prelude: Mamba2Prelude, settings: SolverSettings) -> Mamba2Map:
+        if not self.map_reads_iterate():  # one cheap evaluation, no fused kernels needed
+            return Mamba2Map(self, prelude, None, constant=True)
         fused = self.fused_inputs(prelude, settings)
         if fused is not None and not fused_iteration_supported(prelude.x, self.config.mixer_type, fused):
             fused = None
@@ -277,35 +292,17 @@ class Mamba2Layer(FixedPointLayer):
         )
 
     def map_reads_iterate(self) -> bool:
-        """f reads y through the mixer (unless Q = I: no mixer, or strength c * g = 0) and the y-projections of B, C
-        (and dt). A projection wrapped by an adapter is assumed to read it. The verdict costs one host sync and is
-        kept until a parameter it looked at changes (its tensor or its in-place version counter), so a model that
-        is not being trained pays it once."""
-        mixer_reads = self.mixer.proj is not None and self.mixer.y_weight() is not None
-        gain = self.mixer.gain if mixer_reads else None
-        weights = [w for w in (self.bc_y_proj.weight, None if self.dt_y_proj is None else self.dt_y_proj.weight)
-                   if w is not None]
-        watched = weights if gain is None else [gain, *weights]
-        key = tuple((id(p), p._version) for p in watched)
-        if getattr(self, "_reads_iterate_key", None) == key:
-            return self._reads_iterate
-        projections = (self.bc_y_proj, self.dt_y_proj, self.mixer.proj if mixer_reads else None)
-        if not all(is_plain_linear(m) for m in projections if m is not None):
-            reads = True
-        else:
-            with torch.no_grad():
-                terms = [w.detach().abs().amax() for w in weights]
-                if mixer_reads:
-                    terms.append(self.mixer.strength().detach().abs())
-                reads = bool(torch.stack([acc(t) for t in terms]).amax() > 0)
-        self._reads_iterate_key, self._reads_iterate = key, reads
-        return reads
+        """f reads y through the mixer and the y-projections of B, C (and dt): see `reads_iterate_through`."""
+        return self.reads_iterate_through(self.mixer, (self.bc_y_proj, self.dt_y_proj))
 
     def decode_token(self, pre: Mamba2Prelude, settings: SolverSettings) -> DecodeResult:
         """One token per row through `ops.decode_step` (inference: no autograd through the inner loop)."""
         b = pre.x.shape[0]
-        y_prev = pre.y_prev0
-        factors = self.mixer.factors(None if pre.x_part is None else pre.x_part[:, 0], y_prev)
+        if self.map_reads_iterate():
+            y_prev = pre.y_prev0
+            factors = self.mixer.factors(None if pre.x_part is None else pre.x_part[:, 0], y_prev)
+        else:  # Q = I and zero y-projections: nothing reads y_{t-1}
+            y_prev, factors = None, MixerFactors("none")
         B, C = self.bc(pre.Bx[:, 0], pre.Cx[:, 0], y_prev)
         dt = self.dt(pre.dt_raw[:, 0], y_prev)
         return decode_step(
