@@ -170,8 +170,9 @@ class RNNLayer(FixedPointLayer):
             return False
         key = (id(self.mixer.gain), self.mixer.gain._version)
         if getattr(self, "_reads_iterate_key", None) != key:
+            with torch.no_grad():  # saves nothing for backward: a checkpoint's recompute, which skips this, must match
+                self._reads_iterate = bool(self.mixer.strength() != 0)
             self._reads_iterate_key = key
-            self._reads_iterate = bool(self.mixer.strength().detach() != 0)
         return self._reads_iterate
 
     def token_map(self, pre: RNNPrelude, factors: MixerFactors) -> IterationMap:
