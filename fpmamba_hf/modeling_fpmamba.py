@@ -124,8 +124,9 @@ class FPMambaPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """transformers' defaults, then FP-Mamba's own values (Mamba-2's A_log, D, dt_bias, conv; mixers near
-        identity; y-projections at zero) through the guarded init helpers, so loaded weights are never touched."""
+        """transformers' defaults, then each backbone's own values (`initial_values`, `init_weights`: e.g. Mamba-2's
+        A_log, D, dt_bias, conv; y-projections at zero; mixers near identity) through the guarded init helpers, so
+        loaded weights are never touched."""
         super()._init_weights(module)
         if isinstance(module, (FixedPointLayer, ChannelMixer)):
             for name, value in module.initial_values().items():
