@@ -541,6 +541,13 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         return cls._from_source("mamba2", model_or_path, config_overrides)
 
     @classmethod
+    def from_mamba(cls, model_or_path: Any, **config_overrides: Any) -> "FPMambaForCausalLM":
+        """Convert a transformers MambaForCausalLM (instance or path) into an FP-Mamba on the Mamba-1 backbone whose
+        fixed point is exactly the Mamba output: mixer gain 0 (Q = I), y-projections 0 (W_zy too), no in-loop norm
+        and B/C not normalised (Mamba has neither). Either gate position (mamba1_gate) then computes Mamba's."""
+        return cls._from_source("mamba1", model_or_path, config_overrides)
+
+    @classmethod
     def _from_source(cls, backbone: str, model_or_path: Any, config_overrides: dict[str, Any]) -> "FPMambaForCausalLM":
         """The conversion of a transformers model into the FP model of `backbone` (its layer class says how)."""
         import transformers
