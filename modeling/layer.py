@@ -226,6 +226,8 @@ class FixedPointLayer(nn.Module):
             plain = MapOutput(res.y_out, res.aux)
             if replay is not None:
                 replay.record(y_star, iterations, residual)
+        # Also for a constant map: with autograd f is applied at y* = f(0), not at y0, since the gradients of the
+        # mixer gain and of the y-projections depend on where it is applied (they are what lets training leave Q = I).
         fin = self.finish(f, y_star, plain)
         new_state = self.next_state(pre, y_star.detach(), fin.yhat.detach(), fin.aux) if return_state else None
         return LayerOutput(self.output(fin.yhat, pre), new_state, iterations, residual)
