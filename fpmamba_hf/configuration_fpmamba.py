@@ -82,8 +82,7 @@ class FPMambaConfig(PreTrainedConfig):
             layer, the paper's FP-Mamba, parameter names as transformers' MambaMixer; per-channel, per-state decay)
             or "rnn" (the paper's vector FP-RNN, its Fig. 3: a state of d_inner channels, decay sigmoid(W x + b),
             input SiLU(W_b x) * x, output gate SiLU(W_c [x_t; h*_{t-1}]); no source model, no conv, no heads; of the
-            shape fields it reads expand, use_bias and layer_norm_epsilon, and time_step_min/max/floor set its
-            initial decays exp(-dt)).
+            shape fields it reads expand, use_bias and layer_norm_epsilon).
         vocab_size (`int`, *optional*, defaults to `32000`):
             Number of tokens in the vocabulary (rows of the embedding and of the LM head).
         hidden_size (`int`, *optional*, defaults to `256`):

@@ -16,7 +16,6 @@ No source model: this backbone is built from its config only (no `from_<source>`
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,24 +110,14 @@ class RNNLayer(FixedPointLayer):
         self.norm = GatedRMSNorm(d, d, c.layer_norm_epsilon)
         self.out_proj = nn.Linear(d, c.hidden_size, bias=c.use_bias)
         self.mixer = ChannelMixer.from_config(c, d)
-        self.reset_parameters()
 
     def initial_values(self) -> dict[str, torch.Tensor]:
-        """lambda_proj's bias: lambda = exp(-dt) at x = 0, dt log-uniform in [time_step_min, time_step_max] (floored
-        at time_step_floor), as Mamba draws its steps: decays just below 1, from fast to slow channels."""
-        c = self.config
-        dt = torch.exp(torch.rand(self.d_inner) * (math.log(c.time_step_max) - math.log(c.time_step_min))
-                       + math.log(c.time_step_min)).clamp(min=c.time_step_floor)
-        return {"lambda_proj.bias": -dt - torch.log(-torch.expm1(-dt))}  # logit(exp(-dt))
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        for name, value in self.initial_values().items():
-            self.get_parameter(name).copy_(value)
-        self.mixer.reset_parameters()
+        """None: every weight keeps transformers' default init, so lambda starts near sigmoid(0) = 1/2, as the
+        official code's FP-RNN (decays near 1 would make the implied dense transition collapse towards I)."""
+        return {}
 
     def init_weights(self, init: Any) -> None:
-        """Nothing beyond transformers' defaults (normal linear weights, zero biases) and `initial_values`."""
+        """Nothing beyond transformers' defaults (normal linear weights, zero biases)."""
 
     # ------------------------------------------------------------------------------ no source model to convert
     @classmethod
