@@ -2,7 +2,7 @@
 
 Whole sequence (prefill / training), iterating on the hidden-state sequence h (batch, T, d_inner) from h^0 = 0:
     h_{t-1}  = shift(h), with the cached h* of the previous call (or 0) at t = 0
-    Q_t      = mixer(x_t, h_{t-1})                                Q_t from the mixer on (x_t, h_{t-1})
+    Q_t      = mixer(x_t, h_{t-1})                                p_t of mixer_input: [x_t ; h_{t-1}] (concat)
     u_t      = h_t + Q_t (b_t * x_t - h_t)                        = Q_t B_t x_t + (I - Q_t) h_t
     hhat     = diag_scan(lambda, (1 - lambda) * u)                hhat_t = lambda_t hhat_{t-1} + (1 - lambda_t) u_t
 with lambda_t = sigmoid(W_lambda x_t + b_lambda) and B_t = diag(b_t), b_t = SiLU(W_b x_t): neither reads h. Then,
