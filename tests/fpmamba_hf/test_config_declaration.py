@@ -37,7 +37,8 @@ def test_the_choices_are_the_core_packages():
     "field, value",
     [("bc_norm", "false"), ("use_bias", 0), ("fp_sync_ranks", None), ("fp_max_iter", 4.0), ("hidden_size", True),
      ("mixer_rank", "2"), ("fp_tol", True), ("fp_tol", "0.01"), ("mixer_type", None), ("time_step_limit", (0.0,)),
-     ("time_step_limit", ("0", 1.0)), ("pad_token_id", 1.0), ("eos_token_id", [1, "2"]), ("vocab_size", np.float32(8))],
+     ("time_step_limit", ("0", 1.0)), ("pad_token_id", 1.0), ("eos_token_id", [1, "2"]), ("vocab_size", np.float32(8)),
+     ("time_step_rank", 2.0)],
 )
 def test_wrong_types_are_rejected_naming_the_field(field, value):
     with pytest.raises(ValueError, match=rf"FPMamba config: invalid {field}=.*: must be of type "):
@@ -68,8 +69,16 @@ def test_check_sees_edits_after_construction():
     "field, value",
     [("mixer_activation", "gelu"), ("mixer_alpha_init", 1.0), ("fp_damping", 0.0), ("fp_damping_decay", 1.5),
      ("fp_solver", "newton"), ("fp_anderson_m", 0), ("time_step_min", 0.5), ("time_step_floor", -1.0),
-     ("initializer_range", float("inf")), ("layer_norm_epsilon", 0.0), ("fp_backward_tol", float("nan"))],
+     ("initializer_range", float("inf")), ("layer_norm_epsilon", 0.0), ("fp_backward_tol", float("nan")),
+     ("time_step_rank", "fast"), ("time_step_rank", 0), ("mamba1_gate", "inside"), ("mamba1_norm", "rmsnorm")],
 )
 def test_wrong_values_are_rejected_naming_the_field(field, value):
     with pytest.raises(ValueError, match=rf"FPMamba config: invalid {field}="):
         FPMambaConfig(**{**SMALL, field: value})
+
+
+def test_head_layout_is_checked_for_mamba2_only():
+    """head_dim and n_groups shape Mamba-2's heads; mamba1 has none, so a d_inner they do not divide is fine there."""
+    with pytest.raises(ValueError, match="invalid head_dim"):
+        FPMambaConfig(hidden_size=24, head_dim=32)
+    assert FPMambaConfig(backbone="mamba1", hidden_size=24, head_dim=32, time_step_rank=3).time_step_rank == 3
