@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from fpmamba_core.backbones import BACKBONES
+from fpmamba_core.backbones import BACKBONES, backbone_layer
 from fpmamba_core.mixers import ChannelMixer, MIXERS, top_eigenvalue_bound
 from fpmamba_hf import FPMambaConfig
 
@@ -44,8 +44,6 @@ def test_the_bound_holds_at_a_near_degenerate_top_and_at_zero():
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_the_config_switch_reaches_every_backbones_mixer(backbone):
     """The default keeps today's Frobenius kind (Mamba-2 unchanged); "spectral" reaches the layer's mixer."""
-    from fpmamba_core.backbones import backbone_layer
-
     small = dict(backbone=backbone, hidden_size=16, head_dim=8, state_size=4, mixer_type="kronecker")
     default = backbone_layer(backbone)(FPMambaConfig(**small), 0)
     spectral = backbone_layer(backbone)(FPMambaConfig(**small, mixer_kron_norm="spectral"), 0)
