@@ -81,7 +81,8 @@ class Mamba1Map:
     def __call__(self, y: torch.Tensor, rows: torch.Tensor) -> MapOutput:
         layer, pre = self.layer, self.pre
         # Gather the rows still iterating; while all are (the common case) use the tensors as they are.
-        take = (lambda t: t) if rows.numel() == pre.x.shape[0] else (lambda t: None if t is None else t[rows])  # noqa: E731
+        all_rows = rows.numel() == pre.x.shape[0]
+        take = (lambda t: t) if all_rows else (lambda t: None if t is None else t[rows])  # noqa: E731
         ys = torch.cat([take(pre.y_prev0)[:, None], y[:, :-1]], dim=1)
         factors = layer.mixer.factors(take(pre.x_part), ys)
         B, C = layer.bc(take(pre.Bx), take(pre.Cx), ys)
