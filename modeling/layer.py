@@ -84,25 +84,25 @@ class FixedPointLayer(nn.Module):
         raise NotImplementedError
 
     def reads_iterate_through(self, mixer: ChannelMixer, y_projections: Sequence[nn.Module | None]) -> bool:
-        """The verdict of `map_reads_iterate` for a map that reads y only through `mixer` (unless Q = I: no mixer,
-        or strength c * g = 0) and the linear `y_projections` (None: absent). A projection wrapped by an adapter is
-        assumed to read it. The verdict costs one host sync and is kept until a parameter it looked at changes (its
-        tensor or its in-place version counter), so a model that is not being trained pays it once."""
-        mixer_reads = mixer.proj is not None and mixer.y_weight() is not None
+        """The verdict of `map_reads_iterate` for a map that reads y through the mixed input x~ = Q x + (I - Q) y
+        (unless Q = I: no mixer, or strength c * g = 0; whatever the mixer's own input) and the linear
+        `y_projections` (None: absent). A projection wrapped by an adapter is assumed to read it. The verdict costs
+        one host sync and is kept until a parameter it looked at changes (its tensor or its in-place version
+        counter), so a model that is not being trained pays it once."""
         projections = [m for m in y_projections if m is not None]
         weights = [m.weight for m in projections]
-        watched = [mixer.gain, *weights] if mixer_reads else weights
+        watched = weights if mixer.proj is None else [mixer.gain, *weights]
         key = tuple((id(p), p._version) for p in watched)
         if getattr(self, "_reads_iterate_key", None) == key:
             return self._reads_iterate
-        if not all(is_plain_linear(m) for m in projections + ([mixer.proj] if mixer_reads else [])):
+        if not all(is_plain_linear(m) for m in projections):
             reads = True
         else:
             with torch.no_grad():
-                terms = [w.detach().abs().amax() for w in weights]
-                if mixer_reads:
+                terms = [acc(w.detach()).abs().amax() for w in weights]
+                if mixer.proj is not None:
                     terms.append(mixer.strength().detach().abs())
-                reads = bool(torch.stack([acc(t) for t in terms]).amax() > 0)
+                reads = bool(torch.stack(terms).amax() > 0) if terms else False
         self._reads_iterate_key, self._reads_iterate = key, reads
         return reads
 

@@ -67,3 +67,19 @@ def test_gradients_are_those_of_the_iterated_solve():
     fp(ids, labels=ids).loss.backward()
     for name, grad in fast.items():
         torch.testing.assert_close(fp.get_parameter(name).grad, grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_a_mixer_that_reads_only_x_still_makes_the_map_read_y():
+    """x~ = Q x + (I - Q) y reads y whenever Q != I, whatever the mixer's own input (mixer_input="x"): with zero
+    y-projections such a layer is not constant, and its forward is the iterated fixed point."""
+    from fpmamba_core.backbones import Mamba2Layer
+    from fpmamba_hf import FPMambaConfig
+
+    torch.manual_seed(0)
+    layer = Mamba2Layer(FPMambaConfig(hidden_size=16, state_size=8, head_dim=8, chunk_size=4, mixer_input="x",
+                                      mixer_reflection_scale=2, fp_tol=1e-10, fp_max_iter_eval=200), 0).double()
+    layer.eval()
+    assert not layer.bc_y_proj.weight.any() and layer.map_reads_iterate()
+    with torch.no_grad():
+        out = layer(torch.randn(2, 7, 16, dtype=torch.float64))
+    assert out.iterations.gt(1).all() and out.residual.lt(1e-10).all()
