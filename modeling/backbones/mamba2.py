@@ -25,8 +25,8 @@ from ..fixed_point import MapOutput, SolverSettings
 from ..layer import FixedPointLayer
 from ..mixers import ChannelMixer, MixerFactors, apply_mixer, is_plain_linear
 from ..norms import GatedRMSNorm
-from ..ops import decode_step, fused_iteration, fused_iteration_supported, ssd_scan
-from ..ops.reference import DecodeResult
+from ..ops import backend_for, decode_step, fused_iteration, fused_iteration_supported, ssd_scan
+from ..ops.reference import DecodeResult, ScanDecay, ssd_scan_decay
 from ..precision import acc
 
 if TYPE_CHECKING:
@@ -74,6 +74,23 @@ class Mamba2Map:
         self.pre = pre
         self.fused = fused
         self.constant = constant  # Q = I and zero y-projections (`map_reads_iterate` is False)
+        self._fixed_dt: dict[bool, tuple[torch.Tensor, ScanDecay | None]] = {}
+
+    def _dt_and_decay(self, ys: torch.Tensor | None, take) -> tuple[torch.Tensor, ScanDecay | None]:
+        """dt of the rows and, on the PyTorch scan, the scan's dt-only part. When dt does not read y they are the
+        same at every iteration: computed once per call and autograd mode (the finish needs them with their graph),
+        then only gathered for the rows still iterating."""
+        layer, pre = self.layer, self.pre
+        if layer.dt_y_proj is not None and ys is not None:
+            return layer.dt(take(pre.dt_raw), ys), None
+        grad = torch.is_grad_enabled()
+        if grad not in self._fixed_dt:
+            dt = layer.dt(pre.dt_raw, None)
+            decay = (ssd_scan_decay(dt, pre.A, pre.mask, layer.config.chunk_size)
+                     if backend_for(pre.x) == "reference" else None)
+            self._fixed_dt[grad] = dt, decay
+        dt, decay = self._fixed_dt[grad]
+        return take(dt), None if decay is None else take(decay)
 
     def __call__(self, y: torch.Tensor, rows: torch.Tensor) -> MapOutput:
         if self.fused is not None and not torch.is_grad_enabled():
@@ -81,13 +98,14 @@ class Mamba2Map:
         layer, pre = self.layer, self.pre
         b, T = pre.x.shape[:2]
         # Gather the rows still iterating; while all are (the common case) use the tensors as they are.
-        take = (lambda t: t) if rows.numel() == b else (lambda t: None if t is None else t[rows])  # noqa: E731
+        take = (lambda t: t) if rows.numel() == b else (  # noqa: E731
+            lambda t: None if t is None else t.select(rows) if isinstance(t, ScanDecay) else t[rows])
         # A constant map without autograd skips what cannot change its value: the mixer (Q = I) and the
         # y-projections (zero). With autograd they stay, so the gain and the projections get their gradients.
         skip_y = self.constant and not torch.is_grad_enabled()
         ys = None if skip_y else torch.cat([take(pre.y_prev0)[:, None], y[:, :-1]], dim=1)
         B, C = layer.bc(take(pre.Bx), take(pre.Cx), ys)
-        dt = layer.dt(take(pre.dt_raw), ys)
+        dt, decay = self._dt_and_decay(ys, take)
         mask = take(pre.mask)
         # The projections above may run in bf16/fp16 under autocast (matmul inputs only, results upcast);
         # the iterate, the scan's state and its accumulation stay fp32.
@@ -97,7 +115,7 @@ class Mamba2Map:
             else:
                 xt = y + apply_mixer(layer.mixer.factors(take(pre.x_part), ys), take(pre.x) - y)
             s, H = ssd_scan(xt.view(-1, T, layer.num_heads, layer.head_dim), dt, pre.A, B, C, layer.D,
-                            take(pre.H0), mask, layer.config.chunk_size)
+                            take(pre.H0), mask, layer.config.chunk_size, decay)
             yhat = layer.norm(s.reshape(-1, T, layer.d_inner), take(pre.z))
         if mask is not None:
             yhat = yhat * mask[:, :, None].to(yhat.dtype)

@@ -29,7 +29,7 @@ from ._triton_utils import kernel_chunk_len
 from .diagonal_scan import diag_scan_chunked
 
 from .reference import decode_step as reference_decode_step
-from .reference import gated_rms_norm, ssd_scan_chunked
+from .reference import ScanDecay, gated_rms_norm, ssd_scan_chunked, ssd_scan_decay
 from .selective_reference import mamba1_readout, selective_decode_step, selective_scan_chunked
 from .selfcheck import decode_step_ok, fused_iteration_ok
 from .selfcheck import KernelSelfCheckWarning  # noqa: F401 -- re-exported: ops.KernelSelfCheckWarning
@@ -93,8 +93,10 @@ def ssd_scan(
     initial_state: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     chunk_size: int = 64,
+    decay: ScanDecay | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mamba-2 SSD scan. See `reference.ssd_scan_chunked` for shapes; returns (y fp32, final_state fp32)."""
+    """Mamba-2 SSD scan. See `reference.ssd_scan_chunked` for shapes; returns (y fp32, final_state fp32).
+    `decay`: the dt-only part precomputed by the caller (`reference.ssd_scan_decay`); the kernel computes its own."""
     if backend_for(x) == "triton" and x.dtype != torch.float64:  # fp64 (gradient checks) stays exact
         kernel_chunk_len(chunk_size)  # an unsupported chunk is refused, not replaced
         # The kernel module is not named `ssd_scan`: importing a submodule binds its name on this package,
@@ -102,7 +104,7 @@ def ssd_scan(
         from .ssd_scan_triton import ssd_scan_triton
 
         return ssd_scan_triton(x, dt, A, B, C, D, initial_state, mask, chunk_size)
-    return ssd_scan_chunked(x, dt, A, B, C, D, initial_state, mask, chunk_size)
+    return ssd_scan_chunked(x, dt, A, B, C, D, initial_state, mask, chunk_size, decay)
 
 
 def selective_scan(
@@ -117,7 +119,12 @@ def selective_scan(
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mamba-1 selective scan. See `selective_reference.selective_scan_chunked` for shapes; returns (y fp32,
-    final_state fp32). The PyTorch reference on every backend (no kernel implements it yet)."""
+    final_state fp32). `chunk_size` is a block length only (default: the reference's ceil(sqrt(T)), the kernel's
+    64 tokens between the states it stores for the backward)."""
+    if backend_for(x) == "triton" and x.dtype != torch.float64:  # fp64 (gradient checks) stays exact
+        from .selective_scan_triton import selective_scan_triton
+
+        return selective_scan_triton(x, dt, A, B, C, D, initial_state, mask, chunk_size or 64)
     return selective_scan_chunked(x, dt, A, B, C, D, initial_state, mask, chunk_size)
 
 

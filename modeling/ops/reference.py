@@ -68,6 +68,51 @@ def ssd_scan_sequential(
     return y, H
 
 
+@dataclass
+class ScanDecay:
+    """The part of the chunked SSD scan that depends only on dt, A and the mask (docs/method.md, "The SSD scan"):
+    computed once per layer call when dt does not depend on the iterate, instead of once per iteration.
+
+    dt (b, c, L, h) the masked, padded steps; decay_ij (b, c, h, L, L) exp(a_cum_i - a_cum_j) for i >= j (0 above);
+    decay_to_end (b, c, h, L); chunk_decay (b, c, h); decay_in (b, c, h, L) exp(a_cum); T: the unpadded length.
+    """
+
+    dt: torch.Tensor
+    decay_ij: torch.Tensor
+    decay_to_end: torch.Tensor
+    chunk_decay: torch.Tensor
+    decay_in: torch.Tensor
+    T: int
+
+    def select(self, rows: torch.Tensor) -> "ScanDecay":
+        """The decay of the batch rows `rows`."""
+        return ScanDecay(self.dt[rows], self.decay_ij[rows], self.decay_to_end[rows], self.chunk_decay[rows],
+                         self.decay_in[rows], self.T)
+
+
+def ssd_scan_decay(
+    dt: torch.Tensor, A: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int = 64
+) -> ScanDecay:
+    """The dt-only part of `ssd_scan_chunked` for dt (b, T, h), A (h,), mask (b, T) | None."""
+    dt = acc(dt)
+    if mask is not None:
+        dt = dt * mask.to(dt.dtype)[:, :, None]  # a padded position leaves the state untouched: decay exp(0) = 1
+    b, T, h = dt.shape
+    L = chunk_size
+    pad = (-T) % L
+    if pad:
+        dt = F.pad(dt, (0, 0, 0, pad))
+    c = (T + pad) // L
+    dtc = dt.view(b, c, L, h)
+    a = (dtc * acc(A)).permute(0, 1, 3, 2)  # (b, c, h, L) log-decay per step
+    a_cum = torch.cumsum(a, dim=-1)
+    # Decay from step j to step i inside a chunk: exp(a_cum_i - a_cum_j) for i >= j.
+    seg = a_cum[..., :, None] - a_cum[..., None, :]
+    causal = torch.ones(L, L, dtype=torch.bool, device=dt.device).tril()
+    decay_ij = torch.exp(seg.masked_fill(~causal, float("-inf")))
+    return ScanDecay(dtc, decay_ij, torch.exp(a_cum[..., -1:] - a_cum), torch.exp(a_cum[..., -1]), torch.exp(a_cum), T)
+
+
 def ssd_scan_chunked(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -78,53 +123,46 @@ def ssd_scan_chunked(
     initial_state: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     chunk_size: int = 64,
+    decay: ScanDecay | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mamba-2's chunked (SSD) form: quadratic inside a chunk, recurrent across chunks.
 
-    Same signature and results as `ssd_scan_sequential`; `chunk_size` need not divide T.
+    Same signature and results as `ssd_scan_sequential`; `chunk_size` need not divide T. `decay`: the dt-only part
+    (`ssd_scan_decay` of the same dt, A, mask and chunk_size), when the caller has it already.
     """
-    x, dt, Bh, Ch = _prepare(x, dt, B, C, mask)
+    if decay is None:
+        decay = ssd_scan_decay(dt, A, mask, chunk_size)
+    x, _, Bh, Ch = _prepare(x, dt, B, C, mask)
     b, T, h, p = x.shape
     n = Bh.shape[-1]
     L = chunk_size
     pad = (-T) % L
     if pad:
-        # Zero dt and x on the tail: state unchanged, outputs discarded below.
+        # Zero x on the tail (dt is zero there too): state unchanged, outputs discarded below.
         x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        dt = F.pad(dt, (0, 0, 0, pad))
         Bh = F.pad(Bh, (0, 0, 0, 0, 0, pad))
         Ch = F.pad(Ch, (0, 0, 0, 0, 0, pad))
     c = (T + pad) // L
     xc = x.view(b, c, L, h, p)
-    dtc = dt.view(b, c, L, h)
     Bc = Bh.view(b, c, L, h, n)
     Cc = Ch.view(b, c, L, h, n)
 
-    a = (dtc * acc(A)).permute(0, 1, 3, 2)  # (b, c, h, L) log-decay per step
-    a_cum = torch.cumsum(a, dim=-1)
-    # Decay from step j to step i inside a chunk: exp(a_cum_i - a_cum_j) for i >= j.
-    seg = a_cum[..., :, None] - a_cum[..., None, :]
-    causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
-    decay_ij = torch.exp(seg.masked_fill(~causal, float("-inf")))  # (b, c, h, L, L)
-
-    xdt = xc * dtc[..., None]  # (b, c, L, h, p)
-    scores = torch.einsum("bclhn,bcshn->bchls", Cc, Bc) * decay_ij
+    xdt = xc * decay.dt[..., None]  # (b, c, L, h, p)
+    scores = torch.einsum("bclhn,bcshn->bchls", Cc, Bc) * decay.decay_ij
     y_diag = torch.einsum("bchls,bcshp->bclhp", scores, xdt)
 
     # State contributed by each chunk alone, at its end.
-    decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, c, h, L)
-    chunk_states = torch.einsum("bchl,bclhn,bclhp->bchpn", decay_to_end, Bc, xdt)
+    chunk_states = torch.einsum("bchl,bclhn,bclhp->bchpn", decay.decay_to_end, Bc, xdt)
 
     # Recurrence across chunks (few steps): state entering each chunk.
     H = x.new_zeros(b, h, p, n) if initial_state is None else acc(initial_state)
-    chunk_decay = torch.exp(a_cum[..., -1])  # (b, c, h)
     entering = []
     for k in range(c):
         entering.append(H)
-        H = chunk_decay[:, k, :, None, None] * H + chunk_states[:, k]
+        H = decay.chunk_decay[:, k, :, None, None] * H + chunk_states[:, k]
     H_in = torch.stack(entering, dim=1)  # (b, c, h, p, n)
 
-    y_off = torch.einsum("bclhn,bchpn,bchl->bclhp", Cc, H_in, torch.exp(a_cum))
+    y_off = torch.einsum("bclhn,bchpn,bchl->bclhp", Cc, H_in, decay.decay_in)
     y = (y_diag + y_off).reshape(b, c * L, h, p)[:, :T]
     if D is not None:
         y = y + acc(D)[None, None, :, None] * x[:, :T]

@@ -1,10 +1,11 @@
 """The chunked SSD scan equals the token-by-token recurrence (the spec), over awkward shapes."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fpmamba_core.ops.reference import ssd_scan_chunked, ssd_scan_sequential
+from fpmamba_core.ops.reference import ssd_scan_chunked, ssd_scan_decay, ssd_scan_sequential
 
 
 def _inputs(b, T, h, p, g, n, dtype=torch.float64, with_state=True, pad=0):
@@ -53,3 +54,17 @@ def test_final_state_continues_the_scan():
     yb, sb = ssd_scan_chunked(x[:, 17:], dt[:, 17:], A, B[:, 17:], C[:, 17:], D, sa, chunk_size=16)
     torch.testing.assert_close(torch.cat([ya, yb], 1), y)
     torch.testing.assert_close(sb, s)
+
+
+@pytest.mark.parametrize("T, chunk, pad", [(1, 4, 0), (13, 4, 3), (16, 8, 0), (30, 64, 5)], ids=str)
+def test_a_precomputed_decay_gives_the_same_scan_for_every_row_subset(T, chunk, pad):
+    """The dt-only part computed once (`ssd_scan_decay`) and gathered for a subset of rows, as a layer call reuses
+    it across iterations, gives the scan computed from dt."""
+    x, dt, A, B, C, D, H0, mask = _inputs(3, T, 4, 3, 2, 5, pad=pad)
+    decay = ssd_scan_decay(dt, A, mask, chunk)
+    for rows in (torch.arange(3), torch.tensor([0, 2]), torch.tensor([1])):
+        args = (x[rows], dt[rows], A, B[rows], C[rows], D, H0[rows], mask[rows])
+        y1, s1 = ssd_scan_chunked(*args, chunk_size=chunk)
+        y2, s2 = ssd_scan_chunked(*args, chunk_size=chunk, decay=decay.select(rows))
+        torch.testing.assert_close(y2, y1, rtol=0, atol=0)
+        torch.testing.assert_close(s2, s1, rtol=0, atol=0)
