@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 2 examples/train_trainer.py --task parity --use_cpu
 
 Data come from `fpmamba_hf.tasks` (no download). Their labels are *aligned* (labels[:, i] is the target of position
-i), so the collator hands them to the model as `shift_labels` (transformers' causal-LM loss then uses them as they
+i), so the collator (`fpmamba_hf.experiments.collate`, the harness's) hands them to the model as `shift_labels` (transformers' causal-LM loss then uses them as they
 are) and also as `labels` (Trainer counts `num_items_in_batch` from `shift_labels` when a batch has `labels`, which
 makes gradient accumulation equal to one big batch). Rows are right padded: FP-Mamba is causal, so padding after the
 real tokens cannot change their outputs; the padded positions carry label -100, and no attention mask is passed
@@ -23,6 +23,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM
+from fpmamba_hf.experiments import collate
 from fpmamba_hf.tasks import TaskSpec, get_task
 
 
@@ -55,15 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class AlignedLabelsCollator:
-    """Stacks task rows into a batch: input_ids (b, T) long; labels = shift_labels = the aligned targets (b, T)."""
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        input_ids = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
-        labels = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
-        return {"input_ids": input_ids, "labels": labels, "shift_labels": labels}
-
-
 def build_model(spec: TaskSpec, args: argparse.Namespace) -> FPMambaForCausalLM:
     config = FPMambaConfig(
         vocab_size=spec.vocab_size, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
@@ -78,7 +70,6 @@ def build_model(spec: TaskSpec, args: argparse.Namespace) -> FPMambaForCausalLM:
 def evaluate(model: FPMambaForCausalLM, spec: TaskSpec, dataset, batch_size: int) -> dict[str, float]:
     """The task's own metrics on greedy per-position predictions, plus the mean fixed-point iterations."""
     model.eval()
-    collate = AlignedLabelsCollator()
     preds, labels, iterations = [], [], []
     device = next(model.parameters()).device
     for start in range(0, len(dataset), batch_size):
@@ -125,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         disable_tqdm=True,
         seed=args.seed,
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=AlignedLabelsCollator())
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=collate)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
 
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
