@@ -84,6 +84,23 @@ def _scan_variants(dtype: torch.dtype) -> None:
         (y.sum() + hT.sum()).backward()
 
 
+def _selective_variants(dtype: torch.dtype) -> None:
+    from fpmamba_core.ops.selective_scan_triton import selective_scan_triton
+
+    b, T, d, n = 1, 256, 1536, 16  # Mamba-1 at d_model 768: d_inner 1536, d_state 16
+    x = torch.randn(b, T, d, dtype=dtype, requires_grad=True)
+    dt = torch.rand(b, T, d, dtype=dtype, requires_grad=True)
+    A = -torch.rand(d, n, requires_grad=True)
+    B = torch.randn(b, T, n, dtype=dtype, requires_grad=True)
+    C = torch.randn(b, T, n, dtype=dtype, requires_grad=True)
+    D = torch.randn(d, requires_grad=True)
+    h0 = torch.randn(b, d, n, requires_grad=True)
+    mask = torch.ones(b, T, dtype=torch.bool)
+    for initial, m in ((None, None), (h0, mask)):
+        y, hT = selective_scan_triton(x, dt, A, B, C, D, initial, m)
+        (y.sum() + hT.sum()).backward()
+
+
 def _decode_variants() -> None:
     from fpmamba_core.fixed_point import SolverSettings
     from fpmamba_core.mixers import MixerFactors
@@ -134,6 +151,7 @@ def main() -> None:
     torch.manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16):
         _scan_variants(dtype)
+        _selective_variants(dtype)
         _fused_variants(dtype)
     _decode_variants()
     for entry in compiled:
