@@ -56,7 +56,7 @@ def test_shift_labels_loss_is_aligned_cross_entropy() -> None:
 def test_gradient_accumulation_equals_big_batch(tmp_path) -> None:
     """2 x batch 4 with accumulation == batch 8 (one SGD step with lr 1 and no clipping: the update is the gradient).
     fp_train_quantile = 1 keeps every row's fixed point independent of the rest of its batch."""
-    collate = _example().AlignedLabelsCollator()
+    collate = _example().collate
     data = _aligned_dataset(8, 12, seed=7)
     updates = []
     for batch, accum in ((8, 1), (4, 2)):
@@ -80,7 +80,7 @@ def test_gradient_accumulation_equals_big_batch(tmp_path) -> None:
 
 def test_resume_continues_with_the_same_losses(tmp_path) -> None:
     """6 steps straight vs 3 steps, checkpoint, resume to 6: identical losses at steps 4..6 (CPU, deterministic)."""
-    collate = _example().AlignedLabelsCollator()
+    collate = _example().collate
     data = _aligned_dataset(32, 12, seed=9)
 
     def run(out, resume: str | None) -> dict[int, float]:
