@@ -1,7 +1,8 @@
 """FP-Mamba for transformers: FPMambaModel and FPMambaForCausalLM.
 
-The stack is Mamba-2's (embeddings -> [RMSNorm -> FP layer -> residual] x L -> RMSNorm -> LM head), parameter
-for parameter, so `FPMambaForCausalLM.from_mamba2` converts a Mamba2ForCausalLM exactly. The layer math lives in
+The stack is Mamba's and Mamba-2's (embeddings -> [RMSNorm -> FP layer -> residual] x L -> RMSNorm -> LM head),
+parameter for parameter, so `FPMambaForCausalLM.from_mamba2` / `from_mamba` convert a Mamba2ForCausalLM /
+MambaForCausalLM exactly (the layer is the config's backbone). The layer math lives in
 the `modeling` package; this file adds what a transformers model needs: config, weights init, cache, loss,
 generation (with a per-call fixed-point budget), telemetry (`fp_iterations`, `fp_residual`) and the checks that no
 non-finite or unconverged result passes silently (fpmamba_hf/telemetry.py).
