@@ -101,6 +101,19 @@ def _selective_variants(dtype: torch.dtype) -> None:
         (y.sum() + hT.sum()).backward()
 
 
+def _diag_variants(dtype: torch.dtype) -> None:
+    from fpmamba_core.ops.diagonal_scan_triton import diag_scan_triton
+
+    b, T, d = 1, 256, 768  # the FP-RNN at d_model 768
+    lam = torch.rand(b, T, d, dtype=dtype, requires_grad=True)
+    u = torch.randn(b, T, d, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(b, d, requires_grad=True)
+    mask = torch.ones(b, T, dtype=torch.bool)
+    for initial, m in ((None, None), (h0, mask)):
+        h, hT = diag_scan_triton(lam, u, initial, m, 64)
+        (h.sum() + hT.sum()).backward()
+
+
 def _decode_variants() -> None:
     from fpmamba_core.fixed_point import SolverSettings
     from fpmamba_core.mixers import MixerFactors
@@ -152,6 +165,7 @@ def main() -> None:
     for dtype in (torch.float32, torch.bfloat16):
         _scan_variants(dtype)
         _selective_variants(dtype)
+        _diag_variants(dtype)
         _fused_variants(dtype)
     _decode_variants()
     for entry in compiled:

@@ -79,7 +79,14 @@ def diag_scan(
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """First-order diagonal scan h_t = lam_t * h_{t-1} + u_t (the vector FP-RNN's). See `diagonal_scan` for shapes;
-    returns (h fp32, final_state fp32). The PyTorch chunked form on every backend (no kernel implements it yet)."""
+    returns (h fp32, final_state fp32). The Triton backend runs `diagonal_scan_triton` (fp64 stays on the chunked
+    PyTorch form); `chunk_size` is a block length only, which the kernel takes in 16, 32, 64 or 128 (another value
+    is refused, as for `ssd_scan`)."""
+    if backend_for(u) == "triton" and u.dtype != torch.float64 and lam.dtype != torch.float64:
+        kernel_chunk_len(chunk_size)  # an unsupported chunk is refused, not replaced
+        from .diagonal_scan_triton import diag_scan_triton
+
+        return diag_scan_triton(lam, u, initial_state, mask, chunk_size)
     return diag_scan_chunked(lam, u, initial_state, mask, chunk_size)
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-KERNELS = {"_fwd_kernel", "_bwd_kernel", "_mix_kernel", "_norm_kernel", "_prep_kernel", "_selective_bwd_kernel",
-           "_selective_fwd_kernel", "_solve_kernel", "_update_kernel"}
+KERNELS = {"_fwd_kernel", "_bwd_kernel", "_diag_bwd_kernel", "_diag_fwd_kernel", "_mix_kernel", "_norm_kernel",
+           "_prep_kernel", "_selective_bwd_kernel", "_selective_fwd_kernel", "_solve_kernel", "_update_kernel"}
 
 
 def test_every_kernel_compiles_for_sm90() -> None:
