@@ -127,6 +127,13 @@ class FixedPointLayer(nn.Module):
         """Initial values of the parameters this layer initialises specially, by name."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Set the parameters of `initial_values` and reset the channel mixer (every backbone has one, `mixer`)."""
+        for name, value in self.initial_values().items():
+            self.get_parameter(name).copy_(value)
+        self.mixer.reset_parameters()
+
     def init_weights(self, init: Any) -> None:
         """The random initialisation of the backbone's own weights (e.g. its conv), through `init`: transformers'
         guarded helpers (`transformers.initialization`), which leave loaded weights alone."""

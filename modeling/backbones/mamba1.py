@@ -145,12 +145,6 @@ class Mamba1Layer(FixedPointLayer):
                 values[f"{proj}.weight"] = torch.zeros_like(getattr(self, proj).weight)
         return values
 
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        for name, value in self.initial_values().items():
-            self.get_parameter(name).copy_(value)
-        self.mixer.reset_parameters()
-
     def init_weights(self, init: Any) -> None:
         init.kaiming_uniform_(self.conv1d.weight, a=math.sqrt(5))
         if self.conv1d.bias is not None:
