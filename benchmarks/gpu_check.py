@@ -3,9 +3,10 @@
     python benchmarks/gpu_check.py [--quick]
 
 Relative RMS error ||out - ref|| / ||ref|| for every output and gradient; limits: fp32 1e-4, bf16 5e-3.
-Sections: SSD scan (forward + backward; masks, initial state, n_groups > 1, ragged lengths), decode step
-(householder / dplr / none), Mamba2Layer layer forward + backward, whole-model logits, and the loss curve of a
-few training steps (triton vs reference from the same initialisation).
+Sections: SSD scan (forward + backward; masks, initial state, n_groups > 1, ragged lengths), the Mamba-1
+selective scan and the FP-RNN diagonal scan (forward + backward against their chunked PyTorch forms; masks, initial
+state, ragged lengths), decode step (householder / dplr / none), Mamba2Layer layer forward + backward, whole-model
+logits, and the loss curve of a few training steps (triton vs reference from the same initialisation).
 Exits non-zero if any check fails.
 """
 
@@ -22,6 +23,7 @@ from fpmamba_core.ops import reference  # noqa: E402
 from fpmamba_core.ops.ssd_scan_triton import ssd_scan_triton  # noqa: E402
 
 LIMITS = {torch.float32: 1e-4, torch.bfloat16: 5e-3}
+DEVICE = "cuda"  # the selective / diagonal scan sections run on it (a CPU run needs TRITON_INTERPRET=1)
 FAILED: list[str] = []
 
 
@@ -81,6 +83,96 @@ def scan_section(quick: bool) -> None:
             scan_case(2, 300, 8, 64, 4, 64, dtype, h0=True, masked=True)
             scan_case(3, 1, 4, 32, 2, 16, dtype, h0=True, masked=False)
             scan_case(2, 8192, 24, 64, 1, 128, dtype, h0=False, masked=False)
+
+
+def _leaves(tensors, dtype):
+    """Kernel leaves in `dtype` (None kept) and reference leaves: fp32 copies of the same values."""
+    ker = [None if t is None else t.to(dtype).clone().requires_grad_(True) for t in tensors]
+    ref = [None if t is None else t.float().clone().requires_grad_(True) for t in ker]
+    return ker, ref
+
+
+def _grads(out, final, leaves, gy, gh):
+    present = [t for t in leaves if t is not None]
+    return torch.autograd.grad((out * gy).sum() + (final * gh).sum(), present)
+
+
+def selective_case(b, T, d, n, dtype, h0: bool, masked: bool, chunk: int = 64) -> None:
+    from fpmamba_core.ops.selective_reference import selective_scan_chunked
+    from fpmamba_core.ops.selective_scan_triton import selective_scan_triton
+
+    gen = torch.Generator(device=DEVICE).manual_seed(T * 5 + d)
+    r = lambda *s: torch.randn(*s, device=DEVICE, generator=gen)  # noqa: E731
+    x, dt = r(b, T, d), torch.nn.functional.softplus(r(b, T, d) - 2)
+    A = -torch.exp(r(d, n) * 0.5)  # Mamba-1's A = -exp(A_log)
+    B, C, D = r(b, T, n), r(b, T, n), r(d)
+    H0 = r(b, d, n) * 0.3 if h0 else None
+    mask = None
+    if masked:
+        mask = torch.ones(b, T, dtype=torch.bool, device=DEVICE)
+        mask[0, : T // 3] = False  # left padding
+    # A, D and the initial state stay fp32 (parameters / the fp32 state); the activations take `dtype`.
+    ker, ref = _leaves((x, dt, B, C), dtype)
+    ker_p, ref_p = _leaves((A, D, H0), torch.float32)
+    (xk, dtk, Bk, Ck), (Ak, Dk, H0k) = ker, ker_p
+    (xr, dtr, Br, Cr), (Ar, Dr, H0r) = ref, ref_p
+    y_t, hT_t = selective_scan_triton(xk, dtk, Ak, Bk, Ck, Dk, H0k, mask, chunk)
+    y_r, hT_r = selective_scan_chunked(xr, dtr, Ar, Br, Cr, Dr, H0r, mask)
+    gy, gh = torch.randn_like(y_r), torch.randn_like(hT_r)
+    grads_t = _grads(y_t, hT_t, (xk, dtk, Ak, Bk, Ck, Dk, H0k), gy, gh)
+    grads_r = _grads(y_r, hT_r, (xr, dtr, Ar, Br, Cr, Dr, H0r), gy, gh)
+    tag = f"selective {str(dtype)[6:]} b{b} T{T} d{d} n{n}{' h0' if h0 else ''}{' mask' if masked else ''}"
+    lim = LIMITS[dtype]
+    check(f"{tag} y", y_t, y_r, lim)
+    check(f"{tag} final_state", hT_t, hT_r, lim)
+    for nm, gt, gr in zip(["dx", "ddt", "dA", "dB", "dC", "dD", "dh0"], grads_t, grads_r):
+        check(f"{tag} {nm}", gt.float(), gr, lim)
+
+
+def selective_section(quick: bool) -> None:
+    for dtype in (torch.float32, torch.bfloat16):
+        selective_case(4, 2048, 1536, 16, dtype, h0=False, masked=False)
+        selective_case(4, 2048, 1536, 16, dtype, h0=True, masked=True)
+        if not quick:
+            selective_case(2, 300, 100, 8, dtype, h0=True, masked=True, chunk=16)
+            selective_case(3, 1, 40, 16, dtype, h0=True, masked=False)
+
+
+def diag_case(b, T, d, dtype, h0: bool, masked: bool, chunk: int = 64) -> None:
+    from fpmamba_core.ops.diagonal_scan import diag_scan_chunked
+    from fpmamba_core.ops.diagonal_scan_triton import diag_scan_triton
+
+    gen = torch.Generator(device=DEVICE).manual_seed(T * 3 + d)
+    r = lambda *s: torch.randn(*s, device=DEVICE, generator=gen)  # noqa: E731
+    lam = torch.sigmoid(r(b, T, d) + 1)  # decays in (0, 1), as the FP-RNN's
+    u = r(b, T, d)
+    H0 = r(b, d) if h0 else None
+    mask = None
+    if masked:
+        mask = torch.ones(b, T, dtype=torch.bool, device=DEVICE)
+        mask[0, : T // 3] = False  # left padding
+    (lk, uk), (lr, ur) = _leaves((lam, u), dtype)
+    (hk,), (hr,) = _leaves((H0,), torch.float32)
+    h_t, hT_t = diag_scan_triton(lk, uk, hk, mask, chunk)
+    h_r, hT_r = diag_scan_chunked(lr, ur, hr, mask, chunk)
+    gy, gh = torch.randn_like(h_r), torch.randn_like(hT_r)
+    grads_t = _grads(h_t, hT_t, (lk, uk, hk), gy, gh)
+    grads_r = _grads(h_r, hT_r, (lr, ur, hr), gy, gh)
+    tag = f"diag {str(dtype)[6:]} b{b} T{T} d{d} chunk{chunk}{' h0' if h0 else ''}{' mask' if masked else ''}"
+    lim = LIMITS[dtype]
+    check(f"{tag} h", h_t, h_r, lim)
+    check(f"{tag} final_state", hT_t, hT_r, lim)
+    for nm, gt, gr in zip(["dlam", "du", "dh0"], grads_t, grads_r):
+        check(f"{tag} {nm}", gt.float(), gr, lim)
+
+
+def diag_section(quick: bool) -> None:
+    for dtype in (torch.float32, torch.bfloat16):
+        diag_case(8, 2048, 1536, dtype, h0=False, masked=False)
+        diag_case(8, 2048, 1536, dtype, h0=True, masked=True)
+        if not quick:
+            diag_case(2, 300, 100, dtype, h0=True, masked=True, chunk=16)
+            diag_case(3, 1, 40, dtype, h0=True, masked=False, chunk=128)
 
 
 def decode_section() -> None:
@@ -201,9 +293,11 @@ def train_section() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--sections", nargs="+", default=["scan", "decode", "layer", "model", "train"])
+    ap.add_argument("--sections", nargs="+",
+                    default=["scan", "selective", "diag", "decode", "layer", "model", "train"])
     args = ap.parse_args()
-    sections = {"scan": lambda: scan_section(args.quick), "decode": decode_section, "layer": layer_section,
+    sections = {"scan": lambda: scan_section(args.quick), "selective": lambda: selective_section(args.quick),
+                "diag": lambda: diag_section(args.quick), "decode": decode_section, "layer": layer_section,
                 "model": model_section, "train": train_section}
     for s in args.sections:
         try:
