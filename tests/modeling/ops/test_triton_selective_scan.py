@@ -33,8 +33,9 @@ CASES = [
 
 @pytest.mark.parametrize("b, T, d, n, chunk, h0, masked, use_D, final_grad", CASES)
 def test_selective_scan_matches_reference_forward_and_backward(b, T, d, n, chunk, h0, masked, use_D, final_grad):
-    """Forward outputs and the gradients of every input agree with the sequential reference (fp32)."""
-    from fpmamba_core.ops.selective_reference import selective_scan_sequential
+    """Forward outputs and the gradients of every input: kernel == chunked PyTorch form == sequential reference
+    (fp32)."""
+    from fpmamba_core.ops.selective_reference import selective_scan_chunked, selective_scan_sequential
     from fpmamba_core.ops.selective_scan_triton import selective_scan_triton
 
     gen = torch.Generator().manual_seed(T * 31 + d)
@@ -52,13 +53,15 @@ def test_selective_scan_matches_reference_forward_and_backward(b, T, d, n, chunk
     inputs = [t for t in (x, dt, A, B, C, D, H0) if t is not None]
     gy, gh = r(b, T, d), r(b, d, n)
     results = []
-    for fn, kw in ((selective_scan_sequential, {}), (selective_scan_triton, {"chunk_size": chunk})):
+    for fn, kw in ((selective_scan_sequential, {}), (selective_scan_chunked, {}),
+                   (selective_scan_triton, {"chunk_size": chunk})):
         y, hT = fn(x, dt, A, B, C, D, H0, mask, **kw)
         loss = (y * gy).sum() + ((hT * gh).sum() if final_grad else 0.0)
-        results.append((y, hT) + torch.autograd.grad(loss, inputs))
+        results.append((y.detach(), hT.detach()) + torch.autograd.grad(loss, inputs))
     names = ["y", "final_state", "dx", "ddt", "dA", "dB", "dC"] + (["dD"] if use_D else []) + (["dh0"] if h0 else [])
-    for name, ref, out in zip(names, *results, strict=True):
-        assert_close(name, out, ref, 1e-4, dtype=torch.float32)
+    for name, ref, chunked, out in zip(names, *results, strict=True):
+        assert_close(f"chunked {name}", chunked, ref, 1e-4, dtype=torch.float32)
+        assert_close(f"triton {name}", out, ref, 1e-4, dtype=torch.float32)
 
 
 def test_dispatch_uses_triton_when_forced(monkeypatch):
