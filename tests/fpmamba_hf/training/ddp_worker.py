@@ -1,4 +1,4 @@
-"""One rank of the 2-rank CPU DDP tests (gloo). Usage: `ddp_worker.py accelerate|trainer OUT_DIR`.
+"""One rank of the 2-rank CPU DDP tests (gloo). Usage: `ddp_worker.py accelerate|trainer OUT_DIR [BACKBONE]`.
 
 accelerate: Accelerator(cpu=True) under `accelerate launch --multi_gpu`, 3 AdamW steps on rank-dependent batches
 (different tokens and lengths), rank agreement off, so the ranks really run different numbers of iterations.
@@ -44,10 +44,10 @@ def run_accelerate(out: Path) -> None:
     save(out, rank, model, record)
 
 
-def run_trainer(out: Path) -> None:
+def run_trainer(out: Path, backbone: str = "mamba2") -> None:
     from transformers import Trainer, TrainingArguments
 
-    model = tiny_model(seed=0)
+    model = tiny_model(seed=0, backbone=backbone)
     record = loop_lengths(model)
     ids = token_batch(24, 12, seed=3)
     data = datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
@@ -66,5 +66,5 @@ def save(out: Path, rank: int, model, record: list[list[int]]) -> None:
 
 
 if __name__ == "__main__":
-    mode, out_dir = sys.argv[1], Path(sys.argv[2])
-    {"accelerate": run_accelerate, "trainer": run_trainer}[mode](out_dir)
+    mode, out_dir, *backbone = sys.argv[1], Path(sys.argv[2]), *sys.argv[3:]
+    {"accelerate": run_accelerate, "trainer": run_trainer}[mode](out_dir, *backbone)

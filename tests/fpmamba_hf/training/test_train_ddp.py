@@ -5,18 +5,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from train_helpers import HERE, REPO, launch, tiny_model, torchrun
 
 WORKER = HERE / "ddp_worker.py"
 
 
-def _check_ranks(out: Path, require_different_loops: bool) -> None:
+def _check_ranks(out: Path, require_different_loops: bool, backbone: str = "mamba2") -> None:
     r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     assert len(r0["loop_lengths"]) == len(r1["loop_lengths"]) == 3
     if require_different_loops:
         assert r0["loop_lengths"] != r1["loop_lengths"], "the ranks should have run different iteration counts"
-    init = dict(tiny_model(seed=0).named_parameters())
+    init = dict(tiny_model(seed=0, backbone=backbone).named_parameters())
     for name, p0 in r0["params"].items():
         assert torch.equal(p0, r1["params"][name]), f"{name} differs across ranks"
     assert not torch.equal(r0["params"]["backbone.layers.0.mixer.in_proj.weight"],
@@ -35,3 +36,10 @@ def test_torchrun_trainer_ddp(tmp_path) -> None:
     """torchrun + transformers.Trainer (gloo): each rank trains on different rows for 3 steps."""
     torchrun(WORKER, 2, "trainer", str(tmp_path))
     _check_ranks(tmp_path, require_different_loops=True)
+
+
+@pytest.mark.parametrize("backbone", ["mamba1", "rnn"])
+def test_torchrun_trainer_ddp_other_backbones(tmp_path, backbone: str) -> None:
+    """The same Trainer DDP run with the Mamba-1 and FP-RNN backbones: the ranks' parameters stay identical."""
+    torchrun(WORKER, 2, "trainer", str(tmp_path), backbone)
+    _check_ranks(tmp_path, require_different_loops=False, backbone=backbone)
