@@ -45,8 +45,13 @@ _POSITIVE_INTS = (
     "chunk_size", "mixer_rank", "fp_max_iter", "fp_max_iter_eval", "fp_damping_patience", "fp_anderson_m",
     "fp_backward_steps", "fp_backward_max_iter",
 )
-_POSITIVE_FINITE = ("layer_norm_epsilon", "time_step_min", "time_step_max", "fp_tol", "fp_backward_tol")
-_NON_NEGATIVE_FINITE = ("time_step_floor", "initializer_range")
+_POSITIVE_FINITE = (
+    "layer_norm_epsilon", "time_step_min", "time_step_max", "fp_tol", "fp_backward_tol", "fp_max_iter_gamma_scale",
+)
+_NON_NEGATIVE_FINITE = ("time_step_floor", "initializer_range", "fp_max_iter_gamma_shape")
+# The paper's ablation switches that a backbone without the part they switch refuses at a non-default value
+# (rather than ignoring it, which would let an ablation run claim a change that did not happen).
+_NOT_ON_BACKBONE: dict[str, tuple[str, ...]] = {"bc_hidden_dependence": ("rnn",), "use_short_conv": ("rnn",)}
 _UNIT_INTERVAL = ("fp_damping", "fp_damping_decay", "fp_train_quantile")  # (0, 1]
 
 
@@ -100,6 +105,11 @@ class FPMambaConfig(PreTrainedConfig):
             Groups of heads that share B and C (as Mamba-2); must divide the number of heads (mamba2 only).
         conv_kernel (`int`, *optional*, defaults to `4`):
             Width of the causal depthwise convolution before the scan.
+        use_short_conv (`bool`, *optional*, defaults to `True`):
+            The causal depthwise convolution (+ SiLU) before the scan, as Mamba. False drops it and its conv1d
+            parameters (the official code's A5/S5 runs use none; the SiLU goes with it, x = x_proj's input as it
+            comes from in_proj; the cache's conv tensor is then empty). mamba2, mamba1; "rnn" has no conv and
+            refuses False (leave it at its default); a model with False cannot be converted from Mamba.
         chunk_size (`int`, *optional*, defaults to `64`):
             Chunk length of the chunked SSD scan (mamba2) and of the diagonal scan (rnn); speed only, the result
             does not depend on it. The mamba1 selective scan picks its own, ceil(sqrt(T)).
@@ -145,10 +155,19 @@ class FPMambaConfig(PreTrainedConfig):
             "tanh" or "relu".
         mixer_alpha_init (`float`, *optional*, defaults to `0.1`):
             Initial value of every mixer gate, in (0, 1): Q_t starts near the identity.
+        mixer_proj_rank (`int`, *optional*, defaults to `0`):
+            Rank of the mixer's projection of p_t (the official code's `mixer_proj_rank`; every backbone): 0 = a
+            full linear map `mixer.proj` (p -> P); r > 0 factors it through r as `mixer.proj(mixer.proj_in(p))`
+            (p -> r -> P, bias on the outer map), so an iteration projects y_{t-1} at cost r (d + P) instead of
+            d P. The mixer "none" (no projection) ignores it; a model with r > 0 cannot be converted from Mamba.
         mixer_kron_norm (`str`, *optional*, defaults to `"frobenius"`):
             Normalisation of the PSD factors of the "kronecker" mixer (every backbone; other mixers ignore it):
             "frobenius" (divided by their Frobenius norm) or "spectral" (the paper's FP-RNN: divided by an upper
             bound of their top eigenvalue from the power method, so each factor's spectral norm is near 1).
+        bc_hidden_dependence (`bool`, *optional*, defaults to `True`):
+            B and C also depend on y_{t-1} (the projection bc_y_proj, initialised at zero; the paper's Table 1
+            ablation). False drops bc_y_proj: B and C read x_t only. mamba2, mamba1; "rnn" (whose b_t never reads
+            h) refuses False; a model with False cannot be converted from Mamba.
         bc_norm (`bool`, *optional*, defaults to `True`):
             L2-normalise B and C: per group (mamba2), over the state (mamba1).
         dt_hidden_dependence (`bool`, *optional*, defaults to `False`):
@@ -170,6 +189,16 @@ class FPMambaConfig(PreTrainedConfig):
         fp_max_iter_eval (`int`, *optional*, defaults to `64`):
             Iteration cap in eval mode and generation. forward() and generate() take `fp_max_iter` / `fp_tol`
             arguments that override the cap and the tolerance for one call.
+        fp_max_iter_gamma_shape (`float`, *optional*, defaults to `0.0`):
+            Shape k of a random training cap (the paper's Fig. 6: l_max ~ Gamma(4, 1)); 0 = off, the cap is
+            fp_max_iter. With k > 0 every training call of every layer draws its own cap min(fp_max_iter,
+            ceil(Gamma(k, fp_max_iter_gamma_scale))) from torch's default CPU generator (seeded by
+            torch.manual_seed / Trainer's seed; a per-call fp_max_iter argument overrides the draw). Data-parallel
+            ranks draw on their own; with fp_sync_ranks they still run the same number of iterations, the largest
+            cap drawn. Eval and generation use fp_max_iter_eval as always.
+        fp_max_iter_gamma_scale (`float`, *optional*, defaults to `1.0`):
+            Scale theta > 0 of the random training cap's Gamma(k, theta) (mean k theta; the official code uses
+            fp_max_iter / 16 + 1).
         fp_tol (`float`, *optional*, defaults to `0.01`):
             Tolerance of the stopping rule: a sequence stops when its relative inf-norm residual is below it.
         fp_damping (`float`, *optional*, defaults to `1.0`):
@@ -225,6 +254,7 @@ class FPMambaConfig(PreTrainedConfig):
     expand: int = 2
     n_groups: int = 1
     conv_kernel: int = 4
+    use_short_conv: bool = True
     chunk_size: int = 64
     use_bias: bool = False
     use_conv_bias: bool = True
@@ -243,7 +273,9 @@ class FPMambaConfig(PreTrainedConfig):
     mixer_reflection_scale: float = 1.0
     mixer_activation: str = "silu"
     mixer_alpha_init: float = 0.1
+    mixer_proj_rank: int = 0
     mixer_kron_norm: str = "frobenius"
+    bc_hidden_dependence: bool = True
     bc_norm: bool = True
     dt_hidden_dependence: bool = False
     time_step_rank: str | int = "auto"
@@ -251,6 +283,8 @@ class FPMambaConfig(PreTrainedConfig):
     mamba1_norm: str = "layernorm"
     fp_max_iter: int = 16
     fp_max_iter_eval: int = 64
+    fp_max_iter_gamma_shape: float = 0.0
+    fp_max_iter_gamma_scale: float = 1.0
     fp_tol: float = 1e-2
     fp_damping: float = 1.0
     fp_damping_decay: float = 0.9
@@ -339,6 +373,12 @@ class FPMambaConfig(PreTrainedConfig):
             bad("time_step_min", "must not exceed time_step_max")
         if self.time_step_rank != "auto" and (isinstance(self.time_step_rank, str) or self.time_step_rank < 1):
             bad("time_step_rank", 'must be "auto" or a positive integer')
+        if self.mixer_proj_rank < 0:
+            bad("mixer_proj_rank", "must be 0 (full rank) or a positive integer")
+        for name, backbones in _NOT_ON_BACKBONE.items():
+            default = type(self).__dataclass_fields__[name].default
+            if self.backbone in backbones and getattr(self, name) != default:
+                bad(name, f"backbone {self.backbone!r} does not have what it switches; leave it at {default!r}")
         if self.backbone == "mamba2" and self.intermediate_size % self.head_dim:
             bad("head_dim", f"must divide d_inner = expand * hidden_size = {self.intermediate_size}")
         if self.backbone == "mamba2" and self.num_heads % self.n_groups:

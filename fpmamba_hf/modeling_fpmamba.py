@@ -364,6 +364,11 @@ class FPMambaModel(FPMambaPreTrainedModel):
         )
 
 
+# The ablation switches a conversion refuses at a non-default value: the source model has the conv (its weights would
+# go unused), and the converter starts B, C and the mixer as the source's parts.
+CONVERSION_KEEPS_DEFAULT = ("use_short_conv", "bc_hidden_dependence", "mixer_proj_rank")
+
+
 class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
 
@@ -558,6 +563,12 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         source = source_cls.from_pretrained(model_or_path) if isinstance(model_or_path, str) else model_or_path
         values = layer_cls.config_from_source(source)
         values.update(config_overrides)
+        for name in CONVERSION_KEEPS_DEFAULT:  # the source has these parts: an ablation of them is not a conversion
+            default = FPMambaConfig.__dataclass_fields__[name].default
+            if values.get(name, default) != default:
+                raise ValueError(f"from_{layer_cls.source_model.removesuffix('ForCausalLM').lower()}: {name}="
+                                 f"{values[name]!r} cannot convert (the converted model computes its source "
+                                 f"exactly); convert with {name}={default!r}, or build the ablation from its config")
         model = cls(FPMambaConfig(**values)).to(source.dtype)
         missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
         added = tuple(f".mixer.{prefix}" for prefix in layer_cls.added_parameters)

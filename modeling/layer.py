@@ -169,13 +169,25 @@ class FixedPointLayer(nn.Module):
             raise ValueError(f"fp_max_iter must be a positive integer, got {max_iter!r}")
         if tol is not None and not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
             raise ValueError(f"fp_tol must be a finite number > 0, got {tol!r}")
-        default_cap = c.fp_max_iter if self.training else c.fp_max_iter_eval
+        default_cap = self.training_cap() if self.training else c.fp_max_iter_eval
         return SolverSettings(
             max_iter=max_iter if max_iter is not None else default_cap,
             tol=float(tol if tol is not None else c.fp_tol),
             damping=c.fp_damping, damping_decay=c.fp_damping_decay, damping_patience=c.fp_damping_patience,
             train_quantile=c.fp_train_quantile, solver=c.fp_solver, anderson_m=c.fp_anderson_m,
         )
+
+    def training_cap(self) -> int:
+        """The iteration cap of a training call: fp_max_iter, or with fp_max_iter_gamma_shape k > 0 a random cap
+        min(fp_max_iter, ceil(Gamma(k, fp_max_iter_gamma_scale))), at least 1, drawn anew at every call from torch's
+        default CPU generator (the paper's Fig. 6, l_max ~ Gamma(4, 1))."""
+        c = self.config
+        shape = getattr(c, "fp_max_iter_gamma_shape", 0.0)
+        if not shape:
+            return c.fp_max_iter
+        rate = torch.tensor(1.0 / c.fp_max_iter_gamma_scale, dtype=torch.float64)
+        draw = torch.distributions.Gamma(torch.tensor(float(shape), dtype=torch.float64), rate).sample()
+        return max(1, min(c.fp_max_iter, math.ceil(float(draw))))
 
     def finish(self, f: IterationMap, y_star: torch.Tensor, plain: MapOutput | None) -> MapOutput:
         """f(y*) and its aux. With autograd: differentiable according to fp_backward. Without: the solver's own f(y*)

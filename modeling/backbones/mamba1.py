@@ -110,7 +110,8 @@ class Mamba1Layer(FixedPointLayer):
         self.time_step_rank = r = math.ceil(c.hidden_size / 16) if c.time_step_rank == "auto" else c.time_step_rank
         self.gate_in_loop = c.mamba1_gate == "in_loop"
         self.in_proj = nn.Linear(c.hidden_size, 2 * d, bias=c.use_bias)
-        self.conv1d = nn.Conv1d(d, d, c.conv_kernel, groups=d, padding=c.conv_kernel - 1, bias=c.use_conv_bias)
+        self.conv1d = (nn.Conv1d(d, d, c.conv_kernel, groups=d, padding=c.conv_kernel - 1, bias=c.use_conv_bias)
+                       if c.use_short_conv else None)
         self.x_proj = nn.Linear(d, r + 2 * n, bias=False)
         self.dt_proj = nn.Linear(r, d, bias=True)
         self.A_log = nn.Parameter(torch.empty(d, n))
@@ -120,7 +121,7 @@ class Mamba1Layer(FixedPointLayer):
         # and the after-loop gate's dependence on the previous output.
         self.mixer = ChannelMixer.from_config(c, d)
         self.norm = nn.LayerNorm(d, eps=c.layer_norm_epsilon) if c.mamba1_norm == "layernorm" else None
-        self.bc_y_proj = nn.Linear(d, 2 * n, bias=False)
+        self.bc_y_proj = nn.Linear(d, 2 * n, bias=False) if c.bc_hidden_dependence else None
         self.dt_y_proj = nn.Linear(d, r, bias=False) if c.dt_hidden_dependence else None
         self.gate_y_proj = None if self.gate_in_loop else nn.Linear(d, d, bias=False)
         self.reset_parameters()
@@ -138,17 +139,17 @@ class Mamba1Layer(FixedPointLayer):
             "D": torch.ones(d),
             "dt_proj.weight": (torch.rand(d, r) * 2 - 1) * r**-0.5,
             "dt_proj.bias": dt + torch.log(-torch.expm1(-dt)),  # inverse softplus
-            "bc_y_proj.weight": torch.zeros_like(self.bc_y_proj.weight),
         }
-        for proj in ("dt_y_proj", "gate_y_proj"):
+        for proj in ("bc_y_proj", "dt_y_proj", "gate_y_proj"):
             if getattr(self, proj) is not None:
                 values[f"{proj}.weight"] = torch.zeros_like(getattr(self, proj).weight)
         return values
 
     def init_weights(self, init: Any) -> None:
-        init.kaiming_uniform_(self.conv1d.weight, a=math.sqrt(5))
-        if self.conv1d.bias is not None:
-            init.zeros_(self.conv1d.bias)
+        if self.conv1d is not None:
+            init.kaiming_uniform_(self.conv1d.weight, a=math.sqrt(5))
+            if self.conv1d.bias is not None:
+                init.zeros_(self.conv1d.bias)
         init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
 
     # ------------------------------------------------------------------------ conversion from MambaForCausalLM
@@ -199,9 +200,12 @@ class Mamba1Layer(FixedPointLayer):
         return dt.clamp(lo, hi) if (lo > 0.0 or hi != float("inf")) else dt
 
     def bc(self, Bx: torch.Tensor, Cx: torch.Tensor, y_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """B, C (..., n) from their x-parts and the shifted iterate y_{t-1} (..., d)."""
-        By, Cy = acc(self.bc_y_proj(y_prev.to(self.bc_y_proj.weight.dtype))).split(self.ssm_state_size, -1)
-        B, C = Bx + By, Cx + Cy
+        """B, C (..., n) from their x-parts and the shifted iterate y_{t-1} (..., d) (not read without
+        bc_hidden_dependence)."""
+        B, C = Bx, Cx
+        if self.bc_y_proj is not None:
+            By, Cy = acc(self.bc_y_proj(y_prev.to(self.bc_y_proj.weight.dtype))).split(self.ssm_state_size, -1)
+            B, C = Bx + By, Cx + Cy
         if self.config.bc_norm:
             B, C = F.normalize(B, dim=-1, eps=1e-6), F.normalize(C, dim=-1, eps=1e-6)
         return B, C
@@ -214,7 +218,10 @@ class Mamba1Layer(FixedPointLayer):
 
     def _conv(self, x: torch.Tensor, window: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Causal depthwise conv + SiLU over x (b, T, d), continuing from `window` (b, d, k).
-        Returns (conv output (b, T, d), new window (b, d, k))."""
+        Returns (conv output (b, T, d), new window (b, d, k)). Without the short conv (use_short_conv False): x as
+        it is and an empty window (b, d, 0)."""
+        if self.conv1d is None:
+            return x, x.new_zeros(x.shape[0], self.d_inner, 0)
         k = self.conv_kernel_size
         seq = x.transpose(1, 2)
         past = window.to(seq.dtype) if window is not None else seq.new_zeros(*seq.shape[:2], k)

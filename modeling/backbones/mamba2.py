@@ -137,7 +137,7 @@ class Mamba2Layer(FixedPointLayer):
         self.conv_dim = self.d_inner + 2 * c.n_groups * c.state_size
         self.in_proj = nn.Linear(c.hidden_size, self.d_inner + self.conv_dim + self.num_heads, bias=c.use_bias)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, c.conv_kernel, groups=self.conv_dim,
-                                padding=c.conv_kernel - 1, bias=c.use_conv_bias)
+                                padding=c.conv_kernel - 1, bias=c.use_conv_bias) if c.use_short_conv else None
         self.dt_bias = nn.Parameter(torch.empty(self.num_heads))
         self.A_log = nn.Parameter(torch.empty(self.num_heads))
         self.D = nn.Parameter(torch.empty(self.num_heads))
@@ -146,7 +146,8 @@ class Mamba2Layer(FixedPointLayer):
         self.out_proj = nn.Linear(self.d_inner, c.hidden_size, bias=c.use_bias)
         # FP-Mamba's additions: the channel mixer and the hidden-state dependence of B, C (and dt).
         self.mixer = ChannelMixer.from_config(c, self.d_inner)
-        self.bc_y_proj = nn.Linear(self.d_inner, 2 * c.n_groups * c.state_size, bias=False)
+        self.bc_y_proj = (nn.Linear(self.d_inner, 2 * c.n_groups * c.state_size, bias=False)
+                          if c.bc_hidden_dependence else None)
         self.dt_y_proj = nn.Linear(self.d_inner, self.num_heads, bias=False) if c.dt_hidden_dependence else None
         self.reset_parameters()
 
@@ -160,16 +161,17 @@ class Mamba2Layer(FixedPointLayer):
             "A_log": torch.log(torch.arange(1, self.num_heads + 1, dtype=torch.float32)),
             "D": torch.ones(self.num_heads),
             "dt_bias": dt + torch.log(-torch.expm1(-dt)),  # inverse softplus
-            "bc_y_proj.weight": torch.zeros_like(self.bc_y_proj.weight),
         }
-        if self.dt_y_proj is not None:
-            values["dt_y_proj.weight"] = torch.zeros_like(self.dt_y_proj.weight)
+        for proj in ("bc_y_proj", "dt_y_proj"):
+            if getattr(self, proj) is not None:
+                values[f"{proj}.weight"] = torch.zeros_like(getattr(self, proj).weight)
         return values
 
     def init_weights(self, init: Any) -> None:
-        init.kaiming_uniform_(self.conv1d.weight, a=math.sqrt(5))
-        if self.conv1d.bias is not None:
-            init.zeros_(self.conv1d.bias)
+        if self.conv1d is not None:
+            init.kaiming_uniform_(self.conv1d.weight, a=math.sqrt(5))
+            if self.conv1d.bias is not None:
+                init.zeros_(self.conv1d.bias)
         init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
 
     # ---------------------------------------------------------------------- conversion from Mamba2ForCausalLM
@@ -205,9 +207,9 @@ class Mamba2Layer(FixedPointLayer):
         """Mixer gain 0 (Q = I; its random directions stay, so fine-tuning can grow it), y-projections 0."""
         if self.mixer.proj is not None:
             self.mixer.gain.zero_()
-        self.bc_y_proj.weight.zero_()
-        if self.dt_y_proj is not None:
-            self.dt_y_proj.weight.zero_()
+        for proj in (self.bc_y_proj, self.dt_y_proj):
+            if proj is not None:
+                proj.weight.zero_()
 
     # --------------------------------------------------------------------- parts of the map that read y_{t-1}
     def dt(self, dt_raw: torch.Tensor, y_prev: torch.Tensor | None) -> torch.Tensor:
@@ -222,9 +224,9 @@ class Mamba2Layer(FixedPointLayer):
 
     def bc(self, Bx: torch.Tensor, Cx: torch.Tensor, y_prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """B, C (..., g, n) from their x-parts and the shifted iterate y_{t-1} (..., d_inner); y_prev None: the
-        y-projection is known to be zero (a constant map)."""
+        y-projection is known to be zero (a constant map) or absent (bc_hidden_dependence False)."""
         B, C = Bx, Cx
-        if y_prev is not None:
+        if y_prev is not None and self.bc_y_proj is not None:
             gn = self.n_groups * self.ssm_state_size
             By, Cy = acc(self.bc_y_proj(y_prev.to(self.bc_y_proj.weight.dtype))).split(gn, -1)
             B = Bx + By.view(Bx.shape)
@@ -235,7 +237,10 @@ class Mamba2Layer(FixedPointLayer):
 
     def _conv(self, xBC: torch.Tensor, window: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Causal depthwise conv + SiLU over xBC (b, T, conv_dim), continuing from `window` (b, conv_dim, k).
-        Returns (conv output (b, T, conv_dim), new window (b, conv_dim, k))."""
+        Returns (conv output (b, T, conv_dim), new window (b, conv_dim, k)). Without the short conv
+        (use_short_conv False): xBC as it is and an empty window (b, conv_dim, 0)."""
+        if self.conv1d is None:
+            return xBC, xBC.new_zeros(xBC.shape[0], self.conv_dim, 0)
         k = self.conv_kernel_size
         seq = xBC.transpose(1, 2)
         past = window.to(seq.dtype) if window is not None else seq.new_zeros(*seq.shape[:2], k)
@@ -282,15 +287,20 @@ class Mamba2Layer(FixedPointLayer):
         layer, whose weight alone the kernels would read). Whether they passed their self-check in this
         configuration is `iteration_map`'s question (`ops.fused_iteration_supported`)."""
         c = self.config
-        plain = all(is_plain_linear(m) for m in (self.mixer.proj, self.bc_y_proj, self.dt_y_proj) if m is not None)
+        y_projections = [m for m in (self.bc_y_proj, self.dt_y_proj) if m is not None]
+        plain = self.mixer.plain() and all(is_plain_linear(m) for m in y_projections)
         if not plain or not fused_iteration_supported(pre.x, c.mixer_type):
             return None
         from ..ops.fused_iteration_triton import FusedIterationInputs
 
         with torch.no_grad():
-            weights = [w for w in (self.mixer.y_weight(), self.bc_y_proj.weight,
+            dtype = self.out_proj.weight.dtype
+            # Without bc_hidden_dependence the kernels get B's and C's y-weight as exact zeros (their layout).
+            bc_w = (self.bc_y_proj.weight if self.bc_y_proj is not None
+                    else pre.x.new_zeros(2 * self.n_groups * self.ssm_state_size, self.d_inner, dtype=dtype))
+            weights = [w for w in (self.mixer.y_weight(), bc_w,
                                    None if self.dt_y_proj is None else self.dt_y_proj.weight) if w is not None]
-            weight_y = torch.cat([w.to(self.bc_y_proj.weight.dtype) for w in weights])
+            weight_y = torch.cat([w.to(dtype) for w in weights])
             strength = self.mixer.strength().detach() if self.mixer.proj is not None else pre.x.new_zeros(())
         return FusedIterationInputs(
             x=pre.x, x_part=pre.x_part, Bx=pre.Bx, Cx=pre.Cx, dt_raw=pre.dt_raw, z=pre.z, y_prev0=pre.y_prev0,

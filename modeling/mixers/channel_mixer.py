@@ -2,9 +2,11 @@
 
 Every mixer is conditioned on p_t, built from x_t and the shifted iterate y_{t-1} (`input_mode`):
     "concat": p = [x_t ; y_{t-1}]     "sum": p = x_t + y_{t-1}     "x": p = x_t (no hidden dependence)
-All parameters come from ONE linear map `proj` of p, so its x-part is computed once per layer call and only the
-y-part is recomputed at each fixed-point iteration. A wrapped `proj` (e.g. a peft LoRA layer, see `is_plain_linear`)
-has no weight to split: it is then applied to the whole p at each iteration.
+All parameters come from ONE linear map of p, so its x-part is computed once per layer call and only the y-part is
+recomputed at each fixed-point iteration. The map is `proj` (p -> P), or with `proj_rank` r > 0 (config
+mixer_proj_rank) `proj(proj_in(p))`, factored through r (p -> r -> P, the bias on `proj`): then an iteration
+projects y_{t-1} as y -> r -> P. A wrapped projection (e.g. a peft LoRA layer, see `is_plain_linear`) has no weight to
+split: the map is then applied to the whole p at each iteration.
 
 The strength in front of Q - I is c * g: c the reflection scale (1 = paper, 2 = official code) and g = tri(gain), a
 triangle wave of the stored parameter (see `effective_gain`): 1 for a fresh model (exactly the paper's
@@ -50,6 +52,7 @@ class ChannelMixer(nn.Module):
         alpha_init: float = 0.1,
         initializer_range: float = 0.02,
         options: dict[str, Any] | None = None,
+        proj_rank: int = 0,
     ) -> None:
         super().__init__()
         self.spec = mixer_kind(kind).configured(**(options or {}))  # options: the kind's own settings (kron_norm)
@@ -62,10 +65,15 @@ class ChannelMixer(nn.Module):
         self.alpha_init = alpha_init
         self.initializer_range = initializer_range
         self.split_sizes = self.spec.split_sizes(d_inner, rank)
+        self.proj_rank = proj_rank
+        self.proj_in = None
         if not self.split_sizes:
             self.proj = None
             return
         in_dim = 2 * d_inner if input_mode == "concat" else d_inner
+        if proj_rank > 0:  # p -> r -> P: proj_in (no bias), then proj (with the bias)
+            self.proj_in = nn.Linear(in_dim, proj_rank, bias=False)
+            in_dim = proj_rank
         self.proj = nn.Linear(in_dim, sum(self.split_sizes), bias=True)
         self.gain = nn.Parameter(torch.ones(1))  # shape (1,), not (): FSDP2's fully_shard rejects 0-dim parameters
         self.reset_parameters()
@@ -75,17 +83,32 @@ class ChannelMixer(nn.Module):
         """The mixer of a layer of width d_inner, from the model config's mixer_* fields (FPMambaConfig)."""
         c = config
         return cls(c.mixer_type, d_inner, c.mixer_input, c.mixer_rank, c.mixer_reflection_scale, c.mixer_activation,
-                   c.mixer_alpha_init, c.initializer_range, options={"kron_norm": c.mixer_kron_norm})
+                   c.mixer_alpha_init, c.initializer_range, options={"kron_norm": c.mixer_kron_norm},
+                   proj_rank=getattr(c, "mixer_proj_rank", 0))
+
+    def projections(self) -> tuple[nn.Module, ...]:
+        """The linear maps of p, innermost first: (proj,) or (proj_in, proj); () without a projection."""
+        return tuple(m for m in (self.proj_in, self.proj) if m is not None)
+
+    def plain(self) -> bool:
+        """Whether every projection is a plain nn.Linear (`is_plain_linear`), whose weights may be split and read."""
+        return all(is_plain_linear(m) for m in self.projections())
 
     def initial_values(self) -> dict[str, torch.Tensor]:
-        """Initial parameter values by name: random directions, gates at alpha_init, gain 1 (Q near identity)."""
+        """Initial parameter values by name: random directions, gates at alpha_init, gain 1 (Q near identity). With a
+        low-rank projection, proj_in ~ N(0, initializer_range^2) and proj ~ N(0, 1 / r): the product's outputs then
+        have the variance of the full-rank map's."""
         if self.proj is None:
             return {}
         logit = math.log(self.alpha_init / (1.0 - self.alpha_init))
         bias = torch.zeros_like(self.proj.bias)
         bias[sum(self.split_sizes[: self.spec.gate_chunks(self.d_inner, self.rank)]):] = logit
-        weight = torch.randn_like(self.proj.weight) * self.initializer_range
-        return {"proj.weight": weight, "proj.bias": bias, "gain": torch.ones_like(self.gain)}
+        if self.proj_in is None:
+            weight = torch.randn_like(self.proj.weight) * self.initializer_range
+            return {"proj.weight": weight, "proj.bias": bias, "gain": torch.ones_like(self.gain)}
+        return {"proj_in.weight": torch.randn_like(self.proj_in.weight) * self.initializer_range,
+                "proj.weight": torch.randn_like(self.proj.weight) * self.proj_rank ** -0.5, "proj.bias": bias,
+                "gain": torch.ones_like(self.gain)}
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -97,17 +120,31 @@ class ChannelMixer(nn.Module):
         bias (..., P); x itself (..., d) when `proj` is wrapped (applied to the whole input at every iteration)."""
         if self.proj is None:
             return None
-        if not is_plain_linear(self.proj):
+        if not self.plain():
             return acc(x)
-        d = self.d_inner
-        w = self.proj.weight[:, :d] if self.input_mode == "concat" else self.proj.weight
-        return acc(F.linear(x.to(w.dtype), w, self.proj.bias))
+        first = self.projections()[0]
+        w = first.weight[:, : self.d_inner] if self.input_mode == "concat" else first.weight
+        if self.proj_in is None:
+            return acc(F.linear(x.to(w.dtype), w, self.proj.bias))
+        low = F.linear(x.to(w.dtype), w)
+        return acc(F.linear(low.to(self.proj.weight.dtype), self.proj.weight, self.proj.bias))
 
-    def y_weight(self) -> torch.Tensor | None:
-        """The weight a plain `proj` applies to y_{t-1} (P, d), or None when the mixer does not read the iterate."""
+    def _y_in_weight(self) -> torch.Tensor | None:
+        """The weight the first projection applies to y_{t-1}: (P, d), or (r, d) when low-rank; None when the mixer
+        does not read the iterate."""
         if self.proj is None or self.input_mode == "x":
             return None
-        return self.proj.weight[:, self.d_inner:] if self.input_mode == "concat" else self.proj.weight
+        first = self.projections()[0]
+        return first.weight[:, self.d_inner:] if self.input_mode == "concat" else first.weight
+
+    def y_weight(self) -> torch.Tensor | None:
+        """The (P, d) matrix a plain projection applies to y_{t-1}, or None when the mixer does not read the
+        iterate. Low-rank: the product proj.weight @ (proj_in's y-columns), formed here for the fused Triton iteration,
+        which reads one y-weight matrix; the PyTorch path applies the two factors (y -> r -> P) instead."""
+        w = self._y_in_weight()
+        if w is None or self.proj_in is None:
+            return w
+        return self.proj.weight @ w.to(self.proj.weight.dtype)
 
     def effective_gain(self) -> torch.Tensor:
         """g = tri(gain) in [0, 1], a () tensor: the triangle wave of period 2 through tri(0) = 0 and tri(1) = 1.
@@ -128,9 +165,14 @@ class ChannelMixer(nn.Module):
 
     def _project(self, x_part: torch.Tensor, y_prev: torch.Tensor) -> torch.Tensor:
         """proj(p_t) (..., P) in fp32 from `precompute`'s output and the shifted iterate y_{t-1} (..., d)."""
-        if is_plain_linear(self.proj):
-            w = self.y_weight()
-            return x_part if w is None else x_part + acc(F.linear(y_prev.to(w.dtype), w))
+        if self.plain():
+            w = self._y_in_weight()
+            if w is None:
+                return x_part
+            y_part = F.linear(y_prev.to(w.dtype), w)
+            if self.proj_in is not None:  # y -> r -> P
+                y_part = F.linear(y_part.to(self.proj.weight.dtype), self.proj.weight)
+            return x_part + acc(y_part)
         # Wrapped: x_part is x itself (..., d); build p and call the module.
         if self.input_mode == "concat":
             p = torch.cat([x_part, y_prev], dim=-1)
@@ -138,7 +180,9 @@ class ChannelMixer(nn.Module):
             p = x_part + y_prev
         else:
             p = x_part
-        return acc(self.proj(p.to(self.proj.weight.dtype)))
+        for m in self.projections():
+            p = m(p.to(m.weight.dtype))
+        return acc(p)
 
     def factors(self, x_part: torch.Tensor | None, y_prev: torch.Tensor) -> MixerFactors:
         """Q_t's factors given `precompute`'s output for x_t and the shifted iterate y_{t-1} (..., d)."""
