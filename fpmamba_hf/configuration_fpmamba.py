@@ -185,7 +185,8 @@ class FPMambaConfig(PreTrainedConfig):
             after the in-loop gate) or "none" (no norm: what a model converted from Mamba-1 uses, since then it
             computes its source exactly) (mamba1 only).
         fp_max_iter (`int`, *optional*, defaults to `16`):
-            Iteration cap of the fixed-point solve in training.
+            Iteration cap of the fixed-point solve in training (the upper bound of the random cap when
+            fp_max_iter_gamma_shape > 0).
         fp_max_iter_eval (`int`, *optional*, defaults to `64`):
             Iteration cap in eval mode and generation. forward() and generate() take `fp_max_iter` / `fp_tol`
             arguments that override the cap and the tolerance for one call.

@@ -156,12 +156,27 @@ def test_rnn_refuses_the_switches_it_has_nothing_for(field):
 @pytest.mark.parametrize("field, value", [("bc_hidden_dependence", False), ("use_short_conv", False),
                                           ("mixer_proj_rank", 4)])
 def test_conversion_refuses_the_switches(field, value):
-    from transformers import Mamba2Config, Mamba2ForCausalLM
+    from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
     cfg = Mamba2Config(vocab_size=50, hidden_size=32, head_dim=16, num_heads=4, state_size=8, n_groups=1,
                        num_hidden_layers=1)
     with pytest.raises(ValueError, match=f"from_mamba2: {field}="):
         FPMambaForCausalLM.from_mamba2(Mamba2ForCausalLM(cfg), **{field: value})
+    mamba = MambaForCausalLM(MambaConfig(vocab_size=50, hidden_size=32, state_size=8, num_hidden_layers=1))
+    with pytest.raises(ValueError, match=f"from_mamba: {field}="):
+        FPMambaForCausalLM.from_mamba(mamba, **{field: value})
+
+
+def test_gamma_cap_under_gradient_checkpointing():
+    """Each layer draws its cap in the first (no-grad) forward; the recompute replays the recorded fixed point."""
+    torch.manual_seed(0)
+    model = FPMambaForCausalLM(tiny_config(fp_max_iter_gamma_shape=4.0, fp_tol=1e-12, fp_train_quantile=1.0)).train()
+    model.gradient_checkpointing_enable()
+    ids = torch.randint(0, VOCAB, (2, 9))
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    assert int(out.fp_iterations.max()) <= model.config.fp_max_iter
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_lora_on_the_low_rank_mixer_takes_part_in_the_iteration():
