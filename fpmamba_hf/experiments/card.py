@@ -10,11 +10,14 @@ lies between CARD_BEGIN and CARD_END in the card, so the card cannot drift from 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from ..configuration_fpmamba import FPMambaConfig
 from .evaluation import LengthResult
 from .models import DEFAULT_LAYERS
 from .reporting import ACCURACY_THRESHOLD, plot_paths, plot_results
@@ -139,17 +142,25 @@ def per_length_table(run: Run) -> list[str]:
     return _table(header, lines)
 
 
+def _is_config_default(name: str, value: Any) -> bool:
+    """Whether a recorded model setting is FPMambaConfig's default (compared as JSON: tuples are lists there)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(FPMambaConfig)}
+    return name in defaults and json.loads(json.dumps(value)) == json.loads(json.dumps(defaults[name]))
+
+
 def settings_line(run: Run) -> str:
     """Every model and training setting of a `task train` run, as recorded (the evaluation's for `task eval`)."""
     if run.config is None:
         keys = ("model_dirs", "fp_max_iter", "fp_tol", "eval_examples")
         return "Evaluation of saved models: " + ", ".join(f"{k}={run.payload.get(k)}" for k in keys) + "."
     config = run.config
-    model = ", ".join(f"{k}={v}" for k, v in config["model"].items())
+    model = ", ".join(f"{k}={v}" for k, v in config["model"].items()
+                      if v is not None and not _is_config_default(k, v)) or "-"
     training = ", ".join(f"{k}={v}" for k, v in config["training"].items() if k not in ("logging_steps",
                                                                                       "progress_bar"))
     evaluation = ", ".join(f"{k}={config[k]}" for k in ("eval_examples", "eval_fp_max_iter", "eval_fp_tol"))
-    return (f"Model (each kind uses the fields that apply to it): {model}. Training (AdamW, cosine): {training}. "
+    return (f"Model (each kind uses the fields that apply to it; every other FPMambaConfig knob at its default): "
+            f"{model}. Training (AdamW, cosine): {training}. "
             f"Evaluation: {evaluation}.")
 
 
