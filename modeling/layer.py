@@ -135,9 +135,15 @@ class FixedPointLayer(nn.Module):
         self.mixer.reset_parameters()
 
     def init_weights(self, init: Any) -> None:
-        """The random initialisation of the backbone's own weights (e.g. its conv), through `init`: transformers'
-        guarded helpers (`transformers.initialization`), which leave loaded weights alone."""
-        raise NotImplementedError
+        """The random initialisation of the backbone's own weights, through `init`: transformers' guarded helpers
+        (`transformers.initialization`), which leave loaded weights alone. By default Mamba's: kaiming-uniform for
+        the short conv (when the backbone has one, `conv1d`; bias 0) and for the output projection."""
+        conv = getattr(self, "conv1d", None)
+        if conv is not None:
+            init.kaiming_uniform_(conv.weight, a=math.sqrt(5))
+            if conv.bias is not None:
+                init.zeros_(conv.bias)
+        init.kaiming_uniform_(self.output_projection().weight, a=math.sqrt(5))
 
     def output_projection(self) -> nn.Linear:
         """The projection into the residual stream, whose initial weight rescale_prenorm_residual divides by

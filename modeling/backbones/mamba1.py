@@ -145,13 +145,6 @@ class Mamba1Layer(FixedPointLayer):
                 values[f"{proj}.weight"] = torch.zeros_like(getattr(self, proj).weight)
         return values
 
-    def init_weights(self, init: Any) -> None:
-        if self.conv1d is not None:
-            init.kaiming_uniform_(self.conv1d.weight, a=math.sqrt(5))
-            if self.conv1d.bias is not None:
-                init.zeros_(self.conv1d.bias)
-        init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
-
     # ------------------------------------------------------------------------ conversion from MambaForCausalLM
     source_model = "MambaForCausalLM"
     added_parameters = ("mixer.", "norm.", "bc_y_proj.", "dt_y_proj.", "gate_y_proj.")

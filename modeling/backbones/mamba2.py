@@ -167,13 +167,6 @@ class Mamba2Layer(FixedPointLayer):
                 values[f"{proj}.weight"] = torch.zeros_like(getattr(self, proj).weight)
         return values
 
-    def init_weights(self, init: Any) -> None:
-        if self.conv1d is not None:
-            init.kaiming_uniform_(self.conv1d.weight, a=math.sqrt(5))
-            if self.conv1d.bias is not None:
-                init.zeros_(self.conv1d.bias)
-        init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
-
     # ---------------------------------------------------------------------- conversion from Mamba2ForCausalLM
     source_model = "Mamba2ForCausalLM"
     added_parameters = ("mixer.", "bc_y_proj.", "dt_y_proj.")
