@@ -46,8 +46,8 @@ from benchmarks._cpu_timing import interleaved_ms  # noqa: E402
 from benchmarks._op_count import OpCounter  # noqa: E402
 from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM  # noqa: E402
 from fpmamba_hf.experiments import collate, primary_metric, run_experiment  # noqa: E402
-from fpmamba_hf.telemetry import GenerationLog  # noqa: E402
 from fpmamba_hf.tasks import TaskSpec, get_task  # noqa: E402
+from fpmamba_hf.telemetry import GenerationLog  # noqa: E402
 
 SECTIONS = ("forward", "train_step", "decode", "extra_iteration", "solvers", "decode_ops")
 TINY_TOL = 1e-12  # a tolerance no iterate reaches: the solve runs exactly fp_max_iter iterations

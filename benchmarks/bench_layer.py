@@ -17,9 +17,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from fpmamba_core.backbones import Mamba2Layer  # noqa: E402
+
 from benchmarks._common import median_ms, peak_mib, report  # noqa: E402
-from fpmamba_core.backbones import Mamba2Layer
-    from fpmamba_hf.configuration_fpmamba import FPMambaConfig  # noqa: E402
+from fpmamba_hf.configuration_fpmamba import FPMambaConfig  # noqa: E402
 
 
 def main() -> None:

@@ -13,9 +13,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._common import median_ms, report  # noqa: E402
 from fpmamba_core.ops import reference  # noqa: E402
 from fpmamba_core.ops.ssd_scan_triton import ssd_scan_triton  # noqa: E402
+
+from benchmarks._common import median_ms, report  # noqa: E402
 
 
 def inputs(b: int, T: int, h: int, p: int, g: int, n: int, dtype: torch.dtype, grad: bool):

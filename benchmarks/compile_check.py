@@ -135,6 +135,7 @@ def _decode_variants() -> None:
 
 def _fused_variants(weight_dtype: torch.dtype) -> None:
     from fpmamba_core.backbones import Mamba2Layer
+
     from fpmamba_hf.configuration_fpmamba import FPMambaConfig
 
     os.environ["FPMAMBA_KERNELS"] = "triton"

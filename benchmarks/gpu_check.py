@@ -216,6 +216,7 @@ def decode_section() -> None:
 
 def layer_section() -> None:
     from fpmamba_core.backbones import Mamba2Layer
+
     from fpmamba_hf.configuration_fpmamba import FPMambaConfig
 
     torch.manual_seed(0)

@@ -5,12 +5,12 @@
     torchrun --nproc_per_node 2 examples/train_trainer.py --task parity --use_cpu
 
 Data come from `fpmamba_hf.tasks` (no download). Their labels are *aligned* (labels[:, i] is the target of position
-i), so the collator (`fpmamba_hf.experiments.collate`, the harness's) hands them to the model as `shift_labels` (transformers' causal-LM loss then uses them as they
-are) and also as `labels` (Trainer counts `num_items_in_batch` from `shift_labels` when a batch has `labels`, which
-makes gradient accumulation equal to one big batch). Rows are right padded: FP-Mamba is causal, so padding after the
-real tokens cannot change their outputs; the padded positions carry label -100, and no attention mask is passed
-(the model accepts left padding only). Writes `summary.json` (losses, eval metrics, iterations) to --output_dir.
-See docs/training.md.
+i), so the collator (`fpmamba_hf.experiments.collate`, the harness's) hands them to the model as `shift_labels`
+(transformers' causal-LM loss then uses them as they are) and also as `labels` (Trainer counts `num_items_in_batch`
+from `shift_labels` when a batch has `labels`, which makes gradient accumulation equal to one big batch). Rows are
+right padded: FP-Mamba is causal, so padding after the real tokens cannot change their outputs; the padded positions
+carry label -100, and no attention mask is passed (the model accepts left padding only). Writes `summary.json`
+(losses, eval metrics, iterations) to --output_dir. See docs/training.md.
 """
 
 from __future__ import annotations

@@ -12,8 +12,6 @@ that count.
 
 from __future__ import annotations
 
-import torch
-
 from typing import Any
 
 from fpmamba_core.layer import FixedPointLayer

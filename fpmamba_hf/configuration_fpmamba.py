@@ -18,13 +18,12 @@ import typing
 from functools import cache
 from typing import Any, NamedTuple
 
-from huggingface_hub.dataclasses import strict
-from transformers.configuration_utils import PreTrainedConfig
-
 from fpmamba_core.backbones import BACKBONES, MAMBA1_GATES, MAMBA1_NORMS
 from fpmamba_core.fixed_point import SOLVERS
 from fpmamba_core.layer import FP_BACKWARDS
 from fpmamba_core.mixers import ACTIVATIONS, KRONECKER_NORMS, MIXER_INPUTS, MIXERS
+from huggingface_hub.dataclasses import strict
+from transformers.configuration_utils import PreTrainedConfig
 
 # The value rules beyond the type, one table per rule (`FPMambaConfig.check`). The registries are read as they are
 # at check time, so a backbone or mixer kind added to one is a valid choice.

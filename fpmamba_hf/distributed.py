@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-
 from fpmamba_core.fixed_point import ContinueSync
 
 

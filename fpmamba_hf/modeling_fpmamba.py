@@ -17,20 +17,19 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from fpmamba_core.backbones import backbone_layer
+from fpmamba_core.checkpointing import FixedPointReplay
+from fpmamba_core.fixed_point import ContinueSync
+from fpmamba_core.layer import FixedPointLayer
+from fpmamba_core.mixers import ChannelMixer
+from fpmamba_core.norms import GatedRMSNorm
+from fpmamba_core.precision import acc
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput, logging
-
-from fpmamba_core.checkpointing import FixedPointReplay
-from fpmamba_core.fixed_point import ContinueSync
-from fpmamba_core.backbones import backbone_layer
-from fpmamba_core.layer import FixedPointLayer
-from fpmamba_core.mixers import ChannelMixer
-from fpmamba_core.norms import GatedRMSNorm
-from fpmamba_core.precision import acc
 
 from .cache import has_state, read_state, seen_tokens, set_seen_tokens, write_state
 from .configuration_fpmamba import FPMambaConfig
@@ -65,8 +64,8 @@ class FPMambaRMSNorm(nn.Module):
 
 
 class FPMambaBlock(GradientCheckpointingLayer):
-    """Pre-norm residual block around one fixed-point layer (its backbone's FixedPointLayer). Returns (hidden_states, iterations (batch,), residual
-    (batch,)): the fixed-point iterations and the relative residual each row stopped at.
+    """Pre-norm residual block around one fixed-point layer (its backbone's FixedPointLayer). Returns (hidden_states,
+    iterations (batch,), residual (batch,)): the fixed-point iterations and the relative residual each row stopped at.
 
     The whole fixed-point loop runs inside this block, which is the unit of activation checkpointing and of FSDP
     sharding (`_no_split_modules`): one parameter all-gather per block forward, whatever the iteration count.

@@ -209,7 +209,8 @@ class Mamba2Layer(FixedPointLayer):
         """dt (..., h) from its x-part dt_raw (..., h) and the shifted iterate y_{t-1} (..., d_inner); y_prev None:
         the y-projection is known to be zero (a constant map)."""
         pre = acc(dt_raw)
-        if self.dt_y_proj is not None and y_prev is not None:  # called, not read as a weight: a wrapped (e.g. LoRA) projection takes part
+        # Called, not read as a weight: a wrapped (e.g. LoRA) projection takes part.
+        if self.dt_y_proj is not None and y_prev is not None:
             pre = pre + acc(self.dt_y_proj(y_prev.to(self.dt_y_proj.weight.dtype)))
         dt = F.softplus(pre + acc(self.dt_bias))
         lo, hi = self.config.time_step_limit

@@ -2,7 +2,8 @@
 
 MIXERS is the one place that names the kinds; each kind (mixers/base.py, MixerKind) owns its projection layout,
 initialisation, factors, application and the Triton ops that implement it. To add a mixer: write its file with a
-MixerKind subclass, list it in registry.py (MIXERS), and add its cases to tests/modeling/test_mixers.py (docs/architecture.md).
+MixerKind subclass, list it in registry.py (MIXERS), and add its cases to tests/modeling/test_mixers.py
+(docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -27,12 +27,14 @@ import torch
 from ..mixers import kernel_supports
 from ._triton_utils import kernel_chunk_len
 from .diagonal_scan import diag_scan_chunked
-
+from .reference import ScanDecay, gated_rms_norm, ssd_scan_chunked
 from .reference import decode_step as reference_decode_step
-from .reference import ScanDecay, gated_rms_norm, ssd_scan_chunked, ssd_scan_decay
 from .selective_reference import mamba1_readout, selective_decode_step, selective_scan_chunked
-from .selfcheck import decode_step_ok, fused_iteration_ok
-from .selfcheck import KernelSelfCheckWarning  # noqa: F401 -- re-exported: ops.KernelSelfCheckWarning
+from .selfcheck import (
+    KernelSelfCheckWarning,  # noqa: F401 -- re-exported: ops.KernelSelfCheckWarning
+    decode_step_ok,
+    fused_iteration_ok,
+)
 
 if TYPE_CHECKING:
     from ..fixed_point import SolverSettings

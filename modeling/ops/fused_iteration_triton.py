@@ -17,8 +17,8 @@ mixer's x-part, the mask) are indexed by the row list inside the kernels, so fre
 
 This is the no-autograd path: the differentiable application of the map (one_step / implicit backward,
 checkpoint recompute) is the layer's composed PyTorch code, which is also the reference these kernels are
-tested against. Mixers: those whose kind lists "fused_iteration" in its kernel_ops (modeling/mixers); the others stay on the
-composed path.
+tested against. Mixers: those whose kind lists "fused_iteration" in its kernel_ops (modeling/mixers); the others
+stay on the composed path.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
 try:  # the kernels need triton (a CUDA build of torch on Linux brings it; else `pip install fpmamba-hf[triton]`)
     import triton
     import triton.language as tl

@@ -98,9 +98,9 @@ def selective_scan_chunked(
     decay = torch.exp(dtc[..., None] * A)  # (b, c, L, d, n)
     H = x.new_zeros(b, c, d, n)
     local = []
-    for l in range(L):
-        H = decay[:, :, l] * H + u[:, :, l, :, None] * Bc[:, :, l, None, :]
-        local.append(torch.einsum("bcdn,bcn->bcd", H, Cc[:, :, l]))
+    for step in range(L):
+        H = decay[:, :, step] * H + u[:, :, step, :, None] * Bc[:, :, step, None, :]
+        local.append(torch.einsum("bcdn,bcn->bcd", H, Cc[:, :, step]))
     y = torch.stack(local, dim=2)  # (b, c, L, d)
 
     # (2) the state entering each chunk: c steps on (b, d, n).

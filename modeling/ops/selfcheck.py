@@ -45,7 +45,6 @@ from ..precision import acc
 from .reference import decode_step, gated_rms_norm, ssd_scan_chunked
 
 if TYPE_CHECKING:
-    from ..fixed_point import SolverSettings
     from ..mixers import MixerFactors
     from .fused_iteration_triton import FusedIterationInputs
 
@@ -230,8 +229,8 @@ def fused_problem(inp: FusedIterationInputs) -> tuple[FusedIterationInputs, list
     """The check's problem for `inp`'s key: seeded inputs of the same device, dtypes, dimensions and switches (b = 3,
     T = one kernel chunk + 5; x, B, C and z, dt_raw strided views of wider tensors as in the layer; left padding in
     row 1 when masked), and the calls [(y, rows)]: all rows, then rows 0 and 2."""
-    from .fused_iteration_triton import FusedIterationInputs
     from ._triton_utils import kernel_chunk_len
+    from .fused_iteration_triton import FusedIterationInputs
 
     rnd = _Random(inp.x.device)
     b, T = CHECK_ROWS, kernel_chunk_len(inp.chunk_size) + 5

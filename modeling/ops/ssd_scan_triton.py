@@ -18,6 +18,7 @@ The chunk length is a block size only (results do not depend on it beyond roundi
 from __future__ import annotations
 
 import torch
+
 try:  # the kernels need triton (a CUDA build of torch on Linux brings it; else `pip install fpmamba-hf[triton]`)
     import triton
     import triton.language as tl

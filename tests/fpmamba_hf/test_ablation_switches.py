@@ -199,6 +199,7 @@ def test_lora_on_the_low_rank_mixer_takes_part_in_the_iteration():
 
 def test_harness_flags_pick_the_backbone_and_the_switches():
     from fpmamba_core.backbones import Mamba1Layer
+
     from fpmamba_hf.cli import build_parser, config_from_args
     from fpmamba_hf.experiments import build_model
 

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-
-from fpmamba_core.fixed_point import SOLVERS
 from fpmamba_core.backbones import BACKBONES
+from fpmamba_core.fixed_point import SOLVERS
 from fpmamba_core.mixers import MIXER_INPUTS, MIXERS
+
 from fpmamba_hf import FPMambaConfig
 from fpmamba_hf.configuration_fpmamba import CHOICES
 

@@ -73,6 +73,7 @@ def test_a_mixer_that_reads_only_x_still_makes_the_map_read_y():
     """x~ = Q x + (I - Q) y reads y whenever Q != I, whatever the mixer's own input (mixer_input="x"): with zero
     y-projections such a layer is not constant, and its forward is the iterated fixed point."""
     from fpmamba_core.backbones import Mamba2Layer
+
     from fpmamba_hf import FPMambaConfig
 
     torch.manual_seed(0)

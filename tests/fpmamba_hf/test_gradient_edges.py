@@ -6,8 +6,8 @@ import warnings
 
 import pytest
 import torch
-
 from fpmamba_core.fixed_point import ImplicitGradientFallback
+
 from tests.fpmamba_hf.helpers import VOCAB, tiny_model
 
 

@@ -3,10 +3,10 @@ both gate positions, a left-padded batch, a hidden-state dependent dt and a cont
 
 import pytest
 import torch
-
 from fpmamba_core.mixers import MIXERS
+
 from fpmamba_hf import FPMambaForCausalLM
-from tests.fpmamba_hf.helpers import VOCAB, tiny_config
+from tests.fpmamba_hf.helpers import VOCAB, assert_left_padded_decode_matches_rows_alone, tiny_config
 
 # Mamba's own init scale (MambaConfig.initializer_range): at transformers' 0.02 the scan output is tiny next to the
 # fed-back iterate, which the in-loop LayerNorm amplifies, and the Householder/DPLR maps then converge very slowly.
@@ -34,24 +34,7 @@ def test_left_padded_batch_decodes_token_by_token_as_each_row_in_parallel(mixer_
     """Prefill a left-padded batch, decode 4 more tokens through the cache: every row's logits equal that row's own
     parallel forward over its whole sequence (fp32, tight tolerance)."""
     model = _model(mixer_type, gate)
-    lengths, extra = [9, 5, 2], 4
-    T = max(lengths)
-    rows = [torch.randint(0, VOCAB, (1, n + extra)) for n in lengths]
-    ids = torch.zeros(len(rows), T, dtype=torch.long)
-    mask = torch.zeros(len(rows), T, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        ids[i, T - n:], mask[i, T - n:] = rows[i][0, :n], 1
-    with torch.no_grad():
-        out = model(ids, attention_mask=mask, use_cache=True)
-        cache, logits = out.cache_params, [out.logits]
-        for t in range(extra):
-            new = torch.stack([r[0, n + t] for r, n in zip(rows, lengths)])[:, None]
-            logits.append(model(new, cache_params=cache, use_cache=True).logits)
-        decoded = torch.cat(logits, dim=1)
-        for i, (r, n) in enumerate(zip(rows, lengths)):
-            alone = model(r)
-            assert bool((alone.fp_residual < TIGHT["fp_tol"]).all())
-            assert (decoded[i, T - n:] - alone.logits[0]).abs().max() <= 1e-4
+    assert_left_padded_decode_matches_rows_alone(model, TIGHT["fp_tol"])
 
 
 @pytest.mark.parametrize("gate", ["after_loop", "in_loop"])

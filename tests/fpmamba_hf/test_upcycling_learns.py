@@ -3,10 +3,10 @@ optimiser step takes, so fine-tuning can turn it into a dense RNN; the gain stay
 
 import pytest
 import torch
+from fpmamba_core.mixers import ChannelMixer
 from transformers import Mamba2Config, Mamba2ForCausalLM
 
 from fpmamba_hf import FPMambaForCausalLM
-from fpmamba_core.mixers import ChannelMixer
 
 
 @pytest.mark.parametrize("raw", [0.0, 1.0, -0.3, -1.0, 0.4, 1.7, 2.5, -3.2])

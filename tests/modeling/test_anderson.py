@@ -4,11 +4,11 @@ independence, unchanged gradients, the Picard fallback, knob validation. On the 
 
 import pytest
 import torch
+from fpmamba_core.anderson import AndersonHistory
+from fpmamba_core.backbones import Mamba2Layer
+from fpmamba_core.fixed_point import MapOutput, SolverSettings, solve
 
 from fpmamba_hf import FPMambaConfig
-from fpmamba_core.backbones import Mamba2Layer
-from fpmamba_core.anderson import AndersonHistory
-from fpmamba_core.fixed_point import MapOutput, SolverSettings, solve
 
 TINY = dict(hidden_size=16, state_size=4, head_dim=8, chunk_size=4, mixer_rank=2, fp_max_iter=400,
             fp_max_iter_eval=400, fp_train_quantile=1.0)

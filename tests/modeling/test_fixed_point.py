@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from fpmamba_core.fixed_point import MapOutput, SolverSettings, solve
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from fpmamba_core.fixed_point import MapOutput, SolverSettings, solve
 
 
 def _affine_map(W: torch.Tensor, c: torch.Tensor):

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from fpmamba_core.backbones import Mamba2Layer
+
 from fpmamba_hf.configuration_fpmamba import FPMambaConfig
 
 TINY = dict(hidden_size=16, state_size=4, head_dim=8, chunk_size=4, mixer_rank=2)

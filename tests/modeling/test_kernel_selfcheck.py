@@ -16,7 +16,6 @@ path's.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 import subprocess
@@ -40,6 +39,7 @@ RESULTS_ENV = "FPMAMBA_TEST_SELFCHECK_RESULTS"
 # ------------------------------------------------------------------------------------------------------ helpers
 def _layer(seed: int, **overrides):
     from fpmamba_core.backbones import Mamba2Layer
+
     from fpmamba_hf.configuration_fpmamba import FPMambaConfig
 
     torch.manual_seed(seed)
@@ -136,8 +136,8 @@ MAP_CASES = [
 @pytest.mark.parametrize("kind, masked, with_state, overrides", MAP_CASES)
 def test_composed_fused_iteration_equals_layer_map(monkeypatch, kind, masked, with_state, overrides):
     """The check's reference, written from the fused inputs, is the layer's composed map (all rows and a subset)."""
-    from fpmamba_core.fixed_point import relative_residual
     from fpmamba_core.backbones import LayerState
+    from fpmamba_core.fixed_point import relative_residual
     from fpmamba_core.ops.selfcheck import composed_fused_iteration
 
     layer = _layer(1, mixer_type=kind, **overrides)

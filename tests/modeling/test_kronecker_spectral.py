@@ -3,9 +3,9 @@
 
 import pytest
 import torch
-
 from fpmamba_core.backbones import BACKBONES, backbone_layer
-from fpmamba_core.mixers import ChannelMixer, MIXERS, top_eigenvalue_bound
+from fpmamba_core.mixers import MIXERS, ChannelMixer, top_eigenvalue_bound
+
 from fpmamba_hf import FPMambaConfig
 
 # d_inner (factors m1 x m1 and m2 x m2), mixer input, activation.

@@ -3,8 +3,8 @@ in-loop LayerNorm, a hidden-state dependent dt and the after-loop gate's W_zy al
 
 import pytest
 import torch
-
 from fpmamba_core.backbones import Mamba1Layer
+
 from fpmamba_hf.configuration_fpmamba import FPMambaConfig
 
 TINY = dict(backbone="mamba1", hidden_size=16, state_size=4, mixer_type="kronecker", dt_hidden_dependence=True,

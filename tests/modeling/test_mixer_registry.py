@@ -10,11 +10,9 @@ import dataclasses
 
 import pytest
 import torch
-
 from fpmamba_core import ops
 from fpmamba_core.backbones import Mamba2Layer
 from fpmamba_core.fixed_point import SolverSettings
-from fpmamba_hf.configuration_fpmamba import FPMambaConfig
 from fpmamba_core.mixers import (
     KERNEL_OPS,
     MIXERS,
@@ -26,6 +24,8 @@ from fpmamba_core.mixers import (
     mixer_kind,
 )
 from fpmamba_core.mixers import registry as mixer_registry
+
+from fpmamba_hf.configuration_fpmamba import FPMambaConfig
 
 
 class _Scaled(MixerKind):

@@ -3,10 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from fpmamba_core.mixers import ChannelMixer, MixerFactors, apply_mixer, kronecker_dims
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from fpmamba_core.mixers import ChannelMixer, MixerFactors, apply_mixer, kronecker_dims
 
 
 def _dense(factors: MixerFactors, d: int) -> torch.Tensor:

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from fpmamba_core.ops.reference import ssd_scan_chunked, ssd_scan_decay, ssd_scan_sequential
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from fpmamba_core.ops.reference import ssd_scan_chunked, ssd_scan_decay, ssd_scan_sequential
 
 
 def _inputs(b, T, h, p, g, n, dtype=torch.float64, with_state=True, pad=0):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import fpmamba_core.layer
 import pytest
 import torch
 from train_helpers import enable_checkpointing, tiny_model, token_batch
-
-import fpmamba_core.layer
 
 # A tolerance-based stopping rule that actually stops rows at different iterations, with the batch quantile rule.
 RULE = dict(fp_tol=1e-2, fp_max_iter=12, fp_train_quantile=0.75)

@@ -6,13 +6,12 @@ loss within 2e-5 relative, gradient cosine 0.99994): logits atol 2e-2, loss rtol
 
 from __future__ import annotations
 
+import fpmamba_core.backbones.mamba2 as mamba2
 import pytest
 import torch
 import torch.nn.functional as F
-from train_helpers import tiny_model, token_batch
-
-import fpmamba_core.backbones.mamba2 as mamba2
 from fpmamba_core.fixed_point import solve
+from train_helpers import tiny_model, token_batch
 
 IDS = token_batch(4, 16, seed=11)
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from fpmamba_core.ops import diag_scan
 from fpmamba_core.ops.diagonal_scan import diag_scan_chunked, diag_scan_sequential
 

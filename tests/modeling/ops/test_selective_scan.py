@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from fpmamba_core.ops import selective_scan
 from fpmamba_core.ops.selective_reference import selective_scan_chunked, selective_scan_sequential
 

@@ -72,6 +72,7 @@ def test_layer_decode_and_prefill_triton_equal_reference(kind):
     import os
 
     from fpmamba_core.backbones import Mamba2Layer
+
     from fpmamba_hf.configuration_fpmamba import FPMambaConfig
 
     torch.manual_seed(0)
@@ -103,11 +104,11 @@ def test_layer_decode_and_prefill_triton_equal_reference(kind):
 def test_kronecker_decode_falls_back_to_reference(monkeypatch):
     """ops.decode_step routes a kronecker mixer to the reference (no kernel for it): any use of the kernel
     would fail."""
+    import fpmamba_core.ops.decode as dk
     from fpmamba_core import ops
     from fpmamba_core.fixed_point import SolverSettings
     from fpmamba_core.mixers import MixerFactors
     from fpmamba_core.ops import reference
-    import fpmamba_core.ops.decode as dk
 
     monkeypatch.setattr(dk, "decode_step_triton", None)
     b, h, p, n, d = 2, 2, 8, 16, 16

@@ -70,9 +70,9 @@ def test_diag_dispatch_uses_triton_when_forced(monkeypatch):
     """FPMAMBA_KERNELS=triton routes ops.diag_scan to the kernel; fp64 stays on the chunked form; a chunk the
     kernel does not take is refused."""
     monkeypatch.setenv("FPMAMBA_KERNELS", "triton")
+    import fpmamba_core.ops.diagonal_scan_triton as k
     from fpmamba_core import ops
     from fpmamba_core.ops.diagonal_scan import diag_scan_sequential
-    import fpmamba_core.ops.diagonal_scan_triton as k
 
     calls = []
     orig = k.diag_scan_triton

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.triton_interpreter
 
 def _layer(seed: int, **overrides):
     from fpmamba_core.backbones import Mamba2Layer
+
     from fpmamba_hf.configuration_fpmamba import FPMambaConfig
 
     torch.manual_seed(seed)
@@ -75,8 +76,8 @@ MAP_CASES = [
 @pytest.mark.parametrize("seed, b, T, masked, with_state, overrides", MAP_CASES)
 def test_fused_map_equals_composed_map(seed, b, T, masked, with_state, overrides):
     """f(y) fused (no grad) == f(y) composed (grad), on all rows and on strict subsets; residual included."""
-    from fpmamba_core.fixed_point import relative_residual
     from fpmamba_core.backbones import LayerState
+    from fpmamba_core.fixed_point import relative_residual
 
     _use("triton")
     layer = _layer(seed, **overrides)

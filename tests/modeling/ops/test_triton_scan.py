@@ -67,9 +67,9 @@ def test_scan_matches_reference_forward_and_backward(b, T, h, p, g, n, chunk, h0
 def test_dispatch_uses_triton_when_forced(monkeypatch):
     """FPMAMBA_KERNELS=triton routes ops.ssd_scan to the kernel (and keeps ops.ssd_scan a function)."""
     monkeypatch.setenv("FPMAMBA_KERNELS", "triton")
+    import fpmamba_core.ops.ssd_scan_triton as k
     from fpmamba_core import ops
     from fpmamba_core.ops import reference
-    import fpmamba_core.ops.ssd_scan_triton as k
 
     calls = []
     orig = k.ssd_scan_triton

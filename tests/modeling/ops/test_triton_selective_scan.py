@@ -67,9 +67,9 @@ def test_selective_scan_matches_reference_forward_and_backward(b, T, d, n, chunk
 def test_dispatch_uses_triton_when_forced(monkeypatch):
     """FPMAMBA_KERNELS=triton routes ops.selective_scan to the kernel; fp64 stays on the reference."""
     monkeypatch.setenv("FPMAMBA_KERNELS", "triton")
+    import fpmamba_core.ops.selective_scan_triton as k
     from fpmamba_core import ops
     from fpmamba_core.ops.selective_reference import selective_scan_sequential
-    import fpmamba_core.ops.selective_scan_triton as k
 
     calls = []
     orig = k.selective_scan_triton
