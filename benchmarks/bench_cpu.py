@@ -151,10 +151,13 @@ def bench_decode(mamba2: nn.Module, fp: nn.Module, shape: Shape, prompt_length: 
 
 
 @torch.no_grad()
-def bench_extra_iteration(mamba2: nn.Module, shape: Shape, T: int, ks: list[int], reps: int) -> dict:
-    """Cost of one more iteration of a fresh householder r=2 FP-Mamba, in ms and in Mamba2 forwards."""
+def bench_extra_iteration(mamba2: nn.Module, shape: Shape, T: int, ks: list[int], reps: int,
+                          mixer_proj_rank: int = 0) -> dict:
+    """Cost of one more iteration of a fresh householder r=2 FP-Mamba (its mixer projection of rank
+    `mixer_proj_rank`, 0 = full), in ms and in Mamba2 forwards."""
     torch.manual_seed(0)
-    fp = FPMambaForCausalLM(shape.fpmamba_config(mixer_type="householder", mixer_rank=2)).eval()
+    fp = FPMambaForCausalLM(shape.fpmamba_config(mixer_type="householder", mixer_rank=2,
+                                                 mixer_proj_rank=mixer_proj_rank)).eval()
     ids = shape.ids(T, 4)
     for k in ks:
         its = fp(ids, use_cache=False, fp_max_iter=k, fp_tol=TINY_TOL).fp_iterations
@@ -165,8 +168,8 @@ def bench_extra_iteration(mamba2: nn.Module, shape: Shape, T: int, ks: list[int]
     ms = interleaved_ms(fns, reps)
     ys = [ms[f"k{k}"] for k in ks]
     slope = statistics.linear_regression(ks, ys).slope
-    return {"T": T, "ms_by_iterations": {str(k): y for k, y in zip(ks, ys)}, "mamba2_ms": ms["mamba2"],
-            "slope_ms": slope, "slope_in_mamba2_forwards": slope / ms["mamba2"]}
+    return {"T": T, "mixer_proj_rank": mixer_proj_rank, "ms_by_iterations": {str(k): y for k, y in zip(ks, ys)},
+            "mamba2_ms": ms["mamba2"], "slope_ms": slope, "slope_in_mamba2_forwards": slope / ms["mamba2"]}
 
 
 def _demo_config():
@@ -333,7 +336,7 @@ def run(args: argparse.Namespace) -> dict:
         "train_step": lambda: bench_train_step(mamba2, fp, shape, args.train_length, args.reps),
         "decode": lambda: bench_decode(mamba2, fp, shape, args.prompt_length, args.new_tokens, args.reps),
         "extra_iteration": lambda: bench_extra_iteration(mamba2, shape, args.train_length, args.iterations,
-                                                         args.reps),
+                                                         args.reps, args.mixer_proj_rank),
         # the converted model also at the default budget: its map does not read y, one evaluation per layer
         "decode_ops": lambda: {"mamba2": ops(mamba2), "fpmamba_1_iteration": ops(fp),
                                "fpmamba_default_tol": ops(fp, fp_max_iter=FPMambaConfig().fp_max_iter_eval)},
@@ -361,6 +364,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt-length", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--iterations", type=int, nargs="+", default=[2, 3, 4, 5], help="k of extra_iteration")
+    p.add_argument("--mixer-proj-rank", type=int, default=0,
+                   help="extra_iteration: the mixer projection's rank (0 = full)")
     p.add_argument("--op-steps", type=int, default=4, help="decode steps counted by decode_ops")
     p.add_argument("--model-dir", type=Path, help="a trained S3 FP-Mamba (loaded; trained and saved if empty)")
     p.add_argument("--train-steps", type=int, default=300, help="training steps of the S3 model (demo: 300)")
