@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+from fpmamba_core.precision import all_finite
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -44,7 +45,7 @@ class StageFlags:
 
     def add(self, name: str, t: torch.Tensor) -> None:
         self.names.append(name)
-        self.flags.append(torch.isfinite(t).all())
+        self.flags.append(all_finite(t))
 
     def stacked(self) -> torch.Tensor:
         return torch.stack(self.flags)

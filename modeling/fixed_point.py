@@ -30,6 +30,7 @@ from typing import Callable, Protocol
 import torch
 
 from .anderson import AndersonHistory
+from .precision import all_finite
 
 SOLVERS = ("picard", "anderson")
 
@@ -106,7 +107,7 @@ def evaluate(f: IterationMap, y: torch.Tensor, rows: torch.Tensor, eps: float) -
 
 
 def check_finite(t: torch.Tensor, layer_idx: int | None, iteration: int) -> None:
-    if not torch.isfinite(t).all():
+    if not bool(all_finite(t)):
         where = f"layer {layer_idx}" if layer_idx is not None else "a layer"
         raise FloatingPointError(
             f"FP-Mamba fixed-point iteration diverged in {where} at iteration {iteration}: non-finite values "

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from fpmamba_core.fixed_point import MapOutput, SolverSettings, solve
+from fpmamba_core.precision import all_finite
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,3 +79,14 @@ def test_non_finite_values_raise_naming_the_layer():
 
     with pytest.raises(FloatingPointError, match="layer 3"):
         solve(f, torch.zeros(2, 3), SolverSettings(max_iter=5, tol=1e-3), layer_idx=3)
+
+
+@pytest.mark.parametrize("value, expected", [(1.0, True), (float("nan"), False), (float("inf"), False),
+                                             (float("-inf"), False), (3e38, True)], ids=str)
+def test_all_finite_is_exact(value, expected):
+    """One reduction (the largest magnitude) answers exactly: NaN and +-inf anywhere are seen, large finite values
+    pass; an empty tensor is finite."""
+    t = torch.zeros(3, 7)
+    t[1, 4] = value
+    assert bool(all_finite(t)) is expected
+    assert bool(all_finite(torch.zeros(0, 5)))
