@@ -127,6 +127,12 @@ def solve(
     """Iterate y <- f(y) from y0 (batch, ...) under the stopping rule of the module docstring."""
     batch = y0.shape[0]
     device = y0.device
+    if settings.max_iter == 1 and sync is None:
+        # One evaluation and no decision to take: the cap's rule (y* = y0, output f(y0)) without the row bookkeeping.
+        out = evaluate(f, y0, torch.arange(batch, device=device), settings.eps)
+        check_finite(out.residual, layer_idx, 1)
+        iterations = torch.ones(batch, dtype=torch.long, device=device)
+        return SolveResult(y0.clone(), out.yhat, tuple(out.aux), iterations, out.residual)
     y = y0.clone()
     y_star = y0.clone()
     y_out = torch.empty_like(y0)

@@ -90,3 +90,16 @@ def test_all_finite_is_exact(value, expected):
     t[1, 4] = value
     assert bool(all_finite(t)) is expected
     assert bool(all_finite(torch.zeros(0, 5)))
+
+
+def test_a_cap_of_one_is_the_general_rule_without_bookkeeping():
+    """max_iter=1 takes a short path: the same y*, f(y*), aux, iterations and residual as the loop would give."""
+    torch.manual_seed(0)
+    W = 0.3 * torch.randn(3, 4, 4, dtype=torch.float64)
+    f = _affine_map(W, torch.randn(3, 4, dtype=torch.float64))
+    y0 = torch.randn(3, 4, dtype=torch.float64)
+    short = solve(f, y0, SolverSettings(max_iter=1, tol=1e-12))
+    looped = solve(f, y0, SolverSettings(max_iter=1, tol=1e-12), sync=lambda go_on: go_on)  # the loop path
+    for name in ("y_star", "y_out", "iterations", "residual"):
+        torch.testing.assert_close(getattr(short, name), getattr(looped, name), rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(short.aux[0], looped.aux[0], rtol=0, atol=0)
