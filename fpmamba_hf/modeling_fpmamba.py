@@ -242,6 +242,7 @@ class FPMambaModel(FPMambaPreTrainedModel):
         self.gradient_checkpointing = False
         self.norm_f = FPMambaRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self._built_fields = {name: getattr(config, name) for name in config.structural_fields()}
+        self._checked_values: tuple | None = None  # the config's field values when check() last passed
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -253,7 +254,12 @@ class FPMambaModel(FPMambaPreTrainedModel):
     def _check_live_config(self) -> None:
         """The layers read the config at every call, so an edit of the fp_* solver settings takes effect at the next
         one. Every structural field (`FPMambaConfig.structural_fields`) shapes the parameters or their meaning: an
-        edit after the model was built is refused rather than saved without running."""
+        edit after the model was built is refused rather than saved without running. The full check runs only when
+        a field changed since the last one passed (a few hundred microseconds: too much for every decoded token)."""
+        # Read from the instance dict: PreTrainedConfig's attribute access costs about 1 us per field.
+        read_fields = operator.itemgetter(*FPMambaConfig.field_types())
+        if read_fields(vars(self.config)) == self._checked_values:
+            return
         self.config.check()  # also turns an edited list into the tuple its field holds
         changed = [n for n, v in self._built_fields.items() if getattr(self.config, n) != v]
         if changed:
@@ -261,6 +267,7 @@ class FPMambaModel(FPMambaPreTrainedModel):
                 f"config field(s) {changed} were changed after the model was built; they cannot take effect on an "
                 "existing model (only the fp_* solver settings can). Build a new model from the edited config."
             )
+        self._checked_values = read_fields(vars(self.config))
 
     def forward(
         self,

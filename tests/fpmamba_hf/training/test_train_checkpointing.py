@@ -5,19 +5,10 @@ from __future__ import annotations
 import fpmamba_core.layer
 import pytest
 import torch
-from train_helpers import enable_checkpointing, tiny_model, token_batch
+from train_helpers import enable_checkpointing, tiny_model, token_batch, train_step_grads
 
 # A tolerance-based stopping rule that actually stops rows at different iterations, with the batch quantile rule.
 RULE = dict(fp_tol=1e-2, fp_max_iter=12, fp_train_quantile=0.75)
-
-
-def _grads(model, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """One training forward/backward: (loss, fp_iterations (batch, layers), parameter gradients by name)."""
-    model.train()
-    model.zero_grad(set_to_none=True)
-    out = model(ids, labels=ids)
-    out.loss.backward()
-    return out.loss.detach(), out.fp_iterations, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
 def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -33,8 +24,8 @@ def test_checkpointed_gradients_equal_plain(fp_backward: str, use_reentrant: boo
     plain = tiny_model(fp_backward=fp_backward, fp_backward_steps=1, **RULE)
     ckpt = tiny_model(fp_backward=fp_backward, fp_backward_steps=1, **RULE)
     enable_checkpointing(ckpt, use_reentrant)
-    loss_p, its_p, grads_p = _grads(plain, ids)
-    loss_c, its_c, grads_c = _grads(ckpt, ids)
+    loss_p, its_p, grads_p = train_step_grads(plain, ids)
+    loss_c, its_c, grads_c = train_step_grads(ckpt, ids)
     # The rule is active: rows stopped at different counts, and the quantile stopped some rows early.
     assert its_p.unique().numel() > 1 and int(its_p.max()) < RULE["fp_max_iter"]
     assert torch.equal(its_p, its_c)
@@ -49,8 +40,8 @@ def test_two_backward_steps_under_reentrant_checkpointing() -> None:
     plain = tiny_model(fp_backward_steps=2, **RULE)
     ckpt = tiny_model(fp_backward_steps=2, **RULE)
     enable_checkpointing(ckpt, use_reentrant=True)
-    loss_p, _, grads_p = _grads(plain, ids)
-    loss_c, _, grads_c = _grads(ckpt, ids)
+    loss_p, _, grads_p = train_step_grads(plain, ids)
+    loss_c, _, grads_c = train_step_grads(ckpt, ids)
     torch.testing.assert_close(loss_c, loss_p, rtol=0, atol=0)
     _assert_same(grads_c, grads_p)
 
@@ -62,7 +53,7 @@ def test_recompute_does_not_solve_again(monkeypatch, use_reentrant: bool) -> Non
     never solves again, so the gradients stay those of the forward's fixed point."""
     ids = token_batch(8, 12, seed=3)
     plain = tiny_model(**RULE)
-    _, _, grads_p = _grads(plain, ids)
+    _, _, grads_p = train_step_grads(plain, ids)
 
     ckpt = tiny_model(**RULE)
     enable_checkpointing(ckpt, use_reentrant)
@@ -77,6 +68,6 @@ def test_recompute_does_not_solve_again(monkeypatch, use_reentrant: bool) -> Non
         return real_solve(f, y0, settings, *args, **kwargs)
 
     monkeypatch.setattr(fpmamba_core.layer, "solve", drifting_solve)
-    _, _, grads_c = _grads(ckpt, ids)
+    _, _, grads_c = train_step_grads(ckpt, ids)
     assert len(calls) == layers
     _assert_same(grads_c, grads_p)

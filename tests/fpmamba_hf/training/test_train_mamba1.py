@@ -6,7 +6,7 @@ from __future__ import annotations
 import datasets
 import pytest
 import torch
-from train_helpers import enable_checkpointing, tiny_model, token_batch
+from train_helpers import enable_checkpointing, tiny_model, token_batch, train_step_grads
 from transformers import Trainer, TrainingArguments
 
 # The after-loop gate, whose W_zy reads the previous f(y*); the batch quantile stops some rows early.
@@ -25,22 +25,13 @@ def _model(**overrides):
     return model
 
 
-def _grads(model, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """One training forward/backward: (loss, fp_iterations (batch, layers), parameter gradients by name)."""
-    model.train()
-    model.zero_grad(set_to_none=True)
-    out = model(ids, labels=ids)
-    out.loss.backward()
-    return out.loss.detach(), out.fp_iterations, {n: p.grad.clone() for n, p in model.named_parameters()}
-
-
 @pytest.mark.parametrize("fp_backward, use_reentrant", [("one_step", False), ("implicit", True)])
 def test_checkpointed_gradients_equal_plain(fp_backward: str, use_reentrant: bool) -> None:
     ids = token_batch(8, 12, seed=1)
     plain, ckpt = _model(fp_backward=fp_backward), _model(fp_backward=fp_backward)
     enable_checkpointing(ckpt, use_reentrant)
-    loss_p, its_p, grads_p = _grads(plain, ids)
-    loss_c, its_c, grads_c = _grads(ckpt, ids)
+    loss_p, its_p, grads_p = train_step_grads(plain, ids)
+    loss_c, its_c, grads_c = train_step_grads(ckpt, ids)
     assert its_p.unique().numel() > 1 and int(its_p.max()) < MAMBA1["fp_max_iter"]
     assert torch.equal(its_p, its_c)
     torch.testing.assert_close(loss_c, loss_p, rtol=0, atol=0)

@@ -65,3 +65,12 @@ def torchrun(script: Path, nproc: int, *script_args: str, timeout: float = 150) 
     """`torchrun --standalone --nproc_per_node nproc script args` with the venv's interpreter."""
     return launch([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                    str(script), *script_args], timeout)
+
+
+def train_step_grads(model, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """One training forward/backward: (loss, fp_iterations (batch, layers), parameter gradients by name)."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    return out.loss.detach(), out.fp_iterations, {n: p.grad.clone() for n, p in model.named_parameters()}
