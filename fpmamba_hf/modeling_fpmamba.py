@@ -106,6 +106,7 @@ class FPMambaBlock(GradientCheckpointingLayer):
             fp_tol=fp_tol,
             sync=fp_sync,
             replay=fp_replay,
+            finite_checked=True,  # the model flags this block's output (StageFlags), read once per call
         )
         if cache_params is not None:
             write_state(cache_params, self.layer_idx, out.state, self.mixer)

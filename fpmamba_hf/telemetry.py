@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-from fpmamba_core.precision import all_finite
+from fpmamba_core.precision import largest_magnitude
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -38,36 +38,37 @@ def check_call_keywords(kwargs: dict) -> None:
 
 @dataclass
 class StageFlags:
-    """Finiteness of each stage's output in one forward, as 0-dim bool tensors (no host sync to build)."""
+    """Finiteness of each stage's output in one forward (no host sync to build): per stage its largest magnitude, a
+    0-dim tensor that is finite exactly when the output is; `stacked()` turns them into flags at read time, once."""
 
     names: list[str] = field(default_factory=list)
-    flags: list[torch.Tensor] = field(default_factory=list)
+    magnitudes: list[torch.Tensor] = field(default_factory=list)
 
     def add(self, name: str, t: torch.Tensor) -> None:
         self.names.append(name)
-        self.flags.append(all_finite(t))
+        self.magnitudes.append(largest_magnitude(t))
 
     def stacked(self) -> torch.Tensor:
-        return torch.stack(self.flags)
+        """(stages,) bool: whether each stage's output was finite."""
+        return torch.isfinite(torch.stack(self.magnitudes))
 
 
 @dataclass
 class GenerationLog:
-    """Telemetry of one generate() call: one entry per forward (step). iterations, residual: (rows, layers);
-    unconverged: (rows, layers) bool, residual above the call's tolerance; finite: (stages,) bool."""
+    """Telemetry of one generate() call: one entry per forward (step), kept as the device tensors the forward made
+    (the comparisons happen once, in `check_generation`). iterations, residual: (rows, layers); magnitudes:
+    (stages,) the largest magnitude of each stage's output (finite exactly when the output is)."""
 
     iterations: list[torch.Tensor] = field(default_factory=list)
     residual: list[torch.Tensor] = field(default_factory=list)
-    unconverged: list[torch.Tensor] = field(default_factory=list)
-    finite: list[torch.Tensor] = field(default_factory=list)
+    magnitudes: list[torch.Tensor] = field(default_factory=list)
     stage_names: list[str] = field(default_factory=list)
     tol: float = float("nan")
 
     def record(self, iterations: torch.Tensor, residual: torch.Tensor, stages: StageFlags, tol: float) -> None:
         self.iterations.append(iterations)
         self.residual.append(residual)
-        self.unconverged.append(residual >= tol)
-        self.finite.append(stages.stacked())
+        self.magnitudes.append(torch.stack(stages.magnitudes))
         self.stage_names, self.tol = stages.names, tol
 
 
@@ -113,12 +114,12 @@ def check_forward(model: nn.Module, stages: StageFlags, residual: torch.Tensor, 
 
 def check_generation(model: nn.Module, log: GenerationLog) -> None:
     """One host sync when a generate() call ends: the same checks as `check_forward`, over all its steps."""
-    if not log.finite:
+    if not log.magnitudes:
         return
-    finite = torch.stack(log.finite)  # (steps, stages)
+    finite = torch.isfinite(torch.stack(log.magnitudes))  # (steps, stages)
     steps_ok = finite.all(1)
-    unconverged = torch.stack(log.unconverged)  # (steps, rows, layers)
-    residual = torch.stack(log.residual)
+    residual = torch.stack(log.residual)  # (steps, rows, layers)
+    unconverged = residual >= log.tol
     stats = torch.cat([steps_ok.float(), finite.float().flatten(), unconverged.sum((0, 1)).float(),
                        residual.amax((0, 1)).float()]).tolist()
     n_steps, n_stages, n_layers = finite.shape[0], finite.shape[1], residual.shape[2]

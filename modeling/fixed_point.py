@@ -71,6 +71,11 @@ class SolverSettings:
     eps: float = 1e-6
     solver: str = "picard"
     anderson_m: int = 5
+    # Raise at once on a non-finite iterate where no stopping decision needs a host sync (a solve capped at one
+    # evaluation, a constant map). False when the caller checks its outputs' finiteness itself (the model's stage
+    # flags, read once per forward or generate call): such a solve then takes no host sync at all. An iterating
+    # solve always checks, in the sync its stopping decision takes anyway.
+    raise_non_finite: bool = True
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -130,7 +135,8 @@ def solve(
     if settings.max_iter == 1 and sync is None:
         # One evaluation and no decision to take: the cap's rule (y* = y0, output f(y0)) without the row bookkeeping.
         out = evaluate(f, y0, torch.arange(batch, device=device), settings.eps)
-        check_finite(out.residual, layer_idx, 1)
+        if settings.raise_non_finite:
+            check_finite(out.residual, layer_idx, 1)
         iterations = torch.ones(batch, dtype=torch.long, device=device)
         return SolveResult(y0.clone(), out.yhat, tuple(out.aux), iterations, out.residual)
     y = y0.clone()
@@ -207,13 +213,16 @@ def solve(
 
 
 @torch.no_grad()
-def solve_constant(f: IterationMap, y0: torch.Tensor, layer_idx: int | None = None) -> SolveResult:
+def solve_constant(
+    f: IterationMap, y0: torch.Tensor, settings: SolverSettings, layer_idx: int | None = None
+) -> SolveResult:
     """The solve of a map that does not depend on its argument (the caller knows it from the parameters, e.g. Q = I
     and zero y-projections): its value at y0 is the fixed point, found in one evaluation with residual 0, where
-    `solve` would spend a second evaluation to see the residual vanish."""
+    `solve` would spend a second evaluation to see the residual vanish. Of `settings` only raise_non_finite applies."""
     batch = y0.shape[0]
     out = f(y0, torch.arange(batch, device=y0.device))
-    check_finite(out.yhat, layer_idx, 1)
+    if settings.raise_non_finite:
+        check_finite(out.yhat, layer_idx, 1)
     iterations = torch.ones(batch, dtype=torch.long, device=y0.device)
     return SolveResult(out.yhat, out.yhat, tuple(out.aux), iterations, y0.new_zeros(batch))
 

@@ -219,13 +219,18 @@ class FixedPointLayer(nn.Module):
         fp_tol: float | None = None,
         sync: ContinueSync | None = None,
         replay: FixedPointReplay | None = None,
+        finite_checked: bool = False,
     ) -> LayerOutput:
         """hidden_states (b, T, hidden); attention_mask (b, T) with 1 for real tokens (left padding only);
         state: the previous call's (continues the sequence). T = 1 with a state and no autograd is a decode step;
         a token that needs gradients takes the parallel path, which handles T = 1 with a state exactly.
         sync: makes data-parallel ranks agree to continue each iteration (see fixed_point.solve).
-        replay: activation checkpointing; an empty one records y*, a filled one is applied instead of solving."""
+        replay: activation checkpointing; an empty one records y*, a filled one is applied instead of solving.
+        finite_checked: the caller checks the output's finiteness itself (the model's stage flags), so a solve with no
+        stopping decision to take (one evaluation) raises nothing and takes no host sync."""
         settings = self.solver_settings(fp_max_iter, fp_tol)
+        if finite_checked:
+            settings = replace(settings, raise_non_finite=False)
         mask = None if attention_mask is None else attention_mask.to(torch.bool)
         pre = self.prelude(hidden_states, mask, state)
 
@@ -245,7 +250,7 @@ class FixedPointLayer(nn.Module):
             y_star, iterations, residual, plain = replay.y_star, replay.iterations, replay.residual, None
         else:
             y0 = self.initial_iterate(pre)
-            res = (solve_constant(f, y0, self.layer_idx) if constant
+            res = (solve_constant(f, y0, settings, self.layer_idx) if constant
                    else solve(f, y0, settings, self.training, self.layer_idx, sync))
             y_star, iterations, residual = res.y_star, res.iterations, res.residual
             plain = MapOutput(res.y_out, res.aux)

@@ -35,7 +35,11 @@ class MixerFactors:
     k2: torch.Tensor | None = None
 
     def select(self, rows: torch.Tensor) -> "MixerFactors":
-        """The factors of the batch rows `rows` (leading dim is the batch)."""
+        """The factors of the batch rows `rows` (leading dim is the batch; rows: distinct, increasing, as the solver's
+        active rows are, so all of them means the whole batch and needs no gather)."""
+        present = [t for t in (self.u, self.coef, self.k1, self.k2) if t is not None]
+        if not present or rows.numel() == present[0].shape[0]:
+            return self
         pick = lambda t: None if t is None else t[rows]  # noqa: E731
         return MixerFactors(self.kind, pick(self.u), pick(self.coef), pick(self.k1), pick(self.k2))
 

@@ -224,20 +224,23 @@ def decode_step(
     from ..mixers import apply_mixer
 
     b, h, p = x.shape
-    d = h * p
+    groups, n = B.shape[1], B.shape[2]
+    d, hg = h * p, h // groups
     x = acc(x).reshape(b, d)
-    Bh = _heads_of_groups(acc(B)[:, None], h)[:, 0]  # (b, h, n)
-    Ch = _heads_of_groups(acc(C)[:, None], h)[:, 0]
     dt = acc(dt)
-    decayed = torch.exp(dt * acc(A))[:, :, None, None] * acc(state)
-    a = torch.einsum("bhpn,bhn->bhp", decayed, Ch).reshape(b, d)
-    g = (dt * (Ch * Bh).sum(-1) + acc(D)).repeat_interleave(p, dim=1)  # (b, d)
+    Bg, Cg = acc(B)[:, :, None, :], acc(C)[:, :, None, :]  # (b, g, 1, n): a group's B_t, C_t serve its hg heads
+    decayed = torch.exp(dt * acc(A))[:, :, None, None] * acc(state)  # (b, h, p, n)
+    a = (decayed.view(b, groups, hg * p, n) @ Cg.transpose(-1, -2)).view(b, d)
+    g = (dt.view(b, groups, hg) * (Cg * Bg).sum(-1) + acc(D).view(groups, hg)).view(b, h, 1).expand(b, h, p)
+    g = g.reshape(b, d)
 
     def f(y: torch.Tensor, rows: torch.Tensor):
-        xt = y + apply_mixer(factors.select(rows), x[rows] - y)
-        return MapOutput(gated_rms_norm(a[rows] + g[rows] * xt, z[rows], norm_weight, norm_eps, norm_group_size), (xt,))
+        pick = (lambda t: t) if rows.numel() == b else (lambda t: t[rows])  # every row: no gather
+        xt = y + apply_mixer(factors.select(rows), pick(x) - y)
+        return MapOutput(gated_rms_norm(pick(a) + pick(g) * xt, pick(z), norm_weight, norm_eps, norm_group_size), (xt,))
 
     res = solve(f, x.new_zeros(b, d), settings, training=False, layer_idx=layer_idx)
     (xt,) = res.aux
-    new_state = decayed + (dt[:, :, None] * xt.view(b, h, p))[..., None] * Bh[:, :, None, :]
+    inputs = (dt[:, :, None] * xt.view(b, h, p)).view(b, groups, hg, p, 1)
+    new_state = decayed + (inputs * Bg[:, :, None]).view(b, h, p, n)
     return DecodeResult(res.y_out, res.y_star, new_state, res.iterations, res.residual)

@@ -81,6 +81,23 @@ def test_a_nan_during_decoding_raises_when_generate_ends():
                        logits_processor=LogitsProcessorList([PoisonAfterPrefill()]))
 
 
+@pytest.mark.parametrize("fp_max_iter", [1, None])
+def test_a_nan_inside_a_layer_during_decoding_names_the_layer(fp_max_iter):
+    """A one-evaluation solve (cap 1) raises nothing itself and takes no host sync: the layer's stage flag catches
+    the NaN and names it when generate() ends. The iterating solve (default cap) raises at once, in the host sync its
+    stopping decision takes anyway."""
+    class PoisonAfterPrefill(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            _poison(model, "backbone.layers.1.mixer.in_proj.weight")
+            return scores
+
+    model = tiny_model()
+    with pytest.raises(FloatingPointError, match="layer 1") as err:
+        model.generate(torch.randint(0, VOCAB, (2, 4)), max_new_tokens=3, do_sample=False, fp_max_iter=fp_max_iter,
+                       logits_processor=LogitsProcessorList([PoisonAfterPrefill()]))
+    assert ("at generation step 1" in str(err.value)) == (fp_max_iter == 1)
+
+
 def test_generate_is_reentrant():
     """A logits processor that runs the model (and generates) inside generate() does not mix telemetry."""
     model = tiny_model(fp_tol=1e-6)
