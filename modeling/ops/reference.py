@@ -132,27 +132,32 @@ def ssd_scan_chunked(
     """
     if decay is None:
         decay = ssd_scan_decay(dt, A, mask, chunk_size)
-    x, _, Bh, Ch = _prepare(x, dt, B, C, mask)
+    x, B, C = acc(x), acc(B), acc(C)
+    if mask is not None:
+        x = x * mask.to(x.dtype)[:, :, None, None]  # with dt zeroed in `decay`: a padded position adds nothing
     b, T, h, p = x.shape
-    n = Bh.shape[-1]
+    g, n = B.shape[2], B.shape[3]
+    hg = h // g
     L = chunk_size
     pad = (-T) % L
     if pad:
         # Zero x on the tail (dt is zero there too): state unchanged, outputs discarded below.
         x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        Bh = F.pad(Bh, (0, 0, 0, 0, 0, pad))
-        Ch = F.pad(Ch, (0, 0, 0, 0, 0, pad))
+        B = F.pad(B, (0, 0, 0, 0, 0, pad))
+        C = F.pad(C, (0, 0, 0, 0, 0, pad))
     c = (T + pad) // L
-    xc = x.view(b, c, L, h, p)
-    Bc = Bh.view(b, c, L, h, n)
-    Cc = Ch.view(b, c, L, h, n)
+    # Heads stay grouped (b, c, g, hg, ...): a group's B and C serve its hg heads, so C B^T is computed once per
+    # group, not once per head, and every contraction is a batched matmul (no einsum permute-copies).
+    Bg = B.view(b, c, L, g, n).permute(0, 1, 3, 2, 4)  # (b, c, g, L, n)
+    Cg = C.view(b, c, L, g, n).permute(0, 1, 3, 2, 4)
+    xdt = (x.view(b, c, L, h, p) * decay.dt[..., None]).view(b, c, L, g, hg, p).permute(0, 1, 3, 4, 2, 5)
+    # Inside a chunk: y_i = sum_{j <= i} (C_i . B_j) decay_ij dt_j x_j.
+    scores = (Cg @ Bg.transpose(-1, -2))[:, :, :, None] * decay.decay_ij.view(b, c, g, hg, L, L)
+    y_diag = scores @ xdt  # (b, c, g, hg, L, p)
 
-    xdt = xc * decay.dt[..., None]  # (b, c, L, h, p)
-    scores = torch.einsum("bclhn,bcshn->bchls", Cc, Bc) * decay.decay_ij
-    y_diag = torch.einsum("bchls,bcshp->bclhp", scores, xdt)
-
-    # State contributed by each chunk alone, at its end.
-    chunk_states = torch.einsum("bchl,bclhn,bclhp->bchpn", decay.decay_to_end, Bc, xdt)
+    # State contributed by each chunk alone, at its end: sum_j decay_to_end_j dt_j x_j B_j^T.
+    weighted = xdt * decay.decay_to_end.view(b, c, g, hg, L, 1)
+    chunk_states = (weighted.transpose(-1, -2).reshape(b, c, g, hg * p, L) @ Bg).view(b, c, h, p, n)
 
     # Recurrence across chunks (few steps): state entering each chunk.
     H = x.new_zeros(b, h, p, n) if initial_state is None else acc(initial_state)
@@ -160,10 +165,12 @@ def ssd_scan_chunked(
     for k in range(c):
         entering.append(H)
         H = decay.chunk_decay[:, k, :, None, None] * H + chunk_states[:, k]
-    H_in = torch.stack(entering, dim=1)  # (b, c, h, p, n)
+    H_in = torch.stack(entering, dim=1).view(b, c, g, hg * p, n)
 
-    y_off = torch.einsum("bclhn,bchpn,bchl->bclhp", Cc, H_in, decay.decay_in)
-    y = (y_diag + y_off).reshape(b, c * L, h, p)[:, :T]
+    # From the state entering the chunk: y_i = decay_in_i C_i . H_in.
+    y_off = (Cg @ H_in.transpose(-1, -2)).view(b, c, g, L, hg, p).transpose(3, 4)
+    y = y_diag + y_off * decay.decay_in.view(b, c, g, hg, L, 1)
+    y = y.permute(0, 1, 4, 2, 3, 5).reshape(b, c * L, h, p)[:, :T]
     if D is not None:
         y = y + acc(D)[None, None, :, None] * x[:, :T]
     return y, H
