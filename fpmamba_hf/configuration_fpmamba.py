@@ -228,6 +228,10 @@ class FPMambaConfig(PreTrainedConfig):
             In training under torch.distributed with more than one rank, all ranks run the same number of
             iterations per solve (one all-reduce per iteration), so sharded training cannot deadlock
             (fpmamba_hf/distributed.py).
+        fp_compile (`bool`, *optional*, defaults to `False`):
+            Run the solver's no-autograd evaluations of each layer's iteration map through `torch.compile`
+            (fullgraph; the PyTorch path only, not the fused Triton iteration). The first call compiles (seconds;
+            again for new shapes); where compile is unavailable or fails, one warning and the eager map.
         use_cache (`bool`, *optional*, defaults to `True`):
             Return a cache (conv window, SSM state, last fixed point per layer) from forward in eval mode.
         pad_token_id (`int | None`, *optional*, defaults to `None`):
@@ -297,6 +301,7 @@ class FPMambaConfig(PreTrainedConfig):
     fp_backward_max_iter: int = 32
     fp_backward_tol: float = 1e-4
     fp_sync_ranks: bool = True
+    fp_compile: bool = False
     use_cache: bool = True
     pad_token_id: int | None = None
     bos_token_id: int | None = None

@@ -47,7 +47,8 @@ class MapOutput:
 
 class IterationMap(Protocol):
     """y -> f(y) on the rows `rows` (LongTensor) of the batch: a backbone's map for one layer call, built once per
-    call from everything that does not depend on the iterate (docs/architecture.md)."""
+    call from everything that does not depend on the iterate (docs/architecture.md). A map object may set
+    `compile_friendly = False` to keep its evaluations out of torch.compile (modeling/compiled.py)."""
 
     def __call__(self, y: torch.Tensor, rows: torch.Tensor) -> MapOutput: ...
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .checkpointing import FixedPointReplay
+from .compiled import compiled_map
 from .fixed_point import (
     ContinueSync,
     IterationMap,
@@ -250,8 +251,9 @@ class FixedPointLayer(nn.Module):
             y_star, iterations, residual, plain = replay.y_star, replay.iterations, replay.residual, None
         else:
             y0 = self.initial_iterate(pre)
-            res = (solve_constant(f, y0, settings, self.layer_idx) if constant
-                   else solve(f, y0, settings, self.training, self.layer_idx, sync))
+            g = compiled_map(f) if self.config.fp_compile else f  # the no-autograd evaluations
+            res = (solve_constant(g, y0, settings, self.layer_idx) if constant
+                   else solve(g, y0, settings, self.training, self.layer_idx, sync))
             y_star, iterations, residual = res.y_star, res.iterations, res.residual
             plain = MapOutput(res.y_out, res.aux)
             if replay is not None:

@@ -75,6 +75,7 @@ class Mamba2Map:
         self.fused = fused
         self.constant = constant  # Q = I and zero y-projections (`map_reads_iterate` is False)
         self._fixed_dt: dict[bool, tuple[torch.Tensor, ScanDecay | None]] = {}
+        self.compile_friendly = fused is None  # the fused Triton iteration is already one kernel chain
 
     def _dt_and_decay(self, ys: torch.Tensor | None, take) -> tuple[torch.Tensor, ScanDecay | None]:
         """dt of the rows and, on the PyTorch scan, the scan's dt-only part. When dt does not read y they are the
