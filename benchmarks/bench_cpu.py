@@ -152,12 +152,13 @@ def bench_decode(mamba2: nn.Module, fp: nn.Module, shape: Shape, prompt_length: 
 
 @torch.no_grad()
 def bench_extra_iteration(mamba2: nn.Module, shape: Shape, T: int, ks: list[int], reps: int,
-                          mixer_proj_rank: int = 0) -> dict:
+                          mixer_proj_rank: int = 0, compile_map: bool = False) -> dict:
     """Cost of one more iteration of a fresh householder r=2 FP-Mamba (its mixer projection of rank
-    `mixer_proj_rank`, 0 = full), in ms and in Mamba2 forwards."""
+    `mixer_proj_rank`, 0 = full; its map compiled with `compile_map`), in ms and in Mamba2 forwards. The untimed
+    check that each k runs exactly k iterations is also the compile's warm-up."""
     torch.manual_seed(0)
     fp = FPMambaForCausalLM(shape.fpmamba_config(mixer_type="householder", mixer_rank=2,
-                                                 mixer_proj_rank=mixer_proj_rank)).eval()
+                                                 mixer_proj_rank=mixer_proj_rank, fp_compile=compile_map)).eval()
     ids = shape.ids(T, 4)
     for k in ks:
         its = fp(ids, use_cache=False, fp_max_iter=k, fp_tol=TINY_TOL).fp_iterations
@@ -168,7 +169,7 @@ def bench_extra_iteration(mamba2: nn.Module, shape: Shape, T: int, ks: list[int]
     ms = interleaved_ms(fns, reps)
     ys = [ms[f"k{k}"] for k in ks]
     slope = statistics.linear_regression(ks, ys).slope
-    return {"T": T, "mixer_proj_rank": mixer_proj_rank, "ms_by_iterations": {str(k): y for k, y in zip(ks, ys)},
+    return {"T": T, "mixer_proj_rank": mixer_proj_rank, "fp_compile": compile_map, "ms_by_iterations": {str(k): y for k, y in zip(ks, ys)},
             "mamba2_ms": ms["mamba2"], "slope_ms": slope, "slope_in_mamba2_forwards": slope / ms["mamba2"]}
 
 
@@ -292,7 +293,9 @@ def markdown(result: dict) -> str:
         lines.append(f"| decode (ms/token) | {r['mamba2_ms']:.2f} | {r['fpmamba_ms']:.2f} | {r['ratio']:.2f} |")
     if "extra_iteration" in result:
         r = result["extra_iteration"]
-        lines.append(f"| one extra householder iteration T={r['T']} | {r['mamba2_ms']:.1f} ms = 1 forward | "
+        how = (f", proj rank {r['mixer_proj_rank']}" if r["mixer_proj_rank"] else "") + \
+            (", compiled" if r.get("fp_compile") else "")
+        lines.append(f"| one extra householder iteration T={r['T']}{how} | {r['mamba2_ms']:.1f} ms = 1 forward | "
                      f"{r['slope_ms']:.1f} ms | {r['slope_in_mamba2_forwards']:.2f} forwards |")
     for name, ops in result.get("decode_ops", {}).items():
         t, layer = ops["per_token"], ops["per_token_per_layer"]
@@ -336,7 +339,7 @@ def run(args: argparse.Namespace) -> dict:
         "train_step": lambda: bench_train_step(mamba2, fp, shape, args.train_length, args.reps),
         "decode": lambda: bench_decode(mamba2, fp, shape, args.prompt_length, args.new_tokens, args.reps),
         "extra_iteration": lambda: bench_extra_iteration(mamba2, shape, args.train_length, args.iterations,
-                                                         args.reps, args.mixer_proj_rank),
+                                                         args.reps, args.mixer_proj_rank, args.compile),
         # the converted model also at the default budget: its map does not read y, one evaluation per layer
         "decode_ops": lambda: {"mamba2": ops(mamba2), "fpmamba_1_iteration": ops(fp),
                                "fpmamba_default_tol": ops(fp, fp_max_iter=FPMambaConfig().fp_max_iter_eval)},
@@ -366,6 +369,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, nargs="+", default=[2, 3, 4, 5], help="k of extra_iteration")
     p.add_argument("--mixer-proj-rank", type=int, default=0,
                    help="extra_iteration: the mixer projection's rank (0 = full)")
+    p.add_argument("--compile", action="store_true", help="extra_iteration: the map through torch.compile (fp_compile)")
     p.add_argument("--op-steps", type=int, default=4, help="decode steps counted by decode_ops")
     p.add_argument("--model-dir", type=Path, help="a trained S3 FP-Mamba (loaded; trained and saved if empty)")
     p.add_argument("--train-steps", type=int, default=300, help="training steps of the S3 model (demo: 300)")

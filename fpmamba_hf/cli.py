@@ -5,6 +5,8 @@
     fpmamba task train --config examples/recipes/a5.json          # a recipe; flags given explicitly override it
     fpmamba task eval --task S3 --train-length 8 --model-dir outputs/s3/models/fpmamba --fp-max-iter 40
     fpmamba task report [--check]        # MODEL_CARD.md's results section and the plots, from docs/results/*/
+    fpmamba task budget --task A5 --model-dir outputs/a5/models/fpmamba --lengths 32 48 64 --caps 64 128 256 \
+        --solvers picard anderson --output-dir docs/results/a5_budget   # the cap / solver / model question
 
 train and eval write results.json, run.json (command, machine, date, wall time), results.csv, table.txt,
 accuracy_vs_length.png and iterations_vs_length.png into --output-dir and print the length-generalisation table.
@@ -32,9 +34,11 @@ from .experiments import (
     run_evaluation,
     run_experiment,
 )
+from .experiments.budget import budget_study, budget_table, write_budget
 from .experiments.card import load_runs, render_card, write_plots
 from .experiments.reporting import write_run_metadata
-from .tasks import TASKS
+from .modeling_fpmamba import FPMambaForCausalLM
+from .tasks import TASKS, get_task
 
 # Flags that map onto ExperimentConfig / ModelSpec / TrainSettings fields (dest name == field name).
 _TOP = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"model", "training"}
@@ -117,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--fp-max-iter", dest="fp_max_iter", type=int, help="FP-Mamba iteration cap")
     evaluate.add_argument("--fp-tol", dest="fp_tol", type=float)
 
+    budget = commands.add_parser("budget", help="one saved FP-Mamba at each length x iteration cap x solver")
+    budget.add_argument("--task", required=True)
+    budget.add_argument("--model-dir", dest="model_dir", type=Path, required=True)
+    budget.add_argument("--lengths", type=int, nargs="+", required=True)
+    budget.add_argument("--caps", type=int, nargs="+", required=True)
+    budget.add_argument("--solvers", nargs="+", choices=CHOICES["fp_solver"], default=["picard"])
+    budget.add_argument("--eval-examples", dest="eval_examples", type=int, default=200)
+    budget.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=200)
+    budget.add_argument("--output-dir", dest="output_dir", type=Path, required=True)
+
     report_cmd = commands.add_parser("report", help="rebuild the model card's results section and the plots")
     report_cmd.add_argument("--results-dir", dest="results_dir", type=Path, default=Path("docs/results"),
                             help="every folder below holding a results.json is one run")
@@ -174,6 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         return report(args.results_dir, args.card, check=args.check)
     start = time.perf_counter()
+    if args.command == "budget":
+        model = FPMambaForCausalLM.from_pretrained(args.model_dir)
+        rows = budget_study(model, get_task(args.task), args.lengths, args.caps, args.solvers, args.eval_examples,
+                            args.eval_batch_size)
+        payload = {"task": args.task, "model_dir": str(args.model_dir), "eval_examples": args.eval_examples,
+                   "fp_tol": model.config.fp_tol, "fp_anderson_m": model.config.fp_anderson_m}
+        files = write_budget(args.output_dir, payload, rows)
+        files["run"] = write_run_metadata(args.output_dir, ["fpmamba", *argv], time.perf_counter() - start)
+        print(budget_table(rows))
+        print("wrote: " + ", ".join(str(p) for p in files.values()))
+        return 0
     if args.command == "train":
         result = run_experiment(config_from_args(args))
     else:

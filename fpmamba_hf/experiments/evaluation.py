@@ -19,14 +19,17 @@ PRIMARY_METRICS = ("seq_acc", "string_acc", "acc")
 
 @dataclass
 class LengthResult:
-    """One evaluated length: the task's primary accuracy, all its metrics, and the mean / max fixed-point
-    iterations per sequence (averaged over layers; None for models without a fixed-point solver)."""
+    """One evaluated length: the task's primary accuracy, all its metrics, the mean / max fixed-point iterations
+    per sequence (averaged over layers), and the share of sequences with a layer that stopped above the tolerance
+    (at the cap); the fixed-point entries are None for models without a solver (and the share for results recorded
+    before it was)."""
 
     length: int
     accuracy: float
     metrics: dict[str, float]
     fp_iterations_mean: float | None
     fp_iterations_max: float | None
+    fp_unconverged_share: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,7 +86,8 @@ def evaluate_length(
     if isinstance(model, FPMambaForCausalLM):
         fp_kwargs = {k: v for k, v in (("fp_max_iter", fp_max_iter), ("fp_tol", fp_tol)) if v is not None}
     device = next(model.parameters()).device
-    preds, labels, iterations = [], [], []
+    tol = fp_tol if fp_tol is not None else getattr(getattr(model, "config", None), "fp_tol", None)
+    preds, labels, iterations, unconverged = [], [], [], []
     for start in range(0, num_examples, batch_size):
         batch = collate(dataset.select(range(start, min(start + batch_size, num_examples))))
         out = model(input_ids=batch["input_ids"].to(device), **fp_kwargs)
@@ -92,6 +96,7 @@ def evaluate_length(
         its = getattr(out, "fp_iterations", None)
         if its is not None:
             iterations.append(its.float().mean(dim=1).cpu())  # per sequence, averaged over layers
+            unconverged.append((out.fp_residual >= tol).any(dim=1).cpu())
     metrics = task.metrics(torch.cat(preds), torch.cat(labels))
     if task.name == "copy":  # the paper scores copying teacher-forced only; generation is the real use
         metrics.update(autoregressive_copy_metrics(model, dataset.with_format("torch")["input_ids"], batch_size,
@@ -103,6 +108,7 @@ def evaluate_length(
         metrics={k: v for k, v in metrics.items() if "@" not in k},  # per-prefix entries are redundant here
         fp_iterations_mean=float(np.mean(its)) if its is not None else None,
         fp_iterations_max=float(np.max(its)) if its is not None else None,
+        fp_unconverged_share=float(torch.cat(unconverged).float().mean()) if unconverged else None,
     )
 
 
