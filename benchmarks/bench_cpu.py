@@ -169,7 +169,8 @@ def bench_extra_iteration(mamba2: nn.Module, shape: Shape, T: int, ks: list[int]
     ms = interleaved_ms(fns, reps)
     ys = [ms[f"k{k}"] for k in ks]
     slope = statistics.linear_regression(ks, ys).slope
-    return {"T": T, "mixer_proj_rank": mixer_proj_rank, "fp_compile": compile_map, "ms_by_iterations": {str(k): y for k, y in zip(ks, ys)},
+    return {"T": T, "mixer_proj_rank": mixer_proj_rank, "fp_compile": compile_map,
+            "ms_by_iterations": {str(k): y for k, y in zip(ks, ys)},
             "mamba2_ms": ms["mamba2"], "slope_ms": slope, "slope_in_mamba2_forwards": slope / ms["mamba2"]}
 
 

@@ -7,9 +7,9 @@ import warnings
 
 import pytest
 import torch
-
 from fpmamba_core import compiled
 from fpmamba_core.compiled import CompileFallbackWarning
+
 from fpmamba_hf import FPMambaForCausalLM
 from tests.fpmamba_hf.helpers import VOCAB, tiny_config, tiny_model
 
