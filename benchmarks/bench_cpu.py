@@ -78,8 +78,9 @@ class Shape:
         return torch.randint(1, self.vocab_size, (self.batch, T), generator=torch.Generator().manual_seed(seed))
 
 
-def mamba2_pair(shape: Shape, seed: int = 0) -> tuple[Mamba2ForCausalLM, FPMambaForCausalLM]:
-    """A random Mamba2ForCausalLM and its exact FP-Mamba conversion at one iteration, both in eval mode."""
+def mamba2_pair(shape: Shape, seed: int = 0, mixer_proj_rank: int = 0) -> tuple[Mamba2ForCausalLM, FPMambaForCausalLM]:
+    """A random Mamba2ForCausalLM and its exact FP-Mamba conversion at one iteration (its added mixer's projection
+    of rank `mixer_proj_rank`, 0 = full), both in eval mode."""
     torch.manual_seed(seed)
     config = Mamba2Config(
         vocab_size=shape.vocab_size, hidden_size=shape.hidden_size, num_hidden_layers=shape.layers,
@@ -88,7 +89,8 @@ def mamba2_pair(shape: Shape, seed: int = 0) -> tuple[Mamba2ForCausalLM, FPMamba
         pad_token_id=0, bos_token_id=None, eos_token_id=None,  # no early stop: every generate runs its N tokens
     )
     mamba2 = Mamba2ForCausalLM(config).eval()
-    return mamba2, FPMambaForCausalLM.from_mamba2(mamba2, fp_max_iter=1, fp_max_iter_eval=1).eval()
+    fp = FPMambaForCausalLM.from_mamba2(mamba2, fp_max_iter=1, fp_max_iter_eval=1, mixer_proj_rank=mixer_proj_rank)
+    return mamba2, fp.eval()
 
 
 @torch.no_grad()
@@ -332,7 +334,7 @@ def run(args: argparse.Namespace) -> dict:
     result: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "shape": asdict(shape),
                     "env": environment(args.threads), "reps": args.reps}
     start = time.perf_counter()
-    mamba2, fp = mamba2_pair(shape)
+    mamba2, fp = mamba2_pair(shape, mixer_proj_rank=args.mixer_proj_rank)
     result["conversion_max_logit_diff"] = max_logit_diff(mamba2, fp, shape)
     ops = partial(count_decode_ops, shape=shape, prompt_length=args.prompt_length, steps=args.op_steps)
     sections = {
@@ -369,7 +371,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--iterations", type=int, nargs="+", default=[2, 3, 4, 5], help="k of extra_iteration")
     p.add_argument("--mixer-proj-rank", type=int, default=0,
-                   help="extra_iteration: the mixer projection's rank (0 = full)")
+                   help="the FP model's mixer projection rank (0 = full): the conversion's and extra_iteration's")
     p.add_argument("--compile", action="store_true", help="extra_iteration: the map through torch.compile (fp_compile)")
     p.add_argument("--op-steps", type=int, default=4, help="decode steps counted by decode_ops")
     p.add_argument("--model-dir", type=Path, help="a trained S3 FP-Mamba (loaded; trained and saved if empty)")

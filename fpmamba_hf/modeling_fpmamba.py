@@ -372,8 +372,8 @@ class FPMambaModel(FPMambaPreTrainedModel):
 
 
 # The ablation switches a conversion refuses at a non-default value: the source model has the conv (its weights would
-# go unused), and the converter starts B, C and the mixer as the source's parts.
-CONVERSION_KEEPS_DEFAULT = ("use_short_conv", "bc_hidden_dependence", "mixer_proj_rank")
+# go unused) and B, C's projections. (The mixer is an added part: a low-rank mixer_proj_rank converts exactly too.)
+CONVERSION_KEEPS_DEFAULT = ("use_short_conv", "bc_hidden_dependence")
 
 
 class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):

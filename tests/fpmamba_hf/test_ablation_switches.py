@@ -153,8 +153,7 @@ def test_rnn_refuses_the_switches_it_has_nothing_for(field):
         tiny_config(backbone="rnn", **{field: False})
 
 
-@pytest.mark.parametrize("field, value", [("bc_hidden_dependence", False), ("use_short_conv", False),
-                                          ("mixer_proj_rank", 4)])
+@pytest.mark.parametrize("field, value", [("bc_hidden_dependence", False), ("use_short_conv", False)])
 def test_conversion_refuses_the_switches(field, value):
     from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
@@ -165,6 +164,27 @@ def test_conversion_refuses_the_switches(field, value):
     mamba = MambaForCausalLM(MambaConfig(vocab_size=50, hidden_size=32, state_size=8, num_hidden_layers=1))
     with pytest.raises(ValueError, match=f"from_mamba: {field}="):
         FPMambaForCausalLM.from_mamba(mamba, **{field: value})
+
+
+def test_conversion_with_a_low_rank_mixer_computes_the_source():
+    """The mixer is an added part (gain 0 at conversion): a low-rank projection converts exactly and trains."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(0)
+    sources = {
+        "from_mamba2": Mamba2ForCausalLM(Mamba2Config(vocab_size=50, hidden_size=32, head_dim=16, num_heads=4,
+                                                      state_size=8, n_groups=1, num_hidden_layers=2)),
+        "from_mamba": MambaForCausalLM(MambaConfig(vocab_size=50, hidden_size=32, state_size=8,
+                                                   num_hidden_layers=2)),
+    }
+    ids = torch.randint(0, 50, (2, 11))
+    for convert, source in sources.items():
+        model = getattr(FPMambaForCausalLM, convert)(source.eval(), mixer_proj_rank=4).eval()
+        assert model.config.mixer_proj_rank == 4 and model.backbone.layers[0].mixer.mixer.proj_in.out_features == 4
+        with torch.no_grad():
+            assert (model(ids).logits - source(ids).logits).abs().max() < 1e-4
+        model.train()(ids, labels=ids).loss.backward()
+        assert model.backbone.layers[0].mixer.mixer.gain.grad is not None
 
 
 def test_gamma_cap_under_gradient_checkpointing():
