@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import operator
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn as nn
 from fpmamba_core.backbones import backbone_layer
 from fpmamba_core.checkpointing import FixedPointReplay
+from fpmamba_core.compiled import CompiledOrEager
 from fpmamba_core.fixed_point import ContinueSync
 from fpmamba_core.layer import FixedPointLayer
 from fpmamba_core.mixers import ChannelMixer
@@ -252,11 +254,53 @@ class FPMambaModel(FPMambaPreTrainedModel):
     def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
         self.embeddings = new_embeddings
 
+    def run_blocks(
+        self,
+        hidden_states: torch.Tensor,
+        cache_params: Cache | None,
+        mask: torch.Tensor | None,
+        fp_max_iter: int | None,
+        fp_tol: float | None,
+        stages: StageFlags,
+        output_hidden_states: bool = False,
+        sync: ContinueSync | None = None,
+    ) -> tuple[torch.Tensor, tuple | None, torch.Tensor, torch.Tensor]:
+        """The decoder blocks and norm_f on embedded inputs (b, T, hidden), reading and updating `cache_params` (if
+        any) in place; each stage's output is flagged in `stages`. Returns (hidden states after norm_f, the hidden
+        states after each block and after norm_f if asked (else None), fp_iterations (b, layers), fp_residual
+        (b, layers) fp32). No host sync of its own: the caller reads `stages` and the telemetry."""
+        all_hidden_states = () if output_hidden_states else None
+        iterations, residuals = [], []
+        for i, block in enumerate(self.layers):
+            # A checkpointed block's recompute replays the fixed point its forward found (modeling/checkpointing.py).
+            replay = FixedPointReplay() if block.gradient_checkpointing and block.training else None
+            try:
+                hidden_states, its, res = block(
+                    hidden_states, cache_params=cache_params, attention_mask=mask, fp_max_iter=fp_max_iter,
+                    fp_tol=fp_tol, fp_sync=sync, fp_replay=replay,
+                )
+            except FloatingPointError as err:
+                # The solver sees a NaN that may come from an earlier stage: name where it first appeared.
+                where = first_bad_stage(stages.names, stages.stacked().tolist())
+                raise non_finite_error(self, where or f"layer {i} (its fixed-point iteration)") from err
+            stages.add(f"layer {i} (after its fixed point: out_proj or the residual)", hidden_states)
+            iterations.append(its)
+            residuals.append(res)
+            if output_hidden_states:
+                all_hidden_states = all_hidden_states + (hidden_states,)
+        hidden_states = self.norm_f(hidden_states)
+        stages.add("the final norm (norm_f)", hidden_states)
+        if output_hidden_states:
+            all_hidden_states = all_hidden_states + (hidden_states,)
+        return hidden_states, all_hidden_states, torch.stack(iterations, dim=1), torch.stack(residuals, dim=1).float()
+
     def _check_live_config(self) -> None:
         """The layers read the config at every call, so an edit of the fp_* solver settings takes effect at the next
         one. Every structural field (`FPMambaConfig.structural_fields`) shapes the parameters or their meaning: an
         edit after the model was built is refused rather than saved without running. The full check runs only when
         a field changed since the last one passed (a few hundred microseconds: too much for every decoded token)."""
+        if torch.compiler.is_compiling():
+            return  # a traced step (the compiled decode step) is guarded on the values it reads; eager calls check
         # Read from the instance dict: PreTrainedConfig's attribute access costs about 1 us per field.
         read_fields = operator.itemgetter(*FPMambaConfig.field_types())
         if read_fields(vars(self.config)) == self._checked_values:
@@ -327,34 +371,11 @@ class FPMambaModel(FPMambaPreTrainedModel):
 
         hidden_states = inputs_embeds
         stages.add("the embeddings" if input_ids is not None else "inputs_embeds", hidden_states)
-        all_hidden_states = () if output_hidden_states else None
-        iterations, residuals = [], []
         sync = training_sync(self.config.fp_sync_ranks, self.training, hidden_states.device)
-        for i, block in enumerate(self.layers):
-            # A checkpointed block's recompute replays the fixed point its forward found (modeling/checkpointing.py).
-            replay = FixedPointReplay() if block.gradient_checkpointing and block.training else None
-            try:
-                hidden_states, its, res = block(
-                    hidden_states, cache_params=cache_params, attention_mask=mask, fp_max_iter=fp_max_iter,
-                    fp_tol=fp_tol, fp_sync=sync, fp_replay=replay,
-                )
-            except FloatingPointError as err:
-                # The solver sees a NaN that may come from an earlier stage: name where it first appeared.
-                where = first_bad_stage(stages.names, stages.stacked().tolist())
-                raise non_finite_error(self, where or f"layer {i} (its fixed-point iteration)") from err
-            stages.add(f"layer {i} (after its fixed point: out_proj or the residual)", hidden_states)
-            iterations.append(its)
-            residuals.append(res)
-            if output_hidden_states:
-                all_hidden_states = all_hidden_states + (hidden_states,)
+        hidden_states, all_hidden_states, fp_iterations, fp_residual = self.run_blocks(
+            hidden_states, cache_params, mask, fp_max_iter, fp_tol, stages, output_hidden_states, sync)
         if cache_params is not None:
             set_seen_tokens(cache_params, None if seen is None else seen + hidden_states.shape[1])
-        hidden_states = self.norm_f(hidden_states)
-        stages.add("the final norm (norm_f)", hidden_states)
-        if output_hidden_states:
-            all_hidden_states = all_hidden_states + (hidden_states,)
-        fp_iterations = torch.stack(iterations, dim=1)
-        fp_residual = torch.stack(residuals, dim=1).float()
         if owns_report:
             tol = fp_tol if fp_tol is not None else self.config.fp_tol
             check_forward(self, stages, fp_residual, tol, warn=not self.training)
@@ -418,33 +439,49 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         """
         check_call_keywords(kwargs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        stages = StageFlags()
-        outputs = self.backbone(
-            input_ids,
-            inputs_embeds=inputs_embeds,
-            cache_params=_resolve_cache(cache_params, past_key_values),
-            use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            attention_mask=attention_mask,
-            fp_max_iter=fp_max_iter,
-            fp_tol=fp_tol,
-            fp_stages=stages,
-            # Inside generate(), every forward after the first feeds tokens this model generated.
-            fp_trusted_ids=fp_log is not None and bool(fp_log.iterations),
-        )
-        hidden_states = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            hidden_states = hidden_states[:, -logits_to_keep:]
-        elif isinstance(logits_to_keep, torch.Tensor):
-            hidden_states = hidden_states[:, logits_to_keep]
-        logits = acc(self.lm_head(hidden_states.to(self.lm_head.weight.dtype)))  # fp32 (an fp64 model keeps fp64)
-        stages.add("the LM head", logits)
-        tol = float(fp_tol) if fp_tol is not None else self.config.fp_tol  # validated by the backbone
-        if fp_log is not None:  # inside generate(): read back once when the call ends, not per token
-            fp_log.record(outputs.fp_iterations, outputs.fp_residual, stages, tol)
+        cache = _resolve_cache(cache_params, past_key_values)
+        tol = self.config.fp_tol
+        if fp_log is not None and fp_log.compile_step and self._decode_step_applies(
+                input_ids, inputs_embeds, cache, labels, output_hidden_states, attention_mask, use_cache,
+                logits_to_keep, fp_log, kwargs):
+            fp_max_iter, fp_tol = _call_budget(fp_max_iter, fp_tol)
+            self.backbone._check_live_config()
+            seen = seen_tokens(cache)
+            logits, fp_iterations, fp_residual, magnitudes, names = _run_decode_step(
+                self, input_ids, cache, fp_max_iter, fp_tol)
+            set_seen_tokens(cache, None if seen is None else seen + 1)
+            outputs = FPMambaOutput(cache_params=cache, fp_iterations=fp_iterations, fp_residual=fp_residual)
+            fp_log.record(fp_iterations, fp_residual, names, magnitudes, fp_tol if fp_tol is not None else tol)
         else:
-            check_forward(self, stages, outputs.fp_residual, tol, warn=not self.training)
+            stages = StageFlags()
+            outputs = self.backbone(
+                input_ids,
+                inputs_embeds=inputs_embeds,
+                cache_params=cache,
+                use_cache=use_cache,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+                attention_mask=attention_mask,
+                fp_max_iter=fp_max_iter,
+                fp_tol=fp_tol,
+                fp_stages=stages,
+                # Inside generate(), every forward after the first feeds tokens this model generated.
+                fp_trusted_ids=fp_log is not None and bool(fp_log.iterations),
+            )
+            hidden_states = outputs.last_hidden_state
+            if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+                hidden_states = hidden_states[:, -logits_to_keep:]
+            elif isinstance(logits_to_keep, torch.Tensor):
+                hidden_states = hidden_states[:, logits_to_keep]
+            logits = acc(self.lm_head(hidden_states.to(self.lm_head.weight.dtype)))  # fp32 (fp64 stays fp64)
+            stages.add("the LM head", logits)
+            if fp_tol is not None:
+                tol = float(fp_tol)  # validated by the backbone
+            if fp_log is not None:  # inside generate(): read back once when the call ends, not per token
+                fp_log.record(outputs.fp_iterations, outputs.fp_residual, stages.names,
+                              torch.stack(stages.magnitudes), tol)
+            else:
+                check_forward(self, stages, outputs.fp_residual, tol, warn=not self.training)
         loss = None
         if labels is not None or kwargs.get("shift_labels") is not None:
             # transformers' causal-LM loss contract: `labels` are shifted inside; already aligned targets come as
@@ -466,6 +503,33 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         )
 
     # ------------------------------------------------------------------------------------------ generation
+    def _decode_step_applies(self, input_ids, inputs_embeds, cache, labels, output_hidden_states, attention_mask,
+                             use_cache, logits_to_keep, fp_log: GenerationLog, kwargs: dict) -> bool:
+        """Whether this forward is a plain decode step of generate() that the compiled step computes: one token per
+        row that this model generated (the third forward of the call on: the prefill and the first decode step run
+        eagerly, which also runs the kernels' first-use self-checks), a cache with a state, no gradients, nothing
+        asked for beyond the logits and the telemetry."""
+        return (input_ids is not None and inputs_embeds is None and input_ids.dim() == 2 and input_ids.shape[1] == 1
+                and len(fp_log.iterations) >= 2 and cache is not None and has_state(cache)
+                and not torch.is_grad_enabled() and labels is None and kwargs.get("shift_labels") is None
+                and not output_hidden_states and attention_mask is None and use_cache is not False
+                and isinstance(logits_to_keep, int) and logits_to_keep in (0, 1))
+
+    def decode_step(self, input_ids: torch.LongTensor, cache: Cache, fp_max_iter: int | None,
+                    fp_tol: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+        """One decode step of generate(), the unit that `fp_compile` compiles (on CUDA with CUDA graphs, one per
+        batch size): ids (b, 1) this model generated, `cache` holding the state (updated in place). Returns logits
+        (b, 1, vocab) fp32, fp_iterations (b, layers), fp_residual (b, layers), the stages' largest magnitudes
+        (stages,) and the stage names; no host sync, no Python state changed, no check (the caller records them)."""
+        stages = StageFlags()
+        hidden_states = self.backbone.embeddings(input_ids)
+        stages.add("the embeddings", hidden_states)
+        hidden_states, _, fp_iterations, fp_residual = self.backbone.run_blocks(
+            hidden_states, cache, None, fp_max_iter, fp_tol, stages)
+        logits = acc(self.lm_head(hidden_states.to(self.lm_head.weight.dtype)))
+        stages.add("the LM head", logits)
+        return logits, fp_iterations, fp_residual, torch.stack(stages.magnitudes), stages.names
+
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
@@ -527,7 +591,7 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         cache = _resolve_cache(kwargs.pop("cache_params", None), kwargs.pop("past_key_values", None))
         if cache is not None:
             kwargs["cache_params"] = cache  # the name generate() uses for this model's cache
-        log = GenerationLog()
+        log = GenerationLog(compile_step=self.config.fp_compile)
         out = super().generate(*args, fp_log=log, **kwargs)
         check_generation(self, log)
         if isinstance(out, ModelOutput) and log.iterations:
@@ -586,5 +650,32 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         if model.config.tie_word_embeddings:
             model.tie_weights()
         return model
+
+# The compiled decode steps, per model and device type; weak keys, and the unbound method inside, so a model is never
+# kept alive by its compiled step.
+_DECODE_STEPS: "weakref.WeakKeyDictionary[FPMambaForCausalLM, dict[str, CompiledOrEager]]" = weakref.WeakKeyDictionary()
+
+
+def _run_decode_step(model: FPMambaForCausalLM, input_ids: torch.LongTensor, cache: Cache, fp_max_iter: int | None,
+                     fp_tol: float | None):
+    """`model.decode_step` through torch.compile (fullgraph, static shapes: one graph per batch size; on CUDA mode
+    "reduce-overhead", i.e. CUDA graphs, with the cache's tensors marked as static addresses and the outputs copied
+    out of the graph's buffers, which the next replay overwrites). Falls back to eager with one warning per model and
+    device type where the step cannot compile (e.g. a per-token solve that takes host syncs: the PyTorch path of a
+    map that reads y)."""
+    device = input_ids.device.type
+    steps = _DECODE_STEPS.setdefault(model, {})
+    if device not in steps:
+        options = {"fullgraph": True, "dynamic": False, **({"mode": "reduce-overhead"} if device == "cuda" else {})}
+        steps[device] = CompiledOrEager(FPMambaForCausalLM.decode_step, "generate()'s decode step", **options)
+    if device != "cuda":
+        return steps[device](model, input_ids, cache, fp_max_iter, fp_tol)
+    for layer in cache.layers:
+        torch._dynamo.mark_static_address(layer.conv_states[0])
+        torch._dynamo.mark_static_address(layer.recurrent_states[0])
+    torch.compiler.cudagraph_mark_step_begin()
+    *tensors, names = steps[device](model, input_ids, cache, fp_max_iter, fp_tol)
+    return (*(t.clone() for t in tensors), names)
+
 
 __all__ = ["FPMambaForCausalLM", "FPMambaModel", "FPMambaPreTrainedModel"]

@@ -57,19 +57,22 @@ class StageFlags:
 class GenerationLog:
     """Telemetry of one generate() call: one entry per forward (step), kept as the device tensors the forward made
     (the comparisons happen once, in `check_generation`). iterations, residual: (rows, layers); magnitudes:
-    (stages,) the largest magnitude of each stage's output (finite exactly when the output is)."""
+    (stages,) the largest magnitude of each stage's output (finite exactly when the output is). compile_step: the
+    decode steps run compiled (config.fp_compile)."""
 
+    compile_step: bool = False
     iterations: list[torch.Tensor] = field(default_factory=list)
     residual: list[torch.Tensor] = field(default_factory=list)
     magnitudes: list[torch.Tensor] = field(default_factory=list)
     stage_names: list[str] = field(default_factory=list)
     tol: float = float("nan")
 
-    def record(self, iterations: torch.Tensor, residual: torch.Tensor, stages: StageFlags, tol: float) -> None:
+    def record(self, iterations: torch.Tensor, residual: torch.Tensor, stage_names: list[str],
+               magnitudes: torch.Tensor, tol: float) -> None:
         self.iterations.append(iterations)
         self.residual.append(residual)
-        self.magnitudes.append(torch.stack(stages.magnitudes))
-        self.stage_names, self.tol = stages.names, tol
+        self.magnitudes.append(magnitudes)
+        self.stage_names, self.tol = stage_names, tol
 
 
 def non_finite_error(model: nn.Module, where: str) -> FloatingPointError:

@@ -1,11 +1,12 @@
-"""torch.compile of the iteration maps (config.fp_compile).
+"""torch.compile where it pays (config.fp_compile), with an eager fallback.
 
 The solver's evaluations run without autograd, many times per call, and on the PyTorch path each is a chain of
 small elementwise ops around a few matmuls and the scan: what inductor fuses. A map class is compiled once per
 process (fullgraph: the maps have no graph break, tests/modeling/test_compiled_map.py); new shapes (fewer rows
-still iterating, another length) recompile with dynamic sizes. The finish (with autograd) and the decode step stay
-eager. Where compile is unavailable or fails (no C++ compiler for inductor, an unsupported op), one
-`CompileFallbackWarning` names the map and the error, and that map class runs eagerly from then on.
+still iterating, another length) recompile with dynamic sizes. The finish (with autograd) stays eager. The
+transformers model also compiles generate()'s per-token step with the same helper (fpmamba_hf/modeling_fpmamba.py).
+Where compile is unavailable or fails (no C++ compiler for inductor, an unsupported op, a graph break in a
+fullgraph step), one `CompileFallbackWarning` names what failed and the error, and it runs eagerly from then on.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import inspect
 import threading
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -21,39 +22,51 @@ from .fixed_point import IterationMap, MapOutput
 
 
 class CompileFallbackWarning(RuntimeWarning):
-    """torch.compile of an iteration map failed; that map runs eagerly from now on."""
+    """torch.compile of a function failed; it runs eagerly from now on."""
+
+
+class CompiledOrEager:
+    """`fn` through `torch.compile(fn, **options)`, compiled at its first call; once that fails (at compile or at
+    run time), one warning naming `what`, and `fn` itself from then on (an error of `fn` itself then raises from the
+    eager call)."""
+
+    def __init__(self, fn: Callable, what: str, **options: Any) -> None:
+        self.fn, self.what, self.options = fn, what, options
+        self.compiled: Callable | None = None
+        self.failed = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failed:
+            return self.fn(*args, **kwargs)
+        try:
+            if self.compiled is None:
+                self.compiled = torch.compile(self.fn, **self.options)
+            return self.compiled(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 -- any compile failure: the eager function computes the same
+            self.failed = True
+            first_line = str(err).splitlines()[0] if str(err) else ""
+            warnings.warn(f"fp_compile: torch.compile of {self.what} failed ({type(err).__name__}: {first_line}); "
+                          "it runs eagerly from now on.", CompileFallbackWarning, stacklevel=2)
+            return self.fn(*args, **kwargs)
 
 
 _lock = threading.Lock()
-_compiled: dict[type, Callable] = {}
-_failed: set[type] = set()
-
-
-def _compiled_call(cls: type) -> Callable:
-    with _lock:
-        if cls not in _compiled:
-            _compiled[cls] = torch.compile(cls.__call__, fullgraph=True)
-        return _compiled[cls]
+_map_calls: dict[type, CompiledOrEager] = {}
 
 
 def compiled_map(f: IterationMap) -> IterationMap:
-    """f with its evaluations compiled, or f itself where it must stay eager (a map that says
-    `compile_friendly = False`, e.g. one running the fused Triton kernels) or its class failed to compile before."""
+    """f with its evaluations compiled (one compiled `__call__` per map class), or f itself where it must stay eager:
+    a plain function (not a map object), or a map that says `compile_friendly = False` (e.g. one running the fused
+    Triton kernels)."""
     cls = type(f)
-    if not inspect.isfunction(getattr(cls, "__call__", None)) or not getattr(f, "compile_friendly", True) \
-            or cls in _failed:
-        return f  # a plain function (not a map object), a map that stays eager, or a class that failed before
+    if not inspect.isfunction(getattr(cls, "__call__", None)) or not getattr(f, "compile_friendly", True):
+        return f
+    with _lock:
+        call = _map_calls.setdefault(cls, CompiledOrEager(cls.__call__, cls.__name__, fullgraph=True))
+    if call.failed:
+        return f
 
-    def call(y: torch.Tensor, rows: torch.Tensor) -> MapOutput:
-        if cls in _failed:
-            return f(y, rows)
-        try:
-            return _compiled_call(cls)(f, y, rows)
-        except Exception as err:  # noqa: BLE001 -- any compile failure: the eager map is the same function
-            _failed.add(cls)
-            warnings.warn(f"fp_compile: torch.compile of {cls.__name__} failed ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''}); it runs eagerly from now on.",
-                          CompileFallbackWarning, stacklevel=2)
-            return f(y, rows)  # an error of the map itself raises here again
+    def evaluate(y: torch.Tensor, rows: torch.Tensor) -> MapOutput:
+        return call(f, y, rows)
 
-    return call
+    return evaluate

@@ -90,6 +90,10 @@ class FixedPointLayer(nn.Module):
         `y_projections` (None: absent). A projection wrapped by an adapter is assumed to read it. The verdict costs
         one host sync and is kept until a parameter it looked at changes (its tensor or its in-place version
         counter), so a model that is not being trained pays it once."""
+        if torch.compiler.is_compiling():
+            # A traced step (e.g. a compiled decode step) cannot read versions or sync: it uses the verdict of the
+            # last eager call (the prefill), or assumes the map reads y (always correct, only slower).
+            return getattr(self, "_reads_iterate", True)
         projections = [m for m in y_projections if m is not None]
         weights = [m.weight for m in projections]
         watched = weights if mixer.proj is None else [mixer.gain, *weights]
