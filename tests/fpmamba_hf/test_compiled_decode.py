@@ -8,10 +8,10 @@ import warnings
 
 import pytest
 import torch
+from fpmamba_core.compiled import CompileFallbackWarning
 from torch._dynamo.utils import counters
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from fpmamba_core.compiled import CompileFallbackWarning
 from tests.fpmamba_hf.helpers import VOCAB, tiny_model
 
 HAS_COMPILER = bool(shutil.which("c++") or shutil.which("g++"))  # inductor's CPU kernels need one
