@@ -332,9 +332,11 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     shape = Shape(batch=args.batch)
     result: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "shape": asdict(shape),
+                    "fp_compile": args.compile, "mixer_proj_rank": args.mixer_proj_rank,
                     "env": environment(args.threads), "reps": args.reps}
     start = time.perf_counter()
     mamba2, fp = mamba2_pair(shape, mixer_proj_rank=args.mixer_proj_rank)
+    fp.config.fp_compile = args.compile
     result["conversion_max_logit_diff"] = max_logit_diff(mamba2, fp, shape)
     ops = partial(count_decode_ops, shape=shape, prompt_length=args.prompt_length, steps=args.op_steps)
     sections = {
@@ -372,7 +374,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, nargs="+", default=[2, 3, 4, 5], help="k of extra_iteration")
     p.add_argument("--mixer-proj-rank", type=int, default=0,
                    help="the FP model's mixer projection rank (0 = full): the conversion's and extra_iteration's")
-    p.add_argument("--compile", action="store_true", help="extra_iteration: the map through torch.compile (fp_compile)")
+    p.add_argument("--compile", action="store_true", help="fp_compile=True on the FP models (the conversion's and extra_iteration's)")
     p.add_argument("--op-steps", type=int, default=4, help="decode steps counted by decode_ops")
     p.add_argument("--model-dir", type=Path, help="a trained S3 FP-Mamba (loaded; trained and saved if empty)")
     p.add_argument("--train-steps", type=int, default=300, help="training steps of the S3 model (demo: 300)")
