@@ -71,14 +71,18 @@ def test_left_padded_batch_equals_rows_alone_in_parallel_and_decode():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_at_reflection_scale_2_the_norm_bounded_mixer_decodes_exactly(seed):
     """Kronecker factors are normalised (||K|| <= 1), so Q = I - 2K stays non-expansive at reflection scale 2 and
-    decode equals parallel there. (Householder and DPLR at scale 2 are not: see README, known limits.)"""
+    decode equals parallel there. (Householder and DPLR at scale 2 are not: see README, known limits.) The tolerance
+    is 5e-6, not TIGHT's 1e-6: at scale 2 the parallel iteration's relative residual levels off at 1e-6..3e-6 for
+    some rows (the fp32 rounding floor, ~10 ulp; where it lands depends on the scan's summation order)."""
     torch.manual_seed(seed)
-    model = FPMambaForCausalLM(tiny_config(mixer_type="kronecker", mixer_reflection_scale=2, **TIGHT)).eval()
+    tol = 5e-6
+    model = FPMambaForCausalLM(tiny_config(mixer_type="kronecker", mixer_reflection_scale=2, fp_tol=tol,
+                                           fp_max_iter_eval=400)).eval()
     ids = torch.randint(0, VOCAB, (4, 17))
     with torch.no_grad():
         parallel = model(ids)
         decoded = _decode_logits(model, ids, prefix=1)
-    assert bool((parallel.fp_residual < TIGHT["fp_tol"]).all())
+    assert bool((parallel.fp_residual < tol).all())
     assert (decoded - parallel.logits).abs().max() <= 1e-4
 
 
