@@ -35,7 +35,7 @@ from .experiments import (
     run_experiment,
 )
 from .experiments.budget import budget_study, budget_table, write_budget
-from .experiments.card import load_runs, render_card, write_plots
+from .experiments.card import load_budget_studies, load_runs, render_card, write_plots
 from .experiments.reporting import write_run_metadata
 from .modeling_fpmamba import FPMambaForCausalLM
 from .tasks import TASKS, get_task
@@ -164,7 +164,7 @@ def report(results_dir: Path, card: Path, check: bool) -> int:
     if not runs:
         raise SystemExit(f"fpmamba task report: no results.json under {results_dir}")
     current = card.read_text()
-    expected = render_card(current, runs, card.parent)
+    expected = render_card(current, runs, card.parent, load_budget_studies(results_dir))
     if check:
         diff = list(difflib.unified_diff(current.splitlines(), expected.splitlines(), str(card),
                                          f"{card} from {results_dir}", lineterm=""))

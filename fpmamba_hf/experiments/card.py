@@ -4,8 +4,10 @@ Every folder under the results root that holds a results.json (written by `fpmam
 with run.json beside it: command, machine, date, versions, wall time) is one run. Runs are grouped by task; each
 task gets a table with one row per model of each run (parameters, steps, time, seed, accuracy at 1x / 2x / 4x the
 training length, the longest length up to which accuracy stays >= ACCURACY_THRESHOLD, iterations at 1x / 2x /
-4x), then per run its command, machine, settings, plots and the full per-length table. The section replaces what
-lies between CARD_BEGIN and CARD_END in the card, so the card cannot drift from the files.
+4x), then per run its command, machine, settings, plots and the full per-length table. A folder holding a
+budget.json (`fpmamba task budget`: one saved model at each length x evaluation cap x solver) adds its table to its
+task. The section replaces what lies between CARD_BEGIN and CARD_END in the card, so the card cannot drift from the
+files.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..configuration_fpmamba import FPMambaConfig
+from .budget import budget_table
 from .evaluation import LengthResult
 from .models import DEFAULT_LAYERS
 from .reporting import ACCURACY_THRESHOLD, plot_paths, plot_results
@@ -71,6 +74,29 @@ def load_runs(results_root: Path) -> list[Run]:
         metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
         runs.append(Run(path.parent, json.loads(path.read_text()), metadata))
     return sorted(runs, key=lambda run: (run.task, str(run.folder)))
+
+
+@dataclass(frozen=True)
+class BudgetStudy:
+    """One budget folder: budget.json (`payload`: task, settings, rows) and run.json (`metadata`)."""
+
+    folder: Path
+    payload: dict
+    metadata: dict
+
+    @property
+    def task(self) -> str:
+        return self.payload["task"]
+
+
+def load_budget_studies(results_root: Path) -> list[BudgetStudy]:
+    """Every budget folder under `results_root`, ordered by task, then folder."""
+    studies = []
+    for path in sorted(Path(results_root).rglob("budget.json")):
+        metadata_path = path.parent / "run.json"
+        metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
+        studies.append(BudgetStudy(path.parent, json.loads(path.read_text()), metadata))
+    return sorted(studies, key=lambda study: (study.task, str(study.folder)))
 
 
 def write_plots(run: Run) -> dict[str, Path]:
@@ -164,17 +190,20 @@ def settings_line(run: Run) -> str:
             f"Evaluation: {evaluation}.")
 
 
-def run_section(run: Run, card_dir: Path) -> list[str]:
-    """Command, machine, settings, plots and the per-length table of one run."""
-    link = Path(os.path.relpath(run.folder, card_dir)).as_posix()
-    meta = run.metadata
-    provenance = ", ".join(
+def _provenance(meta: dict) -> str:
+    return ", ".join(
         f"{label} {meta[key]}" for label, key in (("date", "date"), ("machine:", "machine"), ("torch", "torch"),
                                                    ("transformers", "transformers"),
                                                    ("torch threads", "torch_threads"))
         if meta.get(key) is not None
     ) or "not recorded (no run.json)"
-    lines = [f"**[{link}]({link})**: {provenance}; whole run {_seconds(meta.get('wall_time_s'))}.", ""]
+
+
+def run_section(run: Run, card_dir: Path) -> list[str]:
+    """Command, machine, settings, plots and the per-length table of one run."""
+    link = Path(os.path.relpath(run.folder, card_dir)).as_posix()
+    meta = run.metadata
+    lines = [f"**[{link}]({link})**: {_provenance(meta)}; whole run {_seconds(meta.get('wall_time_s'))}.", ""]
     if "note" in meta:
         lines += [f"Note: {meta['note']}", ""]
     lines += [f"Command: `{meta.get('command', 'not recorded')}`", "", settings_line(run), ""]
@@ -185,8 +214,24 @@ def run_section(run: Run, card_dir: Path) -> list[str]:
     return lines
 
 
-def results_section(runs: list[Run], card_dir: Path) -> str:
-    """The card's generated results section: per task a summary table, then each run's section."""
+def budget_section(study: BudgetStudy, card_dir: Path) -> list[str]:
+    """The table of one budget study, with its provenance and command."""
+    link = Path(os.path.relpath(study.folder, card_dir)).as_posix()
+    meta, p = study.metadata, study.payload
+    return [
+        f"#### Evaluation cap and solver: [{link}]({link})", "",
+        f"One saved model (`{p['model_dir']}`), {p['eval_examples']} rows per length, the same rows at every "
+        f"setting; each cell: accuracy / mean iterations / share of sequences stopped at the cap above fp_tol="
+        f"{p['fp_tol']:g} (Anderson memory {p['fp_anderson_m']}). {_provenance(meta)}; whole run "
+        f"{_seconds(meta.get('wall_time_s'))}.", "",
+        f"Command: `{meta.get('command', 'not recorded')}`", "",
+        *budget_table(p["rows"]).splitlines(), "",
+    ]
+
+
+def results_section(runs: list[Run], card_dir: Path, studies: list[BudgetStudy] = ()) -> str:
+    """The card's generated results section: per task a summary table, then each run's section, then the task's
+    budget studies."""
     header = ["run", "model", "layers", "parameters", "steps", "train / eval time", "seed",
               *(f"acc {f}x" for f in LENGTH_FACTORS), f"acc >= {ACCURACY_THRESHOLD} up to",
               "iterations " + " / ".join(f"{f}x" for f in LENGTH_FACTORS)]
@@ -197,28 +242,33 @@ def results_section(runs: list[Run], card_dir: Path) -> str:
         f"lengths ({MISSING} for models without a solver). Times: training / evaluation wall clock per model.",
         "",
     ]
-    for task in dict.fromkeys(run.task for run in runs):
+    for task in dict.fromkeys([*(run.task for run in runs), *(study.task for study in studies)]):
         task_runs = [run for run in runs if run.task == task]
         lengths = sorted({run.train_length for run in task_runs})
-        lines += [f"### {task} (training length {', '.join(map(str, lengths))})", ""]
-        rows = [row for run in task_runs
-                for row in summary_rows(run, Path(os.path.relpath(run.folder, card_dir)).as_posix())]
-        lines += [*_table(header, rows), ""]
+        lines += [f"### {task}" + (f" (training length {', '.join(map(str, lengths))})" if lengths else ""), ""]
+        if task_runs:
+            rows = [row for run in task_runs
+                    for row in summary_rows(run, Path(os.path.relpath(run.folder, card_dir)).as_posix())]
+            lines += [*_table(header, rows), ""]
         for run in task_runs:
             lines += run_section(run, card_dir)
+        for study in studies:
+            if study.task == task:
+                lines += budget_section(study, card_dir)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render_card(card_text: str, runs: list[Run], card_dir: Path) -> str:
+def render_card(card_text: str, runs: list[Run], card_dir: Path, studies: list[BudgetStudy] = ()) -> str:
     """`card_text` with the region between CARD_BEGIN and CARD_END replaced by the results section."""
     begin, end = card_text.find(CARD_BEGIN), card_text.find(CARD_END)
     if begin < 0 or end < begin:
         raise ValueError(f"the card has no results region: put the lines\n{CARD_BEGIN}\n{CARD_END}\nwhere it goes")
     head = card_text[: begin + len(CARD_BEGIN)]
-    return f"{head}\n\n{results_section(runs, card_dir)}\n{card_text[end:]}"
+    return f"{head}\n\n{results_section(runs, card_dir, studies)}\n{card_text[end:]}"
 
 
 __all__ = [
-    "CARD_BEGIN", "CARD_END", "LENGTH_FACTORS", "Run", "at_factor", "load_runs", "longest_solved", "render_card",
+    "CARD_BEGIN", "CARD_END", "LENGTH_FACTORS", "BudgetStudy", "Run", "at_factor", "load_budget_studies", "load_runs",
+    "longest_solved", "render_card",
     "results_section", "write_plots",
 ]

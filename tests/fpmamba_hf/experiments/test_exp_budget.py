@@ -27,3 +27,18 @@ def test_budget_study_runs_every_setting_and_reports_the_capped_share(tmp_path, 
     assert saved["fp_tol"] == 1e-6 and "fpmamba task budget" in json.loads(
         (tmp_path / "budget" / "run.json").read_text())["command"]
     assert (tmp_path / "budget" / "budget.md").read_text().strip() in capsys.readouterr().out
+
+
+def test_the_card_shows_each_budget_study_under_its_task(tmp_path):
+    from fpmamba_hf.experiments.budget import write_budget
+    from fpmamba_hf.experiments.card import CARD_BEGIN, CARD_END, load_budget_studies, render_card
+
+    rows = [{"solver": "picard", "cap": cap, "length": 8, "accuracy": acc, "fp_iterations_mean": float(cap),
+             "fp_unconverged_share": share} for cap, acc, share in ((16, 0.25, 1.0), (64, 0.75, 0.5))]
+    write_budget(tmp_path / "results" / "s3_budget", {"task": "S3", "model_dir": "m", "eval_examples": 4,
+                                                      "fp_tol": 0.01, "fp_anderson_m": 5}, rows)
+    studies = load_budget_studies(tmp_path / "results")
+    card = render_card(f"# card\n{CARD_BEGIN}\n{CARD_END}\n", [], tmp_path, studies)
+    assert "### S3\n" in card and "#### Evaluation cap and solver: [results/s3_budget](results/s3_budget)" in card
+    assert "| picard | 16 | 0.250 / 16.0 it / 100% capped |" in card
+    assert "| picard | 64 | 0.750 / 64.0 it / 50% capped |" in card
