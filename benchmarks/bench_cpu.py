@@ -374,7 +374,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, nargs="+", default=[2, 3, 4, 5], help="k of extra_iteration")
     p.add_argument("--mixer-proj-rank", type=int, default=0,
                    help="the FP model's mixer projection rank (0 = full): the conversion's and extra_iteration's")
-    p.add_argument("--compile", action="store_true", help="fp_compile=True on the FP models (the conversion's and extra_iteration's)")
+    p.add_argument("--compile", action="store_true",
+                   help="fp_compile=True on the FP models (the conversion's and extra_iteration's)")
     p.add_argument("--op-steps", type=int, default=4, help="decode steps counted by decode_ops")
     p.add_argument("--model-dir", type=Path, help="a trained S3 FP-Mamba (loaded; trained and saved if empty)")
     p.add_argument("--train-steps", type=int, default=300, help="training steps of the S3 model (demo: 300)")
