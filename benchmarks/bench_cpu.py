@@ -333,10 +333,16 @@ def run(args: argparse.Namespace) -> dict:
     shape = Shape(batch=args.batch)
     result: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "shape": asdict(shape),
                     "fp_compile": args.compile, "mixer_proj_rank": args.mixer_proj_rank,
+                    "freeze_readers": args.freeze_readers,
                     "env": environment(args.threads), "reps": args.reps}
     start = time.perf_counter()
     mamba2, fp = mamba2_pair(shape, mixer_proj_rank=args.mixer_proj_rank)
     fp.config.fp_compile = args.compile
+    if args.freeze_readers:  # fine-tuning the Mamba-2 part only (e.g. LoRA elsewhere): nothing that reads y trains
+        for block in fp.backbone.layers:
+            for module in (block.mixer.mixer, *block.mixer.y_projections()):
+                if module is not None:
+                    module.requires_grad_(False)
     result["conversion_max_logit_diff"] = max_logit_diff(mamba2, fp, shape)
     ops = partial(count_decode_ops, shape=shape, prompt_length=args.prompt_length, steps=args.op_steps)
     sections = {
@@ -376,6 +382,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the FP model's mixer projection rank (0 = full): the conversion's and extra_iteration's")
     p.add_argument("--compile", action="store_true",
                    help="fp_compile=True on the FP models (the conversion's and extra_iteration's)")
+    p.add_argument("--freeze-readers", action="store_true",
+                   help="freeze the converted model's mixers and y-projections (nothing that reads y trains)")
     p.add_argument("--op-steps", type=int, default=4, help="decode steps counted by decode_ops")
     p.add_argument("--model-dir", type=Path, help="a trained S3 FP-Mamba (loaded; trained and saved if empty)")
     p.add_argument("--train-steps", type=int, default=300, help="training steps of the S3 model (demo: 300)")

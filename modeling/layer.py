@@ -80,6 +80,19 @@ class FixedPointLayer(nn.Module):
         zero: a converted source model) lets the layer take f's first evaluation as the fixed point."""
         raise NotImplementedError
 
+    def y_projections(self) -> Sequence[nn.Module | None]:
+        """The linear projections through which f reads the iterate besides the mixer (None: absent); none by
+        default."""
+        return ()
+
+    def iterate_gradients_wanted(self) -> bool:
+        """Whether autograd must see f read the iterate: a parameter of the mixer or of the y-projections requires a
+        gradient. When none does and f cannot read y (`map_reads_iterate` False: a converted source model fine-tuned
+        with those parts frozen, e.g. under LoRA adapters elsewhere), a training call is one evaluation with
+        autograd, the source model's own cost."""
+        modules = [self.mixer, *(m for m in self.y_projections() if m is not None)]
+        return any(p.requires_grad for m in modules for p in m.parameters())
+
     def decode_token(self, prelude: Any, settings: SolverSettings) -> DecodeResult:
         """One token per row (T = 1, a state, no autograd): its inner solve and the new recurrent state."""
         raise NotImplementedError
@@ -251,6 +264,16 @@ class FixedPointLayer(nn.Module):
             return LayerOutput(self.output(y_out, pre), new_state, step.iterations, step.residual)
 
         f = self.iteration_map(pre, settings)
+        if constant and replay is None and torch.is_grad_enabled() and not self.iterate_gradients_wanted():
+            # f(y0) with autograd is the fixed point and every gradient wanted (J = 0 and nothing that reads y
+            # trains): one evaluation instead of a no-grad solve and the finish.
+            y0 = self.initial_iterate(pre)
+            fin = f(y0, torch.arange(y0.shape[0], device=y0.device))
+            batch = y0.shape[0]
+            iterations = torch.ones(batch, dtype=torch.long, device=y0.device)
+            new_state = (self.next_state(pre, fin.yhat.detach(), fin.yhat.detach(), fin.aux) if return_state
+                         else None)
+            return LayerOutput(self.output(fin.yhat, pre), new_state, iterations, y0.new_zeros(batch))
         if replay is not None and replay.filled:
             y_star, iterations, residual, plain = replay.y_star, replay.iterations, replay.residual, None
         else:

@@ -253,7 +253,10 @@ class Mamba1Layer(FixedPointLayer):
     def map_reads_iterate(self) -> bool:
         """f reads y through the mixer and the y-projections of B, C (and dt): see `reads_iterate_through`. (The
         after-loop gate's W_zy reads f(y*), outside the map.)"""
-        return self.reads_iterate_through(self.mixer, (self.bc_y_proj, self.dt_y_proj))
+        return self.reads_iterate_through(self.mixer, self.y_projections())
+
+    def y_projections(self) -> tuple[nn.Module | None, nn.Module | None]:
+        return self.bc_y_proj, self.dt_y_proj
 
     def decode_token(self, pre: Mamba1Prelude, settings: SolverSettings) -> DecodeResult:
         """One token per row through `ops.selective_decode_step` (inference: no autograd through the inner loop)."""

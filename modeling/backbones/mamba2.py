@@ -101,9 +101,9 @@ class Mamba2Map:
         # Gather the rows still iterating; while all are (the common case) use the tensors as they are.
         take = (lambda t: t) if rows.numel() == b else (  # noqa: E731
             lambda t: None if t is None else t.select(rows) if isinstance(t, ScanDecay) else t[rows])
-        # A constant map without autograd skips what cannot change its value: the mixer (Q = I) and the
-        # y-projections (zero). With autograd they stay, so the gain and the projections get their gradients.
-        skip_y = self.constant and not torch.is_grad_enabled()
+        # A constant map skips what cannot change its value: the mixer (Q = I) and the y-projections (zero), unless
+        # autograd must give them gradients (the gain's and the projections' are what lets training leave Q = I).
+        skip_y = self.constant and not (torch.is_grad_enabled() and layer.iterate_gradients_wanted())
         ys = None if skip_y else torch.cat([take(pre.y_prev0)[:, None], y[:, :-1]], dim=1)
         B, C = layer.bc(take(pre.Bx), take(pre.Cx), ys)
         dt, decay = self._dt_and_decay(ys, take)
@@ -255,8 +255,8 @@ class Mamba2Layer(FixedPointLayer):
             xBC = xBC * mask[..., None].to(xBC.dtype)
         gn = self.n_groups * self.ssm_state_size
         x, Bx, Cx = acc(xBC).split([self.d_inner, gn, gn], dim=-1)
-        # The mixer's x-part is needed unless Q = I is known and no gradient flows (see Mamba2Map).
-        needs_mixer = torch.is_grad_enabled() or self.map_reads_iterate()
+        # The mixer's x-part is needed unless Q = I is known and no gradient of it is wanted (see Mamba2Map).
+        needs_mixer = self.map_reads_iterate() or (torch.is_grad_enabled() and self.iterate_gradients_wanted())
         return Mamba2Prelude(
             x=x, z=acc(z), x_part=self.mixer.precompute(x) if needs_mixer else None,
             Bx=Bx.view(b, T, self.n_groups, self.ssm_state_size), Cx=Cx.view(b, T, self.n_groups, self.ssm_state_size),
@@ -310,7 +310,10 @@ class Mamba2Layer(FixedPointLayer):
 
     def map_reads_iterate(self) -> bool:
         """f reads y through the mixer and the y-projections of B, C (and dt): see `reads_iterate_through`."""
-        return self.reads_iterate_through(self.mixer, (self.bc_y_proj, self.dt_y_proj))
+        return self.reads_iterate_through(self.mixer, self.y_projections())
+
+    def y_projections(self) -> tuple[nn.Module | None, nn.Module | None]:
+        return self.bc_y_proj, self.dt_y_proj
 
     def decode_token(self, pre: Mamba2Prelude, settings: SolverSettings) -> DecodeResult:
         """One token per row through `ops.decode_step` (inference: no autograd through the inner loop)."""

@@ -84,3 +84,62 @@ def test_a_mixer_that_reads_only_x_still_makes_the_map_read_y():
     with torch.no_grad():
         out = layer(torch.randn(2, 7, 16, dtype=torch.float64))
     assert out.iterations.gt(1).all() and out.residual.lt(1e-10).all()
+
+
+def _evaluations(monkeypatch) -> list[int]:
+    """Counts calls of the Mamba-2 map (whole-sequence evaluations, with or without autograd)."""
+    from fpmamba_core.backbones.mamba2 import Mamba2Map
+
+    calls = []
+    original = Mamba2Map.__call__
+    monkeypatch.setattr(Mamba2Map, "__call__", lambda self, y, rows: calls.append(1) or original(self, y, rows))
+    return calls
+
+
+def _frozen_readers(model: FPMambaForCausalLM) -> list[str]:
+    """Freeze every parameter through which the map reads y (mixers, y-projections); their names."""
+    names = []
+    for name, p in model.named_parameters():
+        if ".mixer.mixer." in name or "_y_proj" in name:
+            p.requires_grad_(False)
+            names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("mixer_type", ["householder", "kronecker"])
+def test_training_with_the_readers_frozen_is_one_evaluation_with_the_same_gradients(mixer_type, monkeypatch):
+    """Nothing that reads y trains: a training forward is one evaluation with autograd (Mamba-2's cost), and every
+    gradient equals the one of the regular path (a no-grad solve, then f at y* with the readers in the graph)."""
+    ids = torch.randint(0, 40, (3, 13))
+    regular, _ = _converted(mixer_type)
+    regular.train()
+    regular(ids, labels=ids).loss.backward()
+    frozen, _ = _converted(mixer_type)
+    frozen.train()
+    names = _frozen_readers(frozen)
+    calls = _evaluations(monkeypatch)
+    out = frozen(ids, labels=ids)
+    out.loss.backward()
+    assert len(calls) == frozen.config.num_hidden_layers and out.fp_iterations.eq(1).all()
+    for (name, a), b in zip(regular.named_parameters(), frozen.parameters()):
+        if name in names:
+            assert b.grad is None
+        else:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6)  # y + (x - y) vs x: rounding
+    calls.clear()
+    regular(ids, labels=ids).loss.backward()  # the readers train: a no-grad evaluation, then f at y* with autograd
+    assert len(calls) == 2 * regular.config.num_hidden_layers
+
+
+def test_lora_elsewhere_takes_the_one_evaluation_path(monkeypatch):
+    """peft freezes the base model: adapters on in_proj/out_proj of a converted Mamba-2 train at Mamba-2's cost."""
+    from peft import LoraConfig, get_peft_model
+
+    fp, _ = _converted()
+    model = get_peft_model(fp.train(), LoraConfig(r=4, target_modules=["in_proj", "out_proj"]))
+    ids = torch.randint(0, 40, (2, 9))
+    calls = _evaluations(monkeypatch)
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert len(calls) == fp.config.num_hidden_layers
+    adapters = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert adapters and all(p.grad is not None for p in adapters)
