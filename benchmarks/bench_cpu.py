@@ -199,20 +199,23 @@ def load_or_train_s3(model_dir: Path | None, steps: int) -> FPMambaForCausalLM:
     return model
 
 
-def set_solver(model: FPMambaForCausalLM, solver: str, anderson_m: int) -> None:
-    """Switch the model's solver (fp_* config edits take effect at the next call)."""
+def set_solver(model: FPMambaForCausalLM, solver: str, anderson_m: int, stall_stop: int = 0) -> None:
+    """Switch the model's solver and stall stop (fp_* config edits take effect at the next call)."""
     model.config.fp_solver = solver
     model.config.fp_anderson_m = anderson_m
+    model.config.fp_stall_stop = stall_stop
 
 
 @torch.no_grad()
 def bench_solvers(model: FPMambaForCausalLM, task: TaskSpec, lengths: list[int], rows: int, reps: int,
-                  anderson_ms: list[int], seed: int = 10_000) -> list[dict]:
+                  anderson_ms: list[int], seed: int = 10_000, stall_stops: list[int] = ()) -> list[dict]:
     """Per length and solver: mean iterations per row (over layers), share of (row, layer) solves at the evaluation
-    cap, mean final residual, the task's accuracy, and forward ms (solvers interleaved)."""
+    cap, share stopped above the tolerance (cap or stall stop), the task's accuracy, and forward ms (solvers
+    interleaved). Variants: Picard, Anderson with each memory in `anderson_ms`, Picard with each stall stop."""
     cap = model.config.fp_max_iter_eval
-    variants = {"picard": ("picard", model.config.fp_anderson_m)}
-    variants.update({f"anderson_m{m}": ("anderson", m) for m in anderson_ms})
+    variants = {"picard": ("picard", model.config.fp_anderson_m, 0)}
+    variants.update({f"anderson_m{m}": ("anderson", m, 0) for m in anderson_ms})
+    variants.update({f"picard_stall{p}": ("picard", model.config.fp_anderson_m, p) for p in stall_stops})
     out = []
     try:
         for length in lengths:
@@ -232,9 +235,10 @@ def bench_solvers(model: FPMambaForCausalLM, task: TaskSpec, lengths: list[int],
                 metrics = task.metrics(res.logits.argmax(-1), batch["labels"])
                 out.append({"length": length, "solver": name, "iterations_mean": float(its.mean()),
                             "iterations_max": int(its.max()), "at_cap_share": float((its >= cap).float().mean()),
+                            "unconverged_share": float((res.fp_residual >= model.config.fp_tol).float().mean()),
                             "accuracy": metrics[primary_metric(metrics)], "forward_ms": ms[name], "cap": cap})
     finally:
-        set_solver(model, "picard", model.config.fp_anderson_m)
+        set_solver(model, "picard", model.config.fp_anderson_m, 0)
     return out
 
 
@@ -306,11 +310,12 @@ def markdown(result: dict) -> str:
                      f"{t['ops']:.0f} / {t['syncs']:.0f} / {t['data_dependent']:.0f} | per layer "
                      f"{layer['ops']:.0f} / {layer['syncs']:.0f} / {layer['data_dependent']:.0f} | |")
     if "solvers" in result:
-        lines += ["", "| length | solver | mean iterations | max | rows at cap | accuracy | forward ms |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "| length | solver | mean iterations | max | solves at cap | stopped above tol | accuracy | "
+                  "forward ms |", "|---|---|---|---|---|---|---|---|"]
         for r in result["solvers"]["rows"]:
             lines.append(f"| {r['length']} | {r['solver']} | {r['iterations_mean']:.2f} | {r['iterations_max']} | "
-                         f"{100 * r['at_cap_share']:.1f}% | {r['accuracy']:.3f} | {r['forward_ms']:.1f} |")
+                         f"{100 * r['at_cap_share']:.1f}% | {100 * r['unconverged_share']:.1f}% | "
+                         f"{r['accuracy']:.3f} | {r['forward_ms']:.1f} |")
     return "\n".join(lines)
 
 
@@ -322,8 +327,9 @@ def _solver_study(args: argparse.Namespace) -> dict:
         "model": str(args.model_dir) if args.model_dir else f"demo S3 model trained here ({args.train_steps} steps)",
         "load_or_train_s": time.perf_counter() - start, "tol": model.config.fp_tol,
         "reflection_scale": model.config.mixer_reflection_scale, "rows_per_length": args.solver_rows,
-        "rows": bench_solvers(model, get_task("S3"), args.solver_lengths, args.solver_rows, args.reps,
-                              args.anderson_m),
+        "task": args.solver_task,
+        "rows": bench_solvers(model, get_task(args.solver_task), args.solver_lengths, args.solver_rows, args.reps,
+                              args.anderson_m, stall_stops=args.stall_stops),
     }
 
 
@@ -389,7 +395,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=300, help="training steps of the S3 model (demo: 300)")
     p.add_argument("--solver-lengths", type=int, nargs="+", default=[2, 4, 8, 12, 16, 32])
     p.add_argument("--solver-rows", type=int, default=128)
-    p.add_argument("--anderson-m", type=int, nargs="+", default=[2, 5], help="Anderson memories compared")
+    p.add_argument("--anderson-m", type=int, nargs="*", default=[2, 5], help="Anderson memories compared (none: -)")
+    p.add_argument("--stall-stops", type=int, nargs="*", default=[], help="Picard with these fp_stall_stop values too")
+    p.add_argument("--solver-task", default="S3", help="the task of the solvers section (its model: --model-dir)")
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.lengths, args.train_length, args.new_tokens = 2, [128], 128, 4
