@@ -43,16 +43,16 @@ def read_state(cache, layer_idx: int, batch_size: int, owner: FixedPointLayer) -
 
 
 def write_state(cache, layer_idx: int, state: Any, owner: FixedPointLayer) -> None:
-    """Store `state` for `layer_idx` (packed by its layer, `owner`; in place, keeping the tensors' addresses once
-    allocated)."""
+    """Store `state` for `layer_idx` (laid out by its layer, `owner`; in place, keeping the tensors' addresses once
+    allocated, which a CUDA graph of the decode step relies on)."""
     layer = _layer(cache, layer_idx)
-    conv, packed = owner.pack_state(state)
-    if not layer.is_recurrent_states_initialized[0] or layer.recurrent_states[0].shape != packed.shape:
+    # Allocated once from the first state; later states have its shapes (`read_state` refuses another batch size).
+    if not layer.is_recurrent_states_initialized[0]:
+        conv, packed = owner.pack_state(state)
         layer.is_recurrent_states_initialized[0] = False
         layer.is_conv_states_initialized[0] = False
         layer.lazy_initialization(conv_states=conv, recurrent_states=packed)
-    layer.conv_states[0].copy_(conv)
-    layer.recurrent_states[0].copy_(packed)
+    owner.store_state(state, layer.conv_states[0], layer.recurrent_states[0])
     layer.has_previous_state[0] = True
 
 

@@ -137,6 +137,13 @@ class FixedPointLayer(nn.Module):
         recurrent_states), batch first, so that the stock cache's beam reordering and batch expansion carry it."""
         raise NotImplementedError
 
+    def store_state(self, state: Any, conv: torch.Tensor, recurrent: torch.Tensor) -> None:
+        """Write `state` into a cache's two tensors in place (their layout is `pack_state`'s). By default through
+        `pack_state`; a backbone whose layout has parts writes them straight into slices (no packed copy)."""
+        packed_conv, packed = self.pack_state(state)
+        conv.copy_(packed_conv)
+        recurrent.copy_(packed)
+
     def unpack_state(self, conv: torch.Tensor, recurrent: torch.Tensor) -> Any:
         """The inverse of `pack_state` (views of the cache's tensors)."""
         raise NotImplementedError

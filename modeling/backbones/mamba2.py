@@ -339,6 +339,13 @@ class Mamba2Layer(FixedPointLayer):
         b, h, p, _ = state.ssm.shape
         return state.conv, torch.cat([acc(state.ssm), acc(state.y_prev).reshape(b, h, p, 1)], dim=-1)
 
+    def store_state(self, state: LayerState, conv: torch.Tensor, recurrent: torch.Tensor) -> None:
+        """In place, the SSM state and y* into their slices of the recurrent tensor: no concatenated copy per token."""
+        b, h, p, _ = recurrent.shape
+        conv.copy_(state.conv)
+        recurrent[..., :-1].copy_(state.ssm)
+        recurrent[..., -1].copy_(state.y_prev.reshape(b, h, p))
+
     def unpack_state(self, conv: torch.Tensor, recurrent: torch.Tensor) -> LayerState:
         b, h, p, _ = recurrent.shape
         return LayerState(conv=conv, ssm=recurrent[..., :-1], y_prev=recurrent[..., -1].reshape(b, h * p))
