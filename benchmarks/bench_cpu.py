@@ -395,7 +395,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=300, help="training steps of the S3 model (demo: 300)")
     p.add_argument("--solver-lengths", type=int, nargs="+", default=[2, 4, 8, 12, 16, 32])
     p.add_argument("--solver-rows", type=int, default=128)
-    p.add_argument("--anderson-m", type=int, nargs="*", default=[2, 5], help="Anderson memories compared (the flag alone: none)")
+    p.add_argument("--anderson-m", type=int, nargs="*", default=[2, 5],
+                   help="Anderson memories compared (the flag alone: none)")
     p.add_argument("--stall-stops", type=int, nargs="*", default=[], help="Picard with these fp_stall_stop values too")
     p.add_argument("--solver-task", default="S3", help="the task of the solvers section (its model: --model-dir)")
     args = p.parse_args(argv)
