@@ -199,23 +199,21 @@ def load_or_train_s3(model_dir: Path | None, steps: int) -> FPMambaForCausalLM:
     return model
 
 
-def set_solver(model: FPMambaForCausalLM, solver: str, anderson_m: int, stall_stop: int = 0) -> None:
-    """Switch the model's solver and stall stop (fp_* config edits take effect at the next call)."""
+def set_solver(model: FPMambaForCausalLM, solver: str, anderson_m: int) -> None:
+    """Switch the model's solver (fp_* config edits take effect at the next call)."""
     model.config.fp_solver = solver
     model.config.fp_anderson_m = anderson_m
-    model.config.fp_stall_stop = stall_stop
 
 
 @torch.no_grad()
 def bench_solvers(model: FPMambaForCausalLM, task: TaskSpec, lengths: list[int], rows: int, reps: int,
-                  anderson_ms: list[int], seed: int = 10_000, stall_stops: list[int] = ()) -> list[dict]:
+                  anderson_ms: list[int], seed: int = 10_000) -> list[dict]:
     """Per length and solver: mean iterations per row (over layers), share of (row, layer) solves at the evaluation
-    cap, share stopped above the tolerance (cap or stall stop), the task's accuracy, and forward ms (solvers
-    interleaved). Variants: Picard, Anderson with each memory in `anderson_ms`, Picard with each stall stop."""
+    cap, share stopped above the tolerance, the task's accuracy, and forward ms (solvers interleaved). Variants:
+    Picard, and Anderson with each memory in `anderson_ms`."""
     cap = model.config.fp_max_iter_eval
-    variants = {"picard": ("picard", model.config.fp_anderson_m, 0)}
-    variants.update({f"anderson_m{m}": ("anderson", m, 0) for m in anderson_ms})
-    variants.update({f"picard_stall{p}": ("picard", model.config.fp_anderson_m, p) for p in stall_stops})
+    variants = {"picard": ("picard", model.config.fp_anderson_m)}
+    variants.update({f"anderson_m{m}": ("anderson", m) for m in anderson_ms})
     out = []
     try:
         for length in lengths:
@@ -238,7 +236,7 @@ def bench_solvers(model: FPMambaForCausalLM, task: TaskSpec, lengths: list[int],
                             "unconverged_share": float((res.fp_residual >= model.config.fp_tol).float().mean()),
                             "accuracy": metrics[primary_metric(metrics)], "forward_ms": ms[name], "cap": cap})
     finally:
-        set_solver(model, "picard", model.config.fp_anderson_m, 0)
+        set_solver(model, "picard", model.config.fp_anderson_m)
     return out
 
 
@@ -329,7 +327,7 @@ def _solver_study(args: argparse.Namespace) -> dict:
         "reflection_scale": model.config.mixer_reflection_scale, "rows_per_length": args.solver_rows,
         "task": args.solver_task,
         "rows": bench_solvers(model, get_task(args.solver_task), args.solver_lengths, args.solver_rows, args.reps,
-                              args.anderson_m, stall_stops=args.stall_stops),
+                              args.anderson_m),
     }
 
 
@@ -397,7 +395,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--solver-rows", type=int, default=128)
     p.add_argument("--anderson-m", type=int, nargs="*", default=[2, 5],
                    help="Anderson memories compared (the flag alone: none)")
-    p.add_argument("--stall-stops", type=int, nargs="*", default=[], help="Picard with these fp_stall_stop values too")
     p.add_argument("--solver-task", default="S3", help="the task of the solvers section (its model: --model-dir)")
     args = p.parse_args(argv)
     if args.quick:

@@ -209,10 +209,6 @@ class FPMambaConfig(PreTrainedConfig):
             Evaluations without a new best residual before the damping decays.
         fp_train_quantile (`float`, *optional*, defaults to `0.9`):
             In training, the whole batch stops once this fraction (0, 1] of its sequences converged.
-        fp_stall_stop (`int`, *optional*, defaults to `0`):
-            Stop a sequence's iteration after this many consecutive evaluations without a new best residual (as at
-            the cap: its last iterate, reported with its residual and the cap warning); 0 = only the cap stops it.
-            Rows caught in a cycle never reach fp_tol; this stops paying for them.
         fp_solver (`str`, *optional*, defaults to `"picard"`):
             Step between evaluations: "picard" (damped fixed-point iteration) or "anderson" (Anderson acceleration
             over the last fp_anderson_m evaluations per sequence; same stopping rule, caps and gradients).
@@ -298,7 +294,6 @@ class FPMambaConfig(PreTrainedConfig):
     fp_damping_decay: float = 0.9
     fp_damping_patience: int = 5
     fp_train_quantile: float = 0.9
-    fp_stall_stop: int = 0
     fp_solver: str = "picard"
     fp_anderson_m: int = 5
     fp_backward: str = "one_step"
@@ -385,8 +380,6 @@ class FPMambaConfig(PreTrainedConfig):
             bad("time_step_rank", 'must be "auto" or a positive integer')
         if self.mixer_proj_rank < 0:
             bad("mixer_proj_rank", "must be 0 (full rank) or a positive integer")
-        if self.fp_stall_stop < 0:
-            bad("fp_stall_stop", "must be 0 (off) or a positive integer")
         for name, backbones in _NOT_ON_BACKBONE.items():
             default = type(self).__dataclass_fields__[name].default
             if self.backbone in backbones and getattr(self, name) != default:

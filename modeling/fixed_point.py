@@ -3,8 +3,6 @@
 Rule (docs/method.md, "The solver"), per row b, iteration k = 1, 2, ...:
     yhat = f(y^{k-1});  r_b = max_t ||yhat_t - y^{k-1}_t||_inf / (||yhat_t||_inf + eps)
     r_b < tol  ->  row b is done: y*_b = y^{k-1}_b and its output is f(y*_b) = yhat_b (no extra call)
-    with stall_stop P > 0, a row whose last P evaluations brought no new best residual stops the same way (it is
-    not converging: e.g. caught in a cycle), reported with its residual, as at the cap
     otherwise     y^k = delta_b yhat + (1 - delta_b) y^{k-1}; delta_b shrinks by `damping_decay` after
                   `damping_patience` iterations without a new best residual.
     With solver "anderson" the step mixes the last `anderson_m` evaluations instead (modeling/anderson.py);
@@ -74,7 +72,6 @@ class SolverSettings:
     eps: float = 1e-6
     solver: str = "picard"
     anderson_m: int = 5
-    stall_stop: int = 0  # stop a row after this many evaluations without a new best residual (0: never)
     # Raise at once on a non-finite iterate where no stopping decision needs a host sync (a solve capped at one
     # evaluation, a constant map). False when the caller checks its outputs' finiteness itself (the model's stage
     # flags, read once per forward or generate call): such a solve then takes no host sync at all. An iterating
@@ -86,8 +83,6 @@ class SolverSettings:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.solver == "anderson" and (not isinstance(self.anderson_m, int) or self.anderson_m < 1):
             raise ValueError(f"anderson_m must be a positive integer, got {self.anderson_m!r}")
-        if not isinstance(self.stall_stop, int) or self.stall_stop < 0:
-            raise ValueError(f"stall_stop must be 0 (off) or a positive integer, got {self.stall_stop!r}")
 
 
 @dataclass
@@ -154,7 +149,6 @@ def solve(
     delta = torch.full((batch,), float(settings.damping), device=device, dtype=y0.dtype)
     best = torch.full((batch,), float("inf"), device=device, dtype=y0.dtype)
     stall = torch.zeros(batch, dtype=torch.long, device=device)
-    since_best = torch.zeros(batch, dtype=torch.long, device=device)  # evaluations without a new best residual
     active = torch.arange(batch, device=device)
     anderson = AndersonHistory(y0, settings.anderson_m) if settings.solver == "anderson" else None
     n_done = 0
@@ -172,9 +166,6 @@ def solve(
             iterations[active] = k
             residual[active] = r
         done = r < settings.tol
-        if settings.stall_stop and active.numel() > 0:
-            since_best[active] = torch.where(r < best[active], 0, since_best[active] + 1)
-            done = done | (since_best[active] >= settings.stall_stop)
         # The one host sync of an iteration: the rows done, or -1 when a row turned non-finite (a non-finite yhat
         # makes its row's residual NaN, so checking (rows,) values is checking yhat).
         n_new = int(torch.where(torch.isfinite(r).all(), done.sum(), -1))

@@ -206,7 +206,6 @@ class FixedPointLayer(nn.Module):
             tol=float(tol if tol is not None else c.fp_tol),
             damping=c.fp_damping, damping_decay=c.fp_damping_decay, damping_patience=c.fp_damping_patience,
             train_quantile=c.fp_train_quantile, solver=c.fp_solver, anderson_m=c.fp_anderson_m,
-            stall_stop=getattr(c, "fp_stall_stop", 0),
         )
 
     def training_cap(self) -> int:

@@ -156,11 +156,11 @@ def decode_step(
     """One decode token of every row: inner fixed-point loop + state update. See `reference.decode_step`.
 
     The Triton kernel covers the mixer kinds that list "decode" in their kernel_ops, in fp32, with the Picard
-    solver and no stall stop; other kinds, fp64, fp_solver="anderson", fp_stall_stop > 0 and a configuration whose
-    kernel failed its self-check run the reference."""
+    solver; other kinds, fp64, fp_solver="anderson" and a configuration whose kernel failed its self-check run the
+    reference."""
     args = (x, z, dt, A, B, C, D, state, factors, norm_weight, norm_eps, norm_group_size, settings, layer_idx)
     if (backend_for(x) == "triton" and kernel_supports(factors.kind, "decode") and x.dtype != torch.float64
-            and settings.solver == "picard" and not settings.stall_stop and decode_step_ok(*args[:12])):
+            and settings.solver == "picard" and decode_step_ok(*args[:12])):
         from .decode import decode_step_triton
 
         return decode_step_triton(*args)

@@ -104,27 +104,3 @@ def test_a_cap_of_one_is_the_general_rule_without_bookkeeping():
         torch.testing.assert_close(getattr(short, name), getattr(looped, name), rtol=0, atol=0, msg=name)
     torch.testing.assert_close(short.aux[0], looped.aux[0], rtol=0, atol=0)
 
-
-@pytest.mark.parametrize("stall_stop", [0, 3, 6])
-def test_stall_stop_stops_only_the_rows_that_stopped_improving(stall_stop):
-    """Row 0 cycles (f(y) = -y + 0 from y0 = 1: residual 2 forever), row 1 contracts (f(y) = y / 2 + 1). With
-    stall_stop P the cycling row stops after its first evaluation plus P without a new best residual, reported
-    above the tolerance as at the cap; the contracting row runs exactly as without the rule. (Damping, which would
-    eventually break the cycle, is kept out of the way by its patience.)"""
-    W = torch.stack([-torch.eye(2), 0.5 * torch.eye(2)]).double()
-    c = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
-    y0 = torch.tensor([[1.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
-    res = solve(_affine_map(W, c), y0, SolverSettings(max_iter=100, tol=1e-8, damping_patience=1000,
-                                                      stall_stop=stall_stop))
-    plain = solve(_affine_map(W, c), y0, SolverSettings(max_iter=100, tol=1e-8, damping_patience=1000))
-    assert int(res.iterations[0]) == (1 + stall_stop if stall_stop else 100)
-    assert float(res.residual[0]) == pytest.approx(2.0, rel=1e-5)  # relative: 2 / (1 + eps)
-    assert int(res.iterations[1]) == int(plain.iterations[1]) < 100
-    torch.testing.assert_close(res.y_star[1], plain.y_star[1])
-    # the cap's rule for the stopped row: y* its last iterate, the output f(y*)
-    torch.testing.assert_close(res.y_out[0], -res.y_star[0])
-
-
-def test_stall_stop_is_validated():
-    with pytest.raises(ValueError, match="stall_stop"):
-        SolverSettings(max_iter=4, tol=1e-3, stall_stop=-1)
