@@ -27,6 +27,7 @@ from .fixed_point import (
     IterationMap,
     MapOutput,
     SolverSettings,
+    check_finite,
     implicit_output,
     one_step_output,
     solve,
@@ -276,6 +277,8 @@ class FixedPointLayer(nn.Module):
             # trains): one evaluation instead of a no-grad solve and the finish.
             y0 = self.initial_iterate(pre)
             fin = f(y0, torch.arange(y0.shape[0], device=y0.device))
+            if settings.raise_non_finite:
+                check_finite(fin.yhat, self.layer_idx, 1)
             batch = y0.shape[0]
             iterations = torch.ones(batch, dtype=torch.long, device=y0.device)
             new_state = (self.next_state(pre, fin.yhat.detach(), fin.yhat.detach(), fin.aux) if return_state
