@@ -66,14 +66,20 @@ class Run:
         return self.config["eval_fp_max_iter"] or self.config["model"]["fp_max_iter_eval"]
 
 
-def load_runs(results_root: Path) -> list[Run]:
-    """Every results folder under `results_root`, ordered by task, then folder."""
-    runs = []
-    for path in sorted(Path(results_root).rglob("results.json")):
+def _load_folders(results_root: Path, filename: str, kind: type) -> list:
+    """Every folder under `results_root` holding `filename`, as `kind(folder, payload, metadata)` (metadata: its
+    run.json, or {}), ordered by task, then folder."""
+    found = []
+    for path in sorted(Path(results_root).rglob(filename)):
         metadata_path = path.parent / "run.json"
         metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
-        runs.append(Run(path.parent, json.loads(path.read_text()), metadata))
-    return sorted(runs, key=lambda run: (run.task, str(run.folder)))
+        found.append(kind(path.parent, json.loads(path.read_text()), metadata))
+    return sorted(found, key=lambda item: (item.task, str(item.folder)))
+
+
+def load_runs(results_root: Path) -> list[Run]:
+    """Every results folder under `results_root`, ordered by task, then folder."""
+    return _load_folders(results_root, "results.json", Run)
 
 
 @dataclass(frozen=True)
@@ -91,12 +97,7 @@ class BudgetStudy:
 
 def load_budget_studies(results_root: Path) -> list[BudgetStudy]:
     """Every budget folder under `results_root`, ordered by task, then folder."""
-    studies = []
-    for path in sorted(Path(results_root).rglob("budget.json")):
-        metadata_path = path.parent / "run.json"
-        metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
-        studies.append(BudgetStudy(path.parent, json.loads(path.read_text()), metadata))
-    return sorted(studies, key=lambda study: (study.task, str(study.folder)))
+    return _load_folders(results_root, "budget.json", BudgetStudy)
 
 
 def write_plots(run: Run) -> dict[str, Path]:
