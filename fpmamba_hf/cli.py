@@ -1,7 +1,8 @@
 """The `fpmamba` console script: train and evaluate FP-Mamba and baselines on the paper's synthetic tasks.
 
     fpmamba task list
-    fpmamba task train --task S3 --models fpmamba diagonal --train-length 8 --steps 300 --output-dir outputs/s3
+    fpmamba task train --task A5 --output-dir outputs/a5          # word problems: the measured CPU setting
+    fpmamba task train --task parity --train-length 16 --models fpmamba lstm --steps 300 --output-dir outputs/p
     fpmamba task train --config examples/recipes/a5.json          # a recipe; flags given explicitly override it
     fpmamba task eval --task S3 --train-length 8 --model-dir outputs/s3/models/fpmamba --fp-max-iter 40
     fpmamba task report [--check]        # MODEL_CARD.md's results section and the plots, from docs/results/*/
@@ -30,12 +31,14 @@ from .experiments import (
     ExperimentConfig,
     ModelSpec,
     TrainSettings,
+    config_from_dict,
     load_config,
     run_evaluation,
     run_experiment,
 )
 from .experiments.budget import budget_study, budget_table, write_budget
 from .experiments.card import load_budget_studies, load_runs, render_card, write_plots
+from .experiments.defaults import task_defaults
 from .experiments.reporting import write_run_metadata
 from .modeling_fpmamba import FPMambaForCausalLM
 from .tasks import TASKS, get_task
@@ -141,16 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    """The recipe (if any) with every explicitly given flag applied on top."""
+    """The recipe, or without one the task family's defaults (experiments.defaults), with every explicitly given
+    flag applied on top."""
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("group", "command", "config")}
-    config = load_config(args.config) if args.config else None
-    if config is None:
-        missing = [name for name in ("task", "train_length", "output_dir") if name not in given]
+    if args.config:
+        config = load_config(args.config)
+    else:
+        if "task" not in given:
+            raise SystemExit("fpmamba task train: give --config or --task")
+        named = {k: given[k] for k in ("task", "train_length", "output_dir") if k in given}
+        start = {"models": ["fpmamba"], **task_defaults(get_task(given["task"])), **named}
+        missing = [name for name in ("train_length", "output_dir") if name not in start]
         if missing:
             flags = ", ".join("--" + m.replace("_", "-") for m in missing)
-            raise SystemExit(f"fpmamba task train: give --config or all of {flags}")
-        config = ExperimentConfig(task=given["task"], models=["fpmamba"], output_dir=given["output_dir"],
-                                  train_length=given["train_length"])
+            raise SystemExit(f"fpmamba task train: give --config, or --task with {flags}")
+        config = config_from_dict(start)
     top = {k: v for k, v in given.items() if k in _TOP}
     model = dataclasses.replace(config.model, **{k: v for k, v in given.items() if k in _MODEL})
     training = dataclasses.replace(config.training, **{k: v for k, v in given.items() if k in _TRAINING})

@@ -11,12 +11,12 @@ from .evaluation import LengthResult, evaluate_lengths, primary_metric
 from .lstm import LSTMConfig, LSTMForCausalLM
 from .models import HARNESS_DEFAULTS, MODEL_KINDS, ModelSpec, build_model, count_parameters
 from .reporting import format_table, load_results_csv, plot_results, write_results
-from .runner import ExperimentConfig, ExperimentResult, load_config, run_evaluation, run_experiment
+from .runner import ExperimentConfig, ExperimentResult, config_from_dict, load_config, run_evaluation, run_experiment
 from .training import TrainSettings, train
 
 __all__ = [
     "HARNESS_DEFAULTS", "MODEL_KINDS", "ExperimentConfig", "ExperimentResult", "LSTMConfig", "LSTMForCausalLM",
-    "LengthResult", "ModelSpec", "TrainSettings", "build_model", "collate", "count_parameters", "eval_lengths",
-    "evaluate_lengths", "format_table", "load_config", "load_results_csv", "plot_results", "primary_metric",
-    "run_evaluation", "run_experiment", "train", "write_results",
+    "LengthResult", "ModelSpec", "TrainSettings", "build_model", "collate", "config_from_dict", "count_parameters",
+    "eval_lengths", "evaluate_lengths", "format_table", "load_config", "load_results_csv", "plot_results",
+    "primary_metric", "run_evaluation", "run_experiment", "train", "write_results",
 ]

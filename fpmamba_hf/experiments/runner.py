@@ -126,15 +126,20 @@ def run_evaluation(
     return ExperimentResult(results=results, training={}, models=models, table=table, files=files)
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """An ExperimentConfig from a JSON file (the recipes in examples/recipes/): top-level fields plus nested
-    "model" (ModelSpec fields) and "training" (TrainSettings fields); unknown keys are an error."""
-    raw = json.loads(Path(path).read_text())
-    raw.pop("description", None)
-    raw.pop("status", None)
+def config_from_dict(raw: dict) -> ExperimentConfig:
+    """An ExperimentConfig from a recipe's fields: top-level fields plus nested "model" (ModelSpec fields) and
+    "training" (TrainSettings fields); "description" and "status" are notes; unknown keys are an error."""
+    raw = {k: v for k, v in raw.items() if k not in ("description", "status")}
     model = ModelSpec(**raw.pop("model", {}))
     training = TrainSettings(**raw.pop("training", {}))
     return ExperimentConfig(model=model, training=training, **raw)
 
 
-__all__ = ["ExperimentConfig", "ExperimentResult", "load_config", "run_evaluation", "run_experiment"]
+def load_config(path: str | Path) -> ExperimentConfig:
+    """An ExperimentConfig from a JSON recipe (examples/recipes/*.json; schema: `config_from_dict`)."""
+    return config_from_dict(json.loads(Path(path).read_text()))
+
+
+__all__ = [
+    "ExperimentConfig", "ExperimentResult", "config_from_dict", "load_config", "run_evaluation", "run_experiment",
+]

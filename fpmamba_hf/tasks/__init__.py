@@ -38,6 +38,8 @@ class TaskSpec:
 
     Attributes:
         name: registry key.
+        family: what kind of task it is ("word_problem", "copy", "modular_arithmetic", "parity"); the
+            harness keys its per-family settings on it (experiments.defaults).
         vocab_size: embedding / output size.
         pad_token_id: id used for right padding.
         bos_token_id: id that starts every sequence, or ``None``.
@@ -50,6 +52,7 @@ class TaskSpec:
     """
 
     name: str
+    family: str
     vocab_size: int
     pad_token_id: int
     bos_token_id: int | None
@@ -85,6 +88,7 @@ def word_problem_task(group: PermutationGroup | str) -> TaskSpec:
 
     return TaskSpec(
         name=group.name,
+        family="word_problem",
         vocab_size=word_problems.vocab_size(group.order),
         pad_token_id=word_problems.pad_id(group.order),
         bos_token_id=word_problems.bos_id(group.order),
@@ -102,6 +106,7 @@ TASKS: dict[str, TaskSpec] = {
     "S5": word_problem_task("S5"),
     "copy": TaskSpec(
         name="copy",
+        family="copy",
         vocab_size=copying.vocab_size(),
         pad_token_id=copying.PAD_ID,
         bos_token_id=copying.BOS_ID,
@@ -114,6 +119,7 @@ TASKS: dict[str, TaskSpec] = {
     ),
     "modular_arithmetic": TaskSpec(
         name="modular_arithmetic",
+        family="modular_arithmetic",
         vocab_size=modular_arithmetic.VOCAB_SIZE,
         pad_token_id=modular_arithmetic.PAD_ID,
         bos_token_id=None,
@@ -128,6 +134,7 @@ TASKS: dict[str, TaskSpec] = {
     ),
     "parity": TaskSpec(
         name="parity",
+        family="parity",
         vocab_size=parity.VOCAB_SIZE,
         pad_token_id=parity.PAD_ID,
         bos_token_id=None,

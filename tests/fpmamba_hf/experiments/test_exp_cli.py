@@ -10,7 +10,8 @@ import pytest
 
 from fpmamba_hf import FPMambaConfig
 from fpmamba_hf.cli import add_model_flags, build_parser, config_from_args, main
-from fpmamba_hf.experiments import ModelSpec, load_config, load_results_csv
+from fpmamba_hf.experiments import ModelSpec, config_from_dict, load_config, load_results_csv
+from fpmamba_hf.experiments.defaults import WORD_PROBLEM_CPU
 from fpmamba_hf.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -45,9 +46,27 @@ def test_list_names_every_task(capsys):
     assert all(name in out for name in TASKS)
 
 
-def test_train_without_config_needs_task_length_and_output():
-    with pytest.raises(SystemExit, match="--task"):
-        main(["task", "train", "--train-length", "4", "--output-dir", "x"])
+@pytest.mark.parametrize(
+    "flags, missing",
+    [(["--train-length", "4", "--output-dir", "x"], "--task"),
+     (["--task", "parity", "--output-dir", "x"], "--train-length"),
+     (["--task", "A5"], "--output-dir")],
+)
+def test_train_without_config_names_what_is_missing(flags, missing):
+    with pytest.raises(SystemExit, match=missing):
+        main(["task", "train", *flags])
+
+
+@pytest.mark.parametrize("task", ["A5", "S5", "A4", "S3"])
+def test_word_problems_start_from_the_measured_cpu_setting_and_flags_override_it(task):
+    config = config_from_args(build_parser().parse_args(["task", "train", "--task", task, "--output-dir", "x"]))
+    expected = config_from_dict({"task": task, "models": ["fpmamba"], "output_dir": "x", **WORD_PROBLEM_CPU})
+    assert config == expected and config.train_length == 16 and config.model.hidden_size == 128
+    assert config.training.steps == 2500 and config.model.fp_max_iter_eval == 128
+    flags = ["--train-length", "12", "--hidden-size", "32", "--steps", "5", "--eval-examples", "9"]
+    given = config_from_args(build_parser().parse_args(["task", "train", "--task", task, "--output-dir", "x", *flags]))
+    assert (given.train_length, given.model.hidden_size, given.training.steps, given.eval_examples) == (12, 32, 5, 9)
+    assert given.model.mixer_rank == WORD_PROBLEM_CPU["model"]["mixer_rank"]  # the rest stays the setting's
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
@@ -65,7 +84,7 @@ def test_recipes_cover_the_paper_tasks():
 
 
 def train_args(*flags: str):
-    return config_from_args(build_parser().parse_args(["task", "train", "--task", "S3", "--train-length", "4",
+    return config_from_args(build_parser().parse_args(["task", "train", "--task", "parity", "--train-length", "4",
                                                        "--output-dir", "x", *flags]))
 
 
@@ -87,7 +106,7 @@ def test_model_flags_parse_as_the_config_types():
     assert list(model.time_step_limit) == [0.0, 1.5] and model.mixer_reflection_scale == 1.0
     assert model.fp_tol == 1e-3 and model.mixer_rank == 3
     untouched = train_args().model
-    assert untouched == ModelSpec()  # no flag given: the harness's defaults
+    assert untouched == ModelSpec()  # no flag given: the harness's defaults (parity has no family defaults)
 
 
 @pytest.mark.parametrize(

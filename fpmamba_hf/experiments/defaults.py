@@ -1,0 +1,36 @@
+"""The CLI's starting settings per task family, used when `fpmamba task train` gets no `--config` recipe.
+
+Each entry has the shape of a recipe (examples/recipes/*.json, read by `runner.config_from_dict`): top-level
+ExperimentConfig fields plus nested "model" (ModelSpec) and "training" (TrainSettings) fields. Only what differs
+from ExperimentConfig's, the harness's (models.HARNESS_DEFAULTS) and TrainSettings' defaults is listed; flags given
+on the command line override every value. A family without an entry starts from those defaults alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..tasks import TaskSpec
+
+# Word problems (any group): the setting measured at CPU scale in docs/results (A5 seeds 0, 1, 2 learned and stayed
+# >= 0.9 to >= 3x the training length; A4 at train length 12; docs/tasks.md, "CPU recipe (measured)"). 2,500 steps
+# of batch 64 on fresh rows take about 25 minutes on one CPU core.
+WORD_PROBLEM_CPU: dict[str, Any] = {
+    "train_length": 16,
+    "eval_factor": 4,
+    "eval_points": 16,
+    "eval_examples": 200,
+    "eval_batch_size": 200,
+    "model": {"hidden_size": 128, "head_dim": 32, "chunk_size": 64, "mixer_rank": 4, "fp_max_iter_eval": 128},
+    "training": {"steps": 2500, "learning_rate": 1e-3},
+}
+
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {"word_problem": WORD_PROBLEM_CPU}
+
+
+def task_defaults(task: TaskSpec) -> dict[str, Any]:
+    """The recipe-shaped starting settings of `task`'s family ({} where the family has none)."""
+    return FAMILY_DEFAULTS.get(task.family, {})
+
+
+__all__ = ["FAMILY_DEFAULTS", "WORD_PROBLEM_CPU", "task_defaults"]
