@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fpmamba_hf.cli import main
-from fpmamba_hf.experiments import ExperimentConfig, LengthResult
+from fpmamba_hf.experiments import ExperimentConfig, LengthResult, TrainSettings
 from fpmamba_hf.experiments.card import CARD_BEGIN, CARD_END, longest_solved
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -16,8 +16,9 @@ ACCURACY = {"fpmamba": [1.0, 0.95, 0.8, 0.6, 0.2], "lstm": [1.0, 0.5, 0.0, 0.0, 
 LENGTHS = [2, 4, 8, 12, 16]
 
 
-def write_toy_run(folder: Path) -> None:
-    config = ExperimentConfig(task="parity", models=["fpmamba", "lstm"], output_dir=str(folder), train_length=4)
+def write_toy_run(folder: Path, seed: int = 0, steps: int = 300) -> None:
+    config = ExperimentConfig(task="parity", models=["fpmamba", "lstm"], output_dir=str(folder), train_length=4,
+                              training=TrainSettings(seed=seed, steps=steps))
     results = {
         name: [asdict(LengthResult(n, acc, {"acc": acc}, float(n + 3) if name == "fpmamba" else None,
                                    float(n + 5) if name == "fpmamba" else None))
@@ -62,6 +63,20 @@ def test_report_writes_the_task_table_and_the_plots(toy):
     for name in ("accuracy_vs_length.png", "iterations_vs_length.png"):
         assert (results / "parity_toy" / name).stat().st_size > 0
         assert f"](results/parity_toy/{name})" in text
+
+
+def test_the_overview_groups_seeds_of_one_setting_and_keeps_other_settings_apart(toy):
+    results, card = toy
+    write_toy_run(results / "parity_toy_seed1", seed=1)
+    write_toy_run(results / "parity_toy_longer", steps=600)
+    assert report(results, card) == 0
+    text = card.read_text()
+    # task, model (label), runs, learned at the training length, per seed the longest length >= 0.9, folders
+    assert ("| parity | fpmamba (mamba2, householder r2, d64, 1 layer, 300 steps) | 2 | 2 of 2 | 0: 4, 1: 4 "
+            "| parity_toy, parity_toy_seed1 |") in text
+    assert ("| parity | lstm (d64, 1 layer, 300 steps) | 2 | 0 of 2 | 0: 2, 1: 2 "
+            "| parity_toy, parity_toy_seed1 |") in text
+    assert "| parity | fpmamba (mamba2, householder r2, d64, 1 layer, 600 steps) | 1 | 1 of 1 | 0: 4 " in text
 
 
 def test_check_detects_drift_of_the_card_and_of_the_results(toy, capsys):
