@@ -11,8 +11,8 @@ import pytest
 from fpmamba_hf import FPMambaConfig
 from fpmamba_hf.cli import add_model_flags, build_parser, config_from_args, main
 from fpmamba_hf.experiments import ModelSpec, config_from_dict, load_config, load_results_csv
-from fpmamba_hf.experiments.defaults import WORD_PROBLEM_CPU
-from fpmamba_hf.tasks import TASKS
+from fpmamba_hf.experiments.defaults import PARITY_CPU, WORD_PROBLEM_CPU, task_defaults
+from fpmamba_hf.tasks import TASKS, get_task
 
 ROOT = Path(__file__).resolve().parents[3]
 RECIPES = sorted((ROOT / "examples" / "recipes").glob("*.json"))
@@ -49,7 +49,7 @@ def test_list_names_every_task(capsys):
 @pytest.mark.parametrize(
     "flags, missing",
     [(["--train-length", "4", "--output-dir", "x"], "--task"),
-     (["--task", "parity", "--output-dir", "x"], "--train-length"),
+     (["--task", "copy", "--output-dir", "x"], "--train-length"),
      (["--task", "A5"], "--output-dir")],
 )
 def test_train_without_config_names_what_is_missing(flags, missing):
@@ -57,16 +57,22 @@ def test_train_without_config_names_what_is_missing(flags, missing):
         main(["task", "train", *flags])
 
 
-@pytest.mark.parametrize("task", ["A5", "S5", "A4", "S3"])
-def test_word_problems_start_from_the_measured_cpu_setting_and_flags_override_it(task):
+@pytest.mark.parametrize("task", ["A5", "S5", "A4", "S3", "parity"])
+def test_a_task_family_starts_from_its_measured_cpu_setting_and_flags_override_it(task):
+    setting = task_defaults(get_task(task))
+    assert setting in (WORD_PROBLEM_CPU, PARITY_CPU)
     config = config_from_args(build_parser().parse_args(["task", "train", "--task", task, "--output-dir", "x"]))
-    expected = config_from_dict({"task": task, "models": ["fpmamba"], "output_dir": "x", **WORD_PROBLEM_CPU})
-    assert config == expected and config.train_length == 16 and config.model.hidden_size == 128
-    assert config.training.steps == 2500 and config.model.fp_max_iter_eval == 128
+    assert config == config_from_dict({"task": task, "models": ["fpmamba"], "output_dir": "x", **setting})
+    assert config.train_length == 16 and config.model.fp_max_iter_eval == 128
     flags = ["--train-length", "12", "--hidden-size", "32", "--steps", "5", "--eval-examples", "9"]
     given = config_from_args(build_parser().parse_args(["task", "train", "--task", task, "--output-dir", "x", *flags]))
     assert (given.train_length, given.model.hidden_size, given.training.steps, given.eval_examples) == (12, 32, 5, 9)
-    assert given.model.mixer_rank == WORD_PROBLEM_CPU["model"]["mixer_rank"]  # the rest stays the setting's
+    assert given.model.chunk_size == setting["model"]["chunk_size"]  # the rest stays the setting's
+
+
+def test_the_parity_setting_differentiates_four_applications_and_word_problems_one():
+    assert PARITY_CPU["model"]["fp_backward_steps"] == 4 and "fp_backward_steps" not in WORD_PROBLEM_CPU["model"]
+    assert task_defaults(get_task("copy")) == {} and task_defaults(get_task("modular_arithmetic")) == {}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
@@ -84,7 +90,7 @@ def test_recipes_cover_the_paper_tasks():
 
 
 def train_args(*flags: str):
-    return config_from_args(build_parser().parse_args(["task", "train", "--task", "parity", "--train-length", "4",
+    return config_from_args(build_parser().parse_args(["task", "train", "--task", "copy", "--train-length", "4",
                                                        "--output-dir", "x", *flags]))
 
 
@@ -106,7 +112,7 @@ def test_model_flags_parse_as_the_config_types():
     assert list(model.time_step_limit) == [0.0, 1.5] and model.mixer_reflection_scale == 1.0
     assert model.fp_tol == 1e-3 and model.mixer_rank == 3
     untouched = train_args().model
-    assert untouched == ModelSpec()  # no flag given: the harness's defaults (parity has no family defaults)
+    assert untouched == ModelSpec()  # no flag given: the harness's defaults (copy has no family defaults)
 
 
 @pytest.mark.parametrize(
