@@ -155,10 +155,14 @@ def summary_rows(run: Run, link: str) -> list[list[str]]:
     return rows
 
 
+def _config_defaults() -> dict[str, Any]:
+    """FPMambaConfig's default of every knob, by name."""
+    return {f.name: f.default for f in dataclasses.fields(FPMambaConfig)}
+
+
 def _model_settings(run: Run) -> dict[str, Any]:
     """The run's model settings, with FPMambaConfig's default for every knob added after the run was recorded."""
-    defaults = {f.name: f.default for f in dataclasses.fields(FPMambaConfig)}
-    return {**defaults, **run.config["model"]}
+    return {**_config_defaults(), **run.config["model"]}
 
 
 def model_label(run: Run, kind: str) -> str:
@@ -232,7 +236,7 @@ def per_length_table(run: Run) -> list[str]:
 
 def _is_config_default(name: str, value: Any) -> bool:
     """Whether a recorded model setting is FPMambaConfig's default (compared as JSON: tuples are lists there)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(FPMambaConfig)}
+    defaults = _config_defaults()
     return name in defaults and json.loads(json.dumps(value)) == json.loads(json.dumps(defaults[name]))
 
 
