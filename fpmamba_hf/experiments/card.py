@@ -302,8 +302,9 @@ def results_section(runs: list[Run], card_dir: Path, studies: list[BudgetStudy] 
               *(f"acc {f}x" for f in LENGTH_FACTORS), f"acc >= {ACCURACY_THRESHOLD} up to",
               "iterations " + " / ".join(f"{f}x" for f in LENGTH_FACTORS)]
     lines = [
-        f"Accuracy: the task's headline metric, as `acc @length` at the shortest evaluated length >= 1x, 2x, 4x the "
-        f"training length. `acc >= {ACCURACY_THRESHOLD} up to`: the longest length up to which every evaluated "
+        f"Accuracy: the task's headline metric (sequence accuracy for word problems, string accuracy for copying, "
+        f"scaled accuracy for modular arithmetic: 0 at chance, 1 perfect; the answer's accuracy for parity), as "
+        f"`acc @length` at the shortest evaluated length >= 1x, 2x, 4x the training length. `acc >= {ACCURACY_THRESHOLD} up to`: the longest length up to which every evaluated "
         f"length scored >= {ACCURACY_THRESHOLD}. Iterations: mean fixed-point iterations per sequence at those "
         f"lengths ({MISSING} for models without a solver). Times: training / evaluation wall clock per model.",
         "",

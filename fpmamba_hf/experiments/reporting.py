@@ -98,7 +98,10 @@ def plot_results(out_dir: Path, results: dict[str, list[LengthResult]], train_le
         ax.plot([r.length for r in rows], [r.accuracy for r in rows], marker="o", markersize=3, label=name)
     ax.axvline(train_length, color="gray", linestyle="--", label=f"train length {train_length}")
     ax.axhline(ACCURACY_THRESHOLD, color="green", linestyle=":", linewidth=1, label=f"accuracy {ACCURACY_THRESHOLD}")
-    ax.set(xlabel="sequence length", ylabel="accuracy", title=f"{title}: accuracy vs length", ylim=(-0.02, 1.02))
+    # A scaled accuracy (0 at chance) can fall below 0: keep such points inside the frame.
+    lowest = min((r.accuracy for rows in results.values() for r in rows), default=0.0)
+    ax.set(xlabel="sequence length", ylabel="accuracy", title=f"{title}: accuracy vs length",
+           ylim=(min(-0.02, lowest - 0.02), 1.02))
     _save(fig, ax, paths["accuracy"])
 
     if "iterations" in paths:
