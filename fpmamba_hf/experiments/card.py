@@ -304,9 +304,10 @@ def results_section(runs: list[Run], card_dir: Path, studies: list[BudgetStudy] 
     lines = [
         f"Accuracy: the task's headline metric (sequence accuracy for word problems, string accuracy for copying, "
         f"scaled accuracy for modular arithmetic: 0 at chance, 1 perfect; the answer's accuracy for parity), as "
-        f"`acc @length` at the shortest evaluated length >= 1x, 2x, 4x the training length. `acc >= {ACCURACY_THRESHOLD} up to`: the longest length up to which every evaluated "
-        f"length scored >= {ACCURACY_THRESHOLD}. Iterations: mean fixed-point iterations per sequence at those "
-        f"lengths ({MISSING} for models without a solver). Times: training / evaluation wall clock per model.",
+        f"`acc @length` at the shortest evaluated length >= 1x, 2x, 4x the training length. "
+        f"`acc >= {ACCURACY_THRESHOLD} up to`: the longest length up to which every evaluated length scored "
+        f">= {ACCURACY_THRESHOLD}. Iterations: mean fixed-point iterations per sequence at those lengths "
+        f"({MISSING} for models without a solver). Times: training / evaluation wall clock per model.",
         "",
         "Overview: every trained model, grouped by task and setting (`model_label`); `seed: length` is, per seed, the "
         f"longest length up to which accuracy stayed >= {ACCURACY_THRESHOLD}.",
