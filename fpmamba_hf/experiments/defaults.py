@@ -47,8 +47,8 @@ def task_defaults(task: TaskSpec) -> dict[str, Any]:
     """The recipe-shaped starting settings of `task`: its family's ({} where the family has none), with the task's
     own TASK_OVERRIDES merged into the nested "model" / "training" sections."""
     setting = dict(FAMILY_DEFAULTS.get(task.family, {}))
-    for key, value in TASK_OVERRIDES.get(task.name, {}).items():
-        setting[key] = {**setting.get(key, {}), **value} if isinstance(value, dict) else value
+    for section, values in TASK_OVERRIDES.get(task.name, {}).items():
+        setting[section] = {**setting.get(section, {}), **values}
     return setting
 
 
