@@ -250,15 +250,15 @@ def count_decode_ops(model: nn.Module, shape: Shape, prompt_length: int, steps: 
     if isinstance(model, FPMambaForCausalLM):
         call_kwargs = {**call_kwargs, "fp_log": GenerationLog()}
     out = model(shape.ids(prompt_length, 5), use_cache=True, **call_kwargs)
-    cache = out.cache_params
+    cache = out.cache
     counter = OpCounter()
     for i in range(warm_steps + steps):
         token = out.logits[:, -1:].argmax(-1)
         if i < warm_steps:
-            out = model(token, cache_params=cache, use_cache=True, **call_kwargs)
+            out = model(token, cache=cache, use_cache=True, **call_kwargs)
             continue
         with counter.scoped(layers):
-            out = model(token, cache_params=cache, use_cache=True, **call_kwargs)
+            out = model(token, cache=cache, use_cache=True, **call_kwargs)
     c = counter.counts
     kinds = ("ops", "syncs", "data_dependent")
     return {

@@ -247,7 +247,7 @@ class FPMambaConfig(PreTrainedConfig):
     model_type = "fp_mamba"
     # Trainer's predictions keep the logits only: the cache and the telemetry are not predictions (see
     # fpmamba_hf.callbacks.FixedPointLogCallback for telemetry in the logs).
-    keys_to_ignore_at_inference = ["cache_params", "past_key_values", "fp_iterations", "fp_residual"]
+    keys_to_ignore_at_inference = ["cache", "cache_params", "past_key_values", "fp_iterations", "fp_residual"]
 
     backbone: str = "mamba2"
     vocab_size: int = 32000

@@ -33,7 +33,17 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
-from .cache import has_state, read_state, seen_tokens, set_seen_tokens, write_state
+from .cache import (
+    CACHE_NAMES,
+    GENERATE_CACHE_NAME,
+    expose_cache,
+    has_state,
+    read_state,
+    resolve_cache,
+    seen_tokens,
+    set_seen_tokens,
+    write_state,
+)
 from .configuration_fpmamba import FPMambaConfig
 from .distributed import training_sync
 from .telemetry import (
@@ -84,7 +94,7 @@ class FPMambaBlock(GradientCheckpointingLayer):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        cache_params: Cache | None = None,
+        cache: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
         fp_max_iter: int | None = None,
         fp_tol: float | None = None,
@@ -97,21 +107,21 @@ class FPMambaBlock(GradientCheckpointingLayer):
         if self.config.residual_in_fp32:
             residual = acc(residual)  # fp32 (an fp64 model keeps fp64)
         state = None
-        if cache_params is not None:
-            state = read_state(cache_params, self.layer_idx, hidden_states.shape[0], self.mixer)
+        if cache is not None:
+            state = read_state(cache, self.layer_idx, hidden_states.shape[0], self.mixer)
         out = self.mixer(
             hidden_states,
             attention_mask=attention_mask,
             state=state,
-            return_state=cache_params is not None,
+            return_state=cache is not None,
             fp_max_iter=fp_max_iter,
             fp_tol=fp_tol,
             sync=fp_sync,
             replay=fp_replay,
             finite_checked=True,  # the model flags this block's output (StageFlags), read once per call
         )
-        if cache_params is not None:
-            write_state(cache_params, self.layer_idx, out.state, self.mixer)
+        if cache is not None:
+            write_state(cache, self.layer_idx, out.state, self.mixer)
         # A fresh alias of the telemetry: a reentrant checkpoint marks its float outputs as differentiable in place,
         # and the mixer's residual is also held by the replay, which the recompute returns again.
         return residual + out.out, out.iterations, out.residual.detach()
@@ -146,13 +156,14 @@ class FPMambaPreTrainedModel(PreTrainedModel):
 
 @dataclass
 class FPMambaOutput(ModelOutput):
-    """last_hidden_state (batch, T, hidden); cache_params: the DynamicCache to continue from (if use_cache);
-    hidden_states: per-layer outputs if asked; fp_iterations: LongTensor (batch, num_layers), fixed-point
-    iterations each layer used for each sequence in this call; fp_residual: FloatTensor (batch, num_layers), the
-    relative residual each layer stopped at (below fp_tol when converged, above it when the cap was hit)."""
+    """last_hidden_state (batch, T, hidden); cache: the DynamicCache to continue from (if use_cache; also
+    readable as cache_params, its name before transformers 5.24); hidden_states: per-layer outputs if asked;
+    fp_iterations: LongTensor (batch, num_layers), fixed-point iterations each layer used per sequence in this call;
+    fp_residual: FloatTensor (batch, num_layers), the relative residual each layer stopped at (below fp_tol when
+    converged, above it when the cap was hit)."""
 
     last_hidden_state: torch.Tensor | None = None
-    cache_params: Cache | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     fp_iterations: torch.LongTensor | None = None
     fp_residual: torch.FloatTensor | None = None
@@ -160,12 +171,12 @@ class FPMambaOutput(ModelOutput):
 
 @dataclass
 class FPMambaCausalLMOutput(ModelOutput):
-    """loss (labels shifted inside, -100 ignored); logits (batch, T, vocab) fp32; cache_params; hidden_states;
-    fp_iterations: LongTensor (batch, num_layers); fp_residual: FloatTensor (batch, num_layers)."""
+    """loss (labels shifted inside, -100 ignored); logits (batch, T, vocab) fp32; cache (also cache_params);
+    hidden_states; fp_iterations: LongTensor (batch, num_layers); fp_residual: FloatTensor (batch, num_layers)."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
-    cache_params: Cache | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     fp_iterations: torch.LongTensor | None = None
     fp_residual: torch.FloatTensor | None = None
@@ -230,13 +241,6 @@ def _call_budget(fp_max_iter: Any, fp_tol: Any) -> tuple[int | None, float | Non
     return fp_max_iter, fp_tol
 
 
-def _resolve_cache(cache_params: Cache | None, past_key_values: Cache | None) -> Cache | None:
-    """The cache handed in under either name (generate() returns it as `past_key_values`)."""
-    if cache_params is not None and past_key_values is not None and cache_params is not past_key_values:
-        raise ValueError("pass the cache once, as cache_params or as past_key_values, not two different caches")
-    return cache_params if cache_params is not None else past_key_values
-
-
 class FPMambaModel(FPMambaPreTrainedModel):
     def __init__(self, config: FPMambaConfig) -> None:
         super().__init__(config)
@@ -257,7 +261,7 @@ class FPMambaModel(FPMambaPreTrainedModel):
     def run_blocks(
         self,
         hidden_states: torch.Tensor,
-        cache_params: Cache | None,
+        cache: Cache | None,
         mask: torch.Tensor | None,
         fp_max_iter: int | None,
         fp_tol: float | None,
@@ -265,7 +269,7 @@ class FPMambaModel(FPMambaPreTrainedModel):
         output_hidden_states: bool = False,
         sync: ContinueSync | None = None,
     ) -> tuple[torch.Tensor, tuple | None, torch.Tensor, torch.Tensor]:
-        """The decoder blocks and norm_f on embedded inputs (b, T, hidden), reading and updating `cache_params` (if
+        """The decoder blocks and norm_f on embedded inputs (b, T, hidden), reading and updating `cache` (if
         any) in place; each stage's output is flagged in `stages`. Returns (hidden states after norm_f, the hidden
         states after each block and after norm_f if asked (else None), fp_iterations (b, layers), fp_residual
         (b, layers) fp32). No host sync of its own: the caller reads `stages` and the telemetry."""
@@ -276,7 +280,7 @@ class FPMambaModel(FPMambaPreTrainedModel):
             replay = FixedPointReplay() if block.gradient_checkpointing and block.training else None
             try:
                 hidden_states, its, res = block(
-                    hidden_states, cache_params=cache_params, attention_mask=mask, fp_max_iter=fp_max_iter,
+                    hidden_states, cache=cache, attention_mask=mask, fp_max_iter=fp_max_iter,
                     fp_tol=fp_tol, fp_sync=sync, fp_replay=replay,
                 )
             except FloatingPointError as err:
@@ -318,19 +322,21 @@ class FPMambaModel(FPMambaPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        cache_params: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         attention_mask: torch.Tensor | None = None,
         fp_max_iter: int | None = None,
         fp_tol: float | None = None,
+        cache_params: Cache | None = None,
         past_key_values: Cache | None = None,
         **kwargs: Any,
     ) -> tuple | FPMambaOutput:
         r"""
-        cache_params (`DynamicCache`, *optional*): continue the sequences held in this cache (new tokens only); it
-            is read and updated in place in every mode. `past_key_values` is accepted as the same argument.
+        cache (`DynamicCache`, *optional*): continue the sequences held in this cache (new tokens only); it is read
+            and updated in place in every mode. `cache_params` (its name before transformers 5.24) and
+            `past_key_values` are accepted as the same argument.
         fp_max_iter (`int`, *optional*): iteration cap for this call (default: config.fp_max_iter in training,
             config.fp_max_iter_eval otherwise).
         fp_tol (`float`, *optional*): relative residual tolerance for this call (default: config.fp_tol).
@@ -345,8 +351,8 @@ class FPMambaModel(FPMambaPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        cache_params = _resolve_cache(cache_params, past_key_values)
-        if cache_params is not None:
+        cache = resolve_cache(cache=cache, cache_params=cache_params, past_key_values=past_key_values)
+        if cache is not None:
             # A cache handed in is always used: refuse what would ignore it or use it wrongly.
             if use_cache is False:
                 raise ValueError("a cache was passed with use_cache=False: drop the cache, or let it be used")
@@ -355,7 +361,7 @@ class FPMambaModel(FPMambaPreTrainedModel):
                                  "would read the cache after the forward updated it)")
             use_cache = True
         use_cache = use_cache if use_cache is not None else (self.config.use_cache if not self.training else False)
-        continuing = cache_params is not None and has_state(cache_params)
+        continuing = cache is not None and has_state(cache)
         mask = _check_inputs(input_ids, inputs_embeds, attention_mask, self.config, continuing,
                              trusted_ids=bool(kwargs.get("fp_trusted_ids")))
         if self.gradient_checkpointing and self.training and use_cache:
@@ -363,33 +369,33 @@ class FPMambaModel(FPMambaPreTrainedModel):
             use_cache = False
         if inputs_embeds is None:
             inputs_embeds = self.embeddings(input_ids)
-        if use_cache and cache_params is None:
-            cache_params = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if not use_cache:
-            cache_params = None
-        seen = None if cache_params is None else seen_tokens(cache_params)
+            cache = None
+        seen = None if cache is None else seen_tokens(cache)
 
         hidden_states = inputs_embeds
         stages.add("the embeddings" if input_ids is not None else "inputs_embeds", hidden_states)
         sync = training_sync(self.config.fp_sync_ranks, self.training, hidden_states.device)
         hidden_states, all_hidden_states, fp_iterations, fp_residual = self.run_blocks(
-            hidden_states, cache_params, mask, fp_max_iter, fp_tol, stages, output_hidden_states, sync)
-        if cache_params is not None:
-            set_seen_tokens(cache_params, None if seen is None else seen + hidden_states.shape[1])
+            hidden_states, cache, mask, fp_max_iter, fp_tol, stages, output_hidden_states, sync)
+        if cache is not None:
+            set_seen_tokens(cache, None if seen is None else seen + hidden_states.shape[1])
         if owns_report:
             tol = fp_tol if fp_tol is not None else self.config.fp_tol
             check_forward(self, stages, fp_residual, tol, warn=not self.training)
 
         if not return_dict:
-            output = [hidden_states, cache_params, all_hidden_states, fp_iterations, fp_residual]
+            output = [hidden_states, cache, all_hidden_states, fp_iterations, fp_residual]
             return tuple(v for v in output if v is not None)
-        return FPMambaOutput(
+        return expose_cache(FPMambaOutput(
             last_hidden_state=hidden_states,
-            cache_params=cache_params,
+            cache=cache,
             hidden_states=all_hidden_states,
             fp_iterations=fp_iterations,
             fp_residual=fp_residual,
-        )
+        ))
 
 
 # The ablation switches a conversion refuses at a non-default value: the source model has the conv (its weights would
@@ -416,7 +422,7 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        cache_params: Cache | None = None,
+        cache: Cache | None = None,
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -425,6 +431,7 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         fp_max_iter: int | None = None,
         fp_tol: float | None = None,
+        cache_params: Cache | None = None,
         past_key_values: Cache | None = None,
         fp_log: GenerationLog | None = None,
         **kwargs: Any,
@@ -434,12 +441,12 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
             are shifted inside the model (labels = input_ids works), -100 is ignored.
         shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*, in kwargs): targets
             already aligned with the logits (used instead of shifting `labels`), e.g. `fpmamba_hf.tasks` labels.
-        cache_params / past_key_values, fp_max_iter, fp_tol: see FPMambaModel.forward.
+        cache (or cache_params / past_key_values), fp_max_iter, fp_tol: see FPMambaModel.forward.
         fp_log: set by generate(), the call's own telemetry (per call, so nested and concurrent calls never mix).
         """
         check_call_keywords(kwargs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        cache = _resolve_cache(cache_params, past_key_values)
+        cache = resolve_cache(cache=cache, cache_params=cache_params, past_key_values=past_key_values)
         tol = self.config.fp_tol
         if fp_log is not None and fp_log.compile_step and self._decode_step_applies(
                 input_ids, inputs_embeds, cache, labels, output_hidden_states, attention_mask, use_cache,
@@ -450,14 +457,14 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
             logits, fp_iterations, fp_residual, magnitudes, names = _run_decode_step(
                 self, input_ids, cache, fp_max_iter, fp_tol)
             set_seen_tokens(cache, None if seen is None else seen + 1)
-            outputs = FPMambaOutput(cache_params=cache, fp_iterations=fp_iterations, fp_residual=fp_residual)
+            outputs = FPMambaOutput(cache=cache, fp_iterations=fp_iterations, fp_residual=fp_residual)
             fp_log.record(fp_iterations, fp_residual, names, magnitudes, fp_tol if fp_tol is not None else tol)
         else:
             stages = StageFlags()
             outputs = self.backbone(
                 input_ids,
                 inputs_embeds=inputs_embeds,
-                cache_params=cache,
+                cache=cache,
                 use_cache=use_cache,
                 output_hidden_states=output_hidden_states,
                 return_dict=True,
@@ -490,17 +497,17 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
 
         if not return_dict:
-            output = (logits, outputs.cache_params, outputs.hidden_states, outputs.fp_iterations, outputs.fp_residual)
+            output = (logits, outputs.cache, outputs.hidden_states, outputs.fp_iterations, outputs.fp_residual)
             output = tuple(v for v in output if v is not None)
             return ((loss,) + output) if loss is not None else output
-        return FPMambaCausalLMOutput(
+        return expose_cache(FPMambaCausalLMOutput(
             loss=loss,
             logits=logits,
-            cache_params=outputs.cache_params,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             fp_iterations=outputs.fp_iterations,
             fp_residual=outputs.fp_residual,
-        )
+        ))
 
     # ------------------------------------------------------------------------------------------ generation
     def _decode_step_applies(self, input_ids, inputs_embeds, cache, labels, output_hidden_states, attention_mask,
@@ -535,16 +542,18 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        cache_params: Cache | None = None,
+        cache: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
         is_first_iteration: bool | None = False,
         next_sequence_length: int | None = None,
+        cache_params: Cache | None = None,
         **kwargs: Any,
     ) -> dict:
-        if is_first_iteration and cache_params is not None and has_state(cache_params):
+        cache = resolve_cache(cache=cache, cache_params=cache_params)  # generate()'s name: GENERATE_CACHE_NAME
+        if is_first_iteration and cache is not None and has_state(cache):
             # Continuing from a returned cache: the input is the full sequence; feed only what the cache has not
             # consumed (the last generated token, which generate() never feeds, and the new ones).
-            seen = seen_tokens(cache_params)
+            seen = seen_tokens(cache)
             length = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
             if seen is None:
                 raise ValueError("generate() can continue only from a cache filled by this model's forward() or "
@@ -560,10 +569,10 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
             input_ids,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            cache_params=cache_params,
             attention_mask=attention_mask,
             is_first_iteration=is_first_iteration,
             next_sequence_length=next_sequence_length,
+            **{GENERATE_CACHE_NAME: cache},
             **kwargs,
         )
         if use_cache and not is_first_iteration:
@@ -585,18 +594,22 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         """GenerationMixin.generate, plus on the output (with `return_dict_in_generate=True`) `fp_iterations`
         (LongTensor (rows, new_tokens, num_layers)) and `fp_residual` (FloatTensor, same shape): rows are the
         generated sequences (batch x num_beams for beam search, where rows follow the beams of each step, not the
-        returned sequences). A cache returned by an earlier call continues with `past_key_values=` (or
-        `cache_params=`) and the full sequence: previous sequences followed by the new tokens. Non-finite values
-        raise and unconverged steps warn once, when the call ends (no host sync per token)."""
-        cache = _resolve_cache(kwargs.pop("cache_params", None), kwargs.pop("past_key_values", None))
+        returned sequences), and the cache as `cache` on every transformers version (before 5.24 also as
+        `past_key_values`). A returned cache continues with `cache=` (or `cache_params=` / `past_key_values=`) and
+        the full sequence: previous sequences followed by the new tokens. Non-finite values raise and unconverged
+        steps warn once, when the call ends (no host sync per token)."""
+        cache = resolve_cache(**{name: kwargs.pop(name, None) for name in CACHE_NAMES})
         if cache is not None:
-            kwargs["cache_params"] = cache  # the name generate() uses for this model's cache
+            kwargs[GENERATE_CACHE_NAME] = cache
         log = GenerationLog(compile_step=self.config.fp_compile)
         out = super().generate(*args, fp_log=log, **kwargs)
         check_generation(self, log)
-        if isinstance(out, ModelOutput) and log.iterations:
-            out["fp_iterations"] = torch.stack(log.iterations, dim=1)
-            out["fp_residual"] = torch.stack(log.residual, dim=1)
+        if isinstance(out, ModelOutput):
+            if out.get("cache") is None and out.get("past_key_values") is not None:
+                out["cache"] = out["past_key_values"]  # one name for users on either side of transformers 5.24
+            if log.iterations:
+                out["fp_iterations"] = torch.stack(log.iterations, dim=1)
+                out["fp_residual"] = torch.stack(log.residual, dim=1)
         return out
 
     def save_pretrained(self, *args: Any, **kwargs: Any):

@@ -35,10 +35,10 @@ def assert_left_padded_decode_matches_rows_alone(model: FPMambaForCausalLM, fp_t
         ids[i, T - n:], mask[i, T - n:] = rows[i][0, :n], 1
     with torch.no_grad():
         out = model(ids, attention_mask=mask, use_cache=True)
-        cache, logits = out.cache_params, [out.logits]
+        cache, logits = out.cache, [out.logits]
         for t in range(extra):
             new = torch.stack([r[0, n + t] for r, n in zip(rows, lengths)])[:, None]
-            logits.append(model(new, cache_params=cache, use_cache=True).logits)
+            logits.append(model(new, cache=cache, use_cache=True).logits)
         decoded = torch.cat(logits, dim=1)
         for i, (r, n) in enumerate(zip(rows, lengths)):
             alone = model(r)

@@ -128,9 +128,9 @@ def test_switched_layer_decodes_token_by_token_as_in_parallel(backbone, field, v
     with torch.no_grad():
         parallel = model(ids).logits
         out = model(ids[:, :3], use_cache=True)
-        cache, logits = out.cache_params, [out.logits]
+        cache, logits = out.cache, [out.logits]
         for t in range(3, ids.shape[1]):
-            out = model(ids[:, t : t + 1], cache_params=cache, use_cache=True)
+            out = model(ids[:, t : t + 1], cache=cache, use_cache=True)
             logits.append(out.logits)
     assert (torch.cat(logits, dim=1) - parallel).abs().max() <= 1e-4
 

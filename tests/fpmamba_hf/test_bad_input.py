@@ -33,23 +33,23 @@ def test_right_padded_mask(model):
 
 def test_cache_of_the_wrong_batch_size(model):
     ids = torch.randint(0, VOCAB, (2, 5))
-    cache = model(ids, use_cache=True).cache_params
+    cache = model(ids, use_cache=True).cache
     before = [layer.recurrent_states[0].clone() for layer in cache.layers]
     with pytest.raises(ValueError, match="batch of 2"):
-        model(torch.randint(0, VOCAB, (3, 1)), cache_params=cache, use_cache=True)
+        model(torch.randint(0, VOCAB, (3, 1)), cache=cache, use_cache=True)
     assert all(torch.equal(b, layer.recurrent_states[0]) for b, layer in zip(before, cache.layers))
 
 
 def test_generate_refuses_to_refeed_a_filled_cache(model):
     ids = torch.randint(0, VOCAB, (1, 5))
-    cache = model(ids, use_cache=True).cache_params
+    cache = model(ids, use_cache=True).cache
     with pytest.raises(ValueError, match="re-feed"):
-        model.generate(ids, cache_params=cache, max_new_tokens=2)
+        model.generate(ids, cache=cache, max_new_tokens=2)
 
 
 def test_wrong_cache_type(model):
     with pytest.raises(TypeError, match="DynamicCache"):
-        model(torch.randint(0, VOCAB, (1, 3)), cache_params=object(), use_cache=True)
+        model(torch.randint(0, VOCAB, (1, 3)), cache=object(), use_cache=True)
 
 
 def test_bad_per_call_budget(model):

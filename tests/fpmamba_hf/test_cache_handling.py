@@ -1,8 +1,10 @@
-"""A cache handed in is used or refused, under either name, and generate() continues from the cache it returned."""
+"""A cache handed in is used or refused, under each of its names (`cache`; `cache_params`, `past_key_values` from
+before transformers 5.24), and generate() continues from the cache it returned."""
 
 import pytest
 import torch
 
+from fpmamba_hf.cache import CACHE_NAMES
 from tests.fpmamba_hf.helpers import VOCAB, tiny_model
 
 
@@ -15,7 +17,7 @@ def _continued_logits(model, name: str, training: bool) -> tuple[torch.Tensor, t
     ids = torch.randint(0, VOCAB, (2, 9))
     with torch.no_grad():
         full = model.eval()(ids).logits[:, -3:]
-        cache = model(ids[:, :6], use_cache=True).cache_params
+        cache = model(ids[:, :6], use_cache=True).cache
         model.train(training)
         try:
             part = model(ids[:, 6:], **{name: cache}).logits
@@ -24,7 +26,7 @@ def _continued_logits(model, name: str, training: bool) -> tuple[torch.Tensor, t
     return full, part
 
 
-@pytest.mark.parametrize("name", ["cache_params", "past_key_values"])
+@pytest.mark.parametrize("name", CACHE_NAMES)
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_a_cache_handed_in_is_used_in_every_mode(model, name, training):
     full, part = _continued_logits(model, name, training)
@@ -33,36 +35,44 @@ def test_a_cache_handed_in_is_used_in_every_mode(model, name, training):
 
 def test_a_cache_with_use_cache_false_is_refused(model):
     ids = torch.randint(0, VOCAB, (1, 4))
-    cache = model(ids, use_cache=True).cache_params
+    cache = model(ids, use_cache=True).cache
     with pytest.raises(ValueError, match="use_cache=False"):
-        model(ids[:, :1], cache_params=cache, use_cache=False)
+        model(ids[:, :1], cache=cache, use_cache=False)
 
 
 def test_two_different_caches_are_refused(model):
     ids = torch.randint(0, VOCAB, (1, 4))
-    a = model(ids, use_cache=True).cache_params
-    b = model(ids, use_cache=True).cache_params
-    with pytest.raises(ValueError, match="not two different caches"):
-        model(ids[:, :1], cache_params=a, past_key_values=b)
+    a = model(ids, use_cache=True).cache
+    b = model(ids, use_cache=True).cache
+    with pytest.raises(ValueError, match="pass the cache once: cache and past_key_values hold different caches"):
+        model(ids[:, :1], cache=a, past_key_values=b)
+
+
+def test_the_output_cache_reads_under_its_old_name(model):
+    """Code written for transformers < 5.24 reads `out.cache_params`: the same object on every version."""
+    out = model(torch.randint(0, VOCAB, (1, 4)), use_cache=True)
+    assert out.cache is not None and out.cache_params is out.cache
 
 
 def test_a_cache_under_gradient_checkpointing_in_training_is_refused():
     model = tiny_model()
     model.gradient_checkpointing_enable()
     ids = torch.randint(0, VOCAB, (1, 4))
-    cache = model.eval()(ids, use_cache=True).cache_params
+    cache = model.eval()(ids, use_cache=True).cache
     model.train()
     with pytest.raises(ValueError, match="gradient checkpointing"):
-        model(ids[:, :1], cache_params=cache)
+        model(ids[:, :1], cache=cache)
 
 
+@pytest.mark.parametrize("name", CACHE_NAMES)
 @pytest.mark.parametrize("new_tokens", [1, 3])
-def test_generate_continues_from_its_returned_cache(model, new_tokens):
-    """Multi-turn use: the continuation equals generating from scratch on the same tokens."""
+def test_generate_continues_from_its_returned_cache(model, new_tokens, name):
+    """Multi-turn use: the continuation equals generating from scratch on the same tokens, the returned `cache`
+    handed back under any of its names."""
     prompt = torch.randint(0, VOCAB, (2, 5))
     first = model.generate(prompt, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
     turn = torch.cat([first.sequences, torch.randint(0, VOCAB, (2, new_tokens))], dim=1)
-    continued = model.generate(turn, past_key_values=first.past_key_values, max_new_tokens=5, do_sample=False,
+    continued = model.generate(turn, **{name: first.cache}, max_new_tokens=5, do_sample=False,
                                output_logits=True, return_dict_in_generate=True)
     scratch = model.generate(turn, max_new_tokens=5, do_sample=False, output_logits=True,
                              return_dict_in_generate=True)
@@ -80,7 +90,7 @@ def test_generate_continues_a_left_padded_batch(model):
     extra = torch.randint(1, VOCAB, (2, 2))
     turn = torch.cat([first.sequences, extra], dim=1)
     turn_mask = torch.cat([mask, torch.ones(2, turn.shape[1] - mask.shape[1], dtype=mask.dtype)], dim=1)
-    continued = model.generate(turn, attention_mask=turn_mask, cache_params=first.past_key_values,
+    continued = model.generate(turn, attention_mask=turn_mask, cache=first.cache,
                                max_new_tokens=4, do_sample=False)
     scratch = model.generate(turn, attention_mask=turn_mask, max_new_tokens=4, do_sample=False)
     assert torch.equal(continued, scratch)
@@ -88,7 +98,7 @@ def test_generate_continues_a_left_padded_batch(model):
 
 def test_generate_refuses_a_cache_filled_elsewhere(model):
     ids = torch.randint(0, VOCAB, (1, 5))
-    cache = model(ids, use_cache=True).cache_params
+    cache = model(ids, use_cache=True).cache
     cache.fp_seen_tokens = None  # e.g. filled by hand through the layers
     with pytest.raises(ValueError, match="filled by this model"):
-        model.generate(torch.cat([ids, ids], 1), past_key_values=cache, max_new_tokens=2)
+        model.generate(torch.cat([ids, ids], 1), cache=cache, max_new_tokens=2)

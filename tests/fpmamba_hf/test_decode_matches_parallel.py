@@ -13,9 +13,9 @@ def _decode_logits(model, ids, prefix: int, mask=None):
     """Prefill `prefix` tokens in parallel, then feed the rest one at a time through the cache."""
     kwargs = {} if mask is None else {"attention_mask": mask[:, :prefix]}
     out = model(ids[:, :prefix], use_cache=True, **kwargs)
-    cache, logits = out.cache_params, [out.logits]
+    cache, logits = out.cache, [out.logits]
     for t in range(prefix, ids.shape[1]):
-        out = model(ids[:, t : t + 1], cache_params=cache, use_cache=True)
+        out = model(ids[:, t : t + 1], cache=cache, use_cache=True)
         logits.append(out.logits)
     return torch.cat(logits, dim=1)
 

@@ -45,12 +45,12 @@ def test_one_token_with_a_cache_under_autograd_has_the_true_gradient():
                        fp_max_iter=500, fp_max_iter_eval=500, fp_train_quantile=1.0).double()
     ids = torch.randint(0, VOCAB, (2, 7))
     with torch.no_grad():
-        cache = model(ids[:, :6], use_cache=True).cache_params
+        cache = model(ids[:, :6], use_cache=True).cache
     model.train()
     target = torch.randint(0, VOCAB, (2,))
 
     def loss() -> torch.Tensor:
-        logits = model(ids[:, 6:], cache_params=copy.deepcopy(cache)).logits[:, 0]
+        logits = model(ids[:, 6:], cache=copy.deepcopy(cache)).logits[:, 0]
         return torch.nn.functional.cross_entropy(logits, target)
 
     model.zero_grad()

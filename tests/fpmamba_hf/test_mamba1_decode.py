@@ -45,7 +45,7 @@ def test_prefill_then_decode_with_hidden_dt_and_sum_input(gate):
     with torch.no_grad():
         parallel = model(ids).logits
         out = model(ids[:, :7], use_cache=True)
-        cache, logits = out.cache_params, [out.logits]
+        cache, logits = out.cache, [out.logits]
         for t in range(7, ids.shape[1]):
-            logits.append(model(ids[:, t:t + 1], cache_params=cache, use_cache=True).logits)
+            logits.append(model(ids[:, t:t + 1], cache=cache, use_cache=True).logits)
     assert (torch.cat(logits, dim=1) - parallel).abs().max() <= 1e-4

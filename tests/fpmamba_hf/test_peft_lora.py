@@ -31,9 +31,9 @@ def _layer_module(peft_model, layer: int, name: str) -> nn.Module:
 def _decode(model, ids: torch.Tensor, prefix: int) -> torch.Tensor:
     """Logits (b, T, vocab): `prefix` tokens in parallel, then one token at a time through the cache."""
     out = model(ids[:, :prefix], use_cache=True, **EXACT)
-    cache, logits = out.cache_params, [out.logits]
+    cache, logits = out.cache, [out.logits]
     for t in range(prefix, ids.shape[1]):
-        out = model(ids[:, t : t + 1], cache_params=cache, use_cache=True, **EXACT)
+        out = model(ids[:, t : t + 1], cache=cache, use_cache=True, **EXACT)
         logits.append(out.logits)
     return torch.cat(logits, dim=1)
 
