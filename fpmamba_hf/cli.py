@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--models", nargs="+", choices=MODEL_KINDS, help="model kinds to train (default: fpmamba)")
     train.add_argument("--min-train-length", dest="min_train_length", type=int)
     train.add_argument("--train-examples", dest="train_examples", type=int)
+    train.add_argument("--curriculum-fraction", dest="curriculum_fraction", type=float,
+                       help="length curriculum: the longest training length grows from --curriculum-start-length to "
+                            "--train-length over this fraction of the steps (0: off)")
+    train.add_argument("--curriculum-start-length", dest="curriculum_start_length", type=int)
     train.add_argument("--eval-fp-max-iter", dest="eval_fp_max_iter", type=int)
     train.add_argument("--eval-fp-tol", dest="eval_fp_tol", type=float)
     train.add_argument("--save-models", dest="save_models", action="store_true", default=None)

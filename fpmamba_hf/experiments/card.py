@@ -179,8 +179,14 @@ def model_label(run: Run, kind: str) -> str:
         parts.append(f"{model['mixer_type']}{rank}")
         if model["fp_backward"] != "one_step" or model["fp_backward_steps"] != 1:
             parts.append(f"{model['fp_backward']} x{model['fp_backward_steps']}")
+        if model.get("fp_max_iter_gamma_shape"):
+            parts.append(f"training cap ~ Gamma({model['fp_max_iter_gamma_shape']:g}, "
+                         f"{model['fp_max_iter_gamma_scale']:g})")
     parts += [f"d{model['hidden_size']}", f"{layers} layer{'s' if layers > 1 else ''}",
               f"{run.config['training']['steps']:,} steps"]
+    if run.config.get("curriculum_fraction"):
+        parts.append(f"length curriculum {run.config['curriculum_start_length']}->{run.train_length} over "
+                     f"{run.config['curriculum_fraction']:.0%} of the steps")
     return f"{kind} ({', '.join(parts)})"
 
 
@@ -193,6 +199,8 @@ def _settings_key(run: Run, kind: str) -> str:
     training = {k: v for k, v in run.config["training"].items() if k not in ("seed", "logging_steps", "progress_bar")}
     lengths = {k: run.config.get(k) for k in ("train_length", "min_train_length", "train_examples",
                                               "eval_fp_max_iter", "eval_fp_tol")}
+    if run.config.get("curriculum_fraction"):  # runs from before the curriculum existed have no such keys
+        lengths.update({k: run.config[k] for k in ("curriculum_fraction", "curriculum_start_length")})
     return json.dumps([kind, model, training, lengths], sort_keys=True)
 
 

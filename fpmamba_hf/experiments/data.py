@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
+from typing import TYPE_CHECKING, Any
 
+import datasets
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from ..tasks import TaskSpec
 
 
 def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -35,4 +40,32 @@ def eval_lengths(train_length: int, factor: int = 4, max_points: int = 32) -> li
     return sorted(lengths)
 
 
-__all__ = ["collate", "eval_lengths"]
+def curriculum_caps(steps: int, fraction: float, start: int, longest: int) -> list[int]:
+    """The longest length of each training step under a length curriculum: it grows from `start` to `longest` over
+    the first `fraction` of the steps, each length in between taking an equal share (within one step; with fewer
+    ramp steps than lengths some are skipped), reaching `longest` at the last step of the ramp, then stays there."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"the curriculum fraction must be in (0, 1], got {fraction}")
+    if not 1 <= start <= longest:
+        raise ValueError(f"the curriculum must start at a length in [1, {longest}], got {start}")
+    ramp = max(1, round(fraction * steps))
+    n_lengths = longest - start + 1
+    return [start + (n_lengths * (s + 1) - 1) // ramp if s < ramp else longest for s in range(steps)]
+
+
+def curriculum_rows(task: TaskSpec, caps: list[int], batch_size: int, min_length: int, seed: int
+                    ) -> datasets.Dataset:
+    """Training rows in curriculum order, `batch_size` per step, for non-decreasing `caps` (`curriculum_caps`): a
+    step whose cap is L holds lengths drawn uniformly in [min(min_length, L), L], padded to L's own row width
+    (every batch is one step, so short steps cost less). Each cap's rows come from their own seed. Train on them in
+    this order (sequentially)."""
+    if any(a > b for a, b in zip(caps, caps[1:])):
+        raise ValueError("curriculum caps must not decrease")
+    steps_per_cap = Counter(caps)  # insertion order = the order of the steps
+    return datasets.concatenate_datasets([
+        task.build(n * batch_size, min(min_length, cap), cap, seed=seed * 100_003 + cap)
+        for cap, n in steps_per_cap.items()
+    ])
+
+
+__all__ = ["collate", "curriculum_caps", "curriculum_rows", "eval_lengths"]

@@ -13,7 +13,7 @@ import torch.nn as nn
 from transformers import AutoModelForCausalLM, set_seed
 
 from ..tasks import get_task
-from .data import eval_lengths
+from .data import curriculum_caps, curriculum_rows, eval_lengths
 from .evaluation import LengthResult, evaluate_lengths
 from .models import ModelSpec, build_model, count_parameters
 from .reporting import format_table, plot_results, write_results
@@ -23,8 +23,10 @@ from .training import TrainSettings, train
 @dataclass
 class ExperimentConfig:
     """What to run. min_train_length None = the task's own minimum (capped at train_length); train_examples
-    None = steps x batch size (every training row is seen once). Evaluation covers 2 .. eval_factor x
-    train_length (at most eval_points lengths) with eval_examples fresh rows per length."""
+    None = steps x batch size (every training row is seen once). curriculum_fraction > 0: a length curriculum, the
+    longest training length grows from curriculum_start_length to train_length over that fraction of the steps
+    (`data.curriculum_caps`; rows in that order, one pass). Evaluation covers 2 .. eval_factor x train_length (at
+    most eval_points lengths) with eval_examples fresh rows per length."""
 
     task: str
     models: list[str]
@@ -32,6 +34,8 @@ class ExperimentConfig:
     train_length: int
     min_train_length: int | None = None
     train_examples: int | None = None
+    curriculum_fraction: float = 0.0
+    curriculum_start_length: int = 2
     eval_factor: int = 4
     eval_points: int = 32
     eval_examples: int = 256
@@ -68,13 +72,27 @@ def _report(out_dir: Path, payload: dict, results: dict[str, list[LengthResult]]
     return table, files
 
 
+def _training_rows(config: ExperimentConfig, task, min_len: int):
+    """The training dataset: `train_examples` rows (default steps x batch size) of lengths in [min_len,
+    train_length], or with a curriculum one pass of steps x batch size rows in curriculum order."""
+    settings = config.training
+    if not config.curriculum_fraction:
+        n_train = config.train_examples or settings.steps * settings.batch_size
+        return task.build(n_train, min_len, config.train_length, settings.seed)
+    if config.train_examples:
+        raise ValueError("a length curriculum makes one pass over steps x batch_size rows in order: leave "
+                         f"train_examples unset (got {config.train_examples})")
+    caps = curriculum_caps(settings.steps, config.curriculum_fraction, config.curriculum_start_length,
+                           config.train_length)
+    return curriculum_rows(task, caps, settings.batch_size, min_len, settings.seed)
+
+
 def run_experiment(config: ExperimentConfig) -> ExperimentResult:
     """Train and evaluate every model of `config`, then write results.json, results.csv, table.txt and plots."""
     task = get_task(config.task)
     out_dir = Path(config.output_dir)
     min_len = config.min_train_length or min(task.train_lengths[0], config.train_length)
-    n_train = config.train_examples or config.training.steps * config.training.batch_size
-    train_rows = task.build(n_train, min_len, config.train_length, config.training.seed)
+    train_rows = _training_rows(config, task, min_len)
     lengths = eval_lengths(config.train_length, config.eval_factor, config.eval_points)
 
     results: dict[str, list[LengthResult]] = {}
@@ -84,7 +102,8 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
         set_seed(config.training.seed)  # the same initial draw for a kind, whatever ran before it
         model = build_model(kind, config.model, task.vocab_size, task.pad_token_id, task.bos_token_id)
         print(f"[{config.task}] training {kind}: {count_parameters(model):,} parameters")
-        summary = train(model, train_rows, config.training, str(out_dir / "trainer" / kind))
+        summary = train(model, train_rows, config.training, str(out_dir / "trainer" / kind),
+                        in_order=config.curriculum_fraction > 0)
         start = time.perf_counter()
         results[kind] = evaluate_lengths(
             model, task, lengths, config.eval_examples, config.eval_batch_size,

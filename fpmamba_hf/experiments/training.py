@@ -40,8 +40,10 @@ class TrainSettings:
         return asdict(self)
 
 
-def train(model: nn.Module, train_dataset: datasets.Dataset, settings: TrainSettings, output_dir: str) -> dict:
-    """Train `model` in place on `train_dataset`; returns a summary (runtime, final loss, log history)."""
+def train(model: nn.Module, train_dataset: datasets.Dataset, settings: TrainSettings, output_dir: str,
+          in_order: bool = False) -> dict:
+    """Train `model` in place on `train_dataset` (shuffled, or in its own order if `in_order`: a curriculum);
+    returns a summary (runtime, final loss, log history)."""
     args = TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=settings.batch_size,
@@ -59,6 +61,7 @@ def train(model: nn.Module, train_dataset: datasets.Dataset, settings: TrainSett
         remove_unused_columns=False,
         disable_tqdm=not settings.progress_bar,
         dataloader_num_workers=0,
+        train_sampling_strategy="sequential" if in_order else "random",
         dataloader_pin_memory=torch.cuda.is_available(),
         bf16=False,  # CPU-first harness: fp32 (pass a GPU recipe's own settings for bf16 runs)
     )

@@ -66,8 +66,10 @@ def test_a_task_family_starts_from_its_measured_cpu_setting_and_flags_override_i
     assert config == config_from_dict({"task": task, "models": ["fpmamba"], "output_dir": "x", **setting})
     assert config.train_length == 16 and config.model.fp_max_iter_eval == 128
     flags = ["--train-length", "12", "--hidden-size", "32", "--steps", "5", "--eval-examples", "9"]
+    flags += ["--curriculum-fraction", "0.4", "--curriculum-start-length", "3"]
     given = config_from_args(build_parser().parse_args(["task", "train", "--task", task, "--output-dir", "x", *flags]))
     assert (given.train_length, given.model.hidden_size, given.training.steps, given.eval_examples) == (12, 32, 5, 9)
+    assert (given.curriculum_fraction, given.curriculum_start_length) == (0.4, 3)
     assert given.model.chunk_size == setting["model"]["chunk_size"]  # the rest stays the setting's
 
 
