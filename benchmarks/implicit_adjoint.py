@@ -5,8 +5,9 @@
 
 For each saved FP-Mamba (and, with --init, the same config freshly initialised), each length and each adjoint cap
 (fp_backward_max_iter): --batches batches of the task's rows of exactly that length (seeded per length), one
-training-mode forward (the model's own training cap and quantile) and backward of the task loss with
-fp_backward="implicit", then the same with the default one-step gradient. Reported per row:
+training-mode forward (the model's own training cap and quantile, or --forward-max-iter to solve the forward
+further, so that the adjoint is taken at the fixed point rather than at a capped iterate) and backward of the
+task loss with fp_backward="implicit", then the same with the default one-step gradient. Reported per row:
   fallbacks        backward passes of a layer whose adjoint solve missed fp_backward_tol within the cap and fell
                    back to the one-step gradient (ImplicitGradientFallback), out of layers x batches;
   residual_max     the largest adjoint residual those fallbacks reported (null if none fell back);
@@ -37,13 +38,15 @@ from fpmamba_hf.tasks import get_task
 RESIDUAL = re.compile(r"relative residual ([0-9.e+-]+|nan|inf)")
 
 
-def gradient(model: torch.nn.Module, batch: dict, backward: str) -> tuple[torch.Tensor, list[float]]:
+def gradient(model: torch.nn.Module, batch: dict, backward: str, forward_max_iter: int | None
+             ) -> tuple[torch.Tensor, list[float]]:
     """The flat gradient of the task loss under `backward`, and the residuals of the adjoint fallbacks it hit."""
     model.config.fp_backward = backward
     model.zero_grad(set_to_none=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ImplicitGradientFallback)
-        model(input_ids=batch["input_ids"], shift_labels=batch["shift_labels"]).loss.backward()
+        model(input_ids=batch["input_ids"], shift_labels=batch["shift_labels"],
+              fp_max_iter=forward_max_iter).loss.backward()
     residuals = [float(RESIDUAL.search(str(w.message)).group(1)) for w in caught
                  if issubclass(w.category, ImplicitGradientFallback)]
     flat = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
@@ -51,17 +54,17 @@ def gradient(model: torch.nn.Module, batch: dict, backward: str) -> tuple[torch.
 
 
 def study(model: torch.nn.Module, name: str, task_name: str, lengths: list[int], max_iters: list[int],
-          batches: int, batch_size: int) -> list[dict]:
+          batches: int, batch_size: int, forward_max_iter: int | None = None) -> list[dict]:
     """One row per (length, adjoint cap); the model's fp_backward and fp_backward_max_iter are restored after."""
     saved = model.config.fp_backward, model.config.fp_backward_max_iter
     try:
-        return _study(model, name, task_name, lengths, max_iters, batches, batch_size)
+        return _study(model, name, task_name, lengths, max_iters, batches, batch_size, forward_max_iter)
     finally:
         model.config.fp_backward, model.config.fp_backward_max_iter = saved
 
 
 def _study(model: torch.nn.Module, name: str, task_name: str, lengths: list[int], max_iters: list[int],
-           batches: int, batch_size: int) -> list[dict]:
+           batches: int, batch_size: int, forward_max_iter: int | None) -> list[dict]:
     task = get_task(task_name)
     model.train()
     layers = model.config.num_hidden_layers
@@ -74,14 +77,15 @@ def _study(model: torch.nn.Module, name: str, task_name: str, lengths: list[int]
             for b in range(batches):
                 batch = collate([data[i] for i in range(b * batch_size, (b + 1) * batch_size)])
                 torch.manual_seed(b)  # the same random training draws (if any) for both gradients
-                implicit, missed = gradient(model, batch, "implicit")
+                implicit, missed = gradient(model, batch, "implicit", forward_max_iter)
                 torch.manual_seed(b)
-                one_step, _ = gradient(model, batch, "one_step")
+                one_step, _ = gradient(model, batch, "one_step", forward_max_iter)
                 fallbacks += len(missed)
                 residuals += missed
                 if not missed:
                     cosines.append(float(torch.nn.functional.cosine_similarity(implicit, one_step, dim=0)))
-            rows.append({"model": name, "task": task_name, "length": length, "adjoint_max_iter": cap,
+            rows.append({"model": name, "task": task_name, "length": length, "forward_max_iter": forward_max_iter,
+                         "adjoint_max_iter": cap,
                          "fallbacks": fallbacks, "backwards": layers * batches,
                          "residual_max": max(residuals) if residuals else None,
                          "cosine": sum(cosines) / len(cosines) if cosines else None,
@@ -107,6 +111,8 @@ def main() -> None:
     p.add_argument("--init", action="store_true", help="also each model's config freshly initialised (seed 0)")
     p.add_argument("--lengths", type=int, nargs="+", required=True)
     p.add_argument("--max-iters", dest="max_iters", type=int, nargs="+", default=[32])
+    p.add_argument("--forward-max-iter", dest="forward_max_iter", type=int,
+                   help="iteration cap of the training forward (default: the model's fp_max_iter)")
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=32)
     p.add_argument("--out", type=Path, required=True)
@@ -119,7 +125,8 @@ def main() -> None:
             torch.manual_seed(0)
             models.append((Path(model_dir).name + " (initialised)", type(trained)(trained.config)))
         for name, model in models:
-            rows += study(model, name, args.task, args.lengths, args.max_iters, args.batches, args.batch_size)
+            rows += study(model, name, args.task, args.lengths, args.max_iters, args.batches, args.batch_size,
+                          args.forward_max_iter)
     print(table(rows))
     meta = {"machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads()}
     args.out.write_text(json.dumps([{**meta, **r} for r in rows], indent=1) + "\n")
