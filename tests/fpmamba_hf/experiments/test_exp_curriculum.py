@@ -81,3 +81,10 @@ def test_a_curriculum_with_a_fixed_row_count_is_refused(tmp_path):
                               train_examples=100, model=TINY_MODEL, curriculum_fraction=0.5)
     with pytest.raises(ValueError, match="leave train_examples unset"):
         run_experiment(config)
+
+
+def test_a_start_length_without_a_curriculum_is_refused(tmp_path):
+    config = ExperimentConfig(task="S3", models=["fpmamba"], output_dir=str(tmp_path), train_length=6,
+                              model=TINY_MODEL, curriculum_start_length=4)
+    with pytest.raises(ValueError, match="no effect without a curriculum"):
+        run_experiment(config)
