@@ -68,3 +68,8 @@ def save(out: Path, rank: int, model, record: list[list[int]]) -> None:
 if __name__ == "__main__":
     mode, out_dir, *backbone = sys.argv[1], Path(sys.argv[2]), *sys.argv[3:]
     {"accelerate": run_accelerate, "trainer": run_trainer}[mode](out_dir, *backbone)
+    # Tear the process group down before exit: left to interpreter shutdown, gloo's threads can abort a rank
+    # ("terminate called without an active exception") after the work is done.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
