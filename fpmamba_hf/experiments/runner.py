@@ -76,11 +76,10 @@ def _training_rows(config: ExperimentConfig, task, min_len: int):
     """The training dataset: `train_examples` rows (default steps x batch size) of lengths in [min_len,
     train_length], or with a curriculum one pass of steps x batch size rows in curriculum order."""
     settings = config.training
-    start_default = ExperimentConfig.__dataclass_fields__["curriculum_start_length"].default
-    if not config.curriculum_fraction and config.curriculum_start_length != start_default:
-        raise ValueError(f"curriculum_start_length={config.curriculum_start_length} has no effect without a "
-                         "curriculum: set curriculum_fraction > 0 too (or leave the start length out)")
     if not config.curriculum_fraction:
+        if config.curriculum_start_length != ExperimentConfig.curriculum_start_length:  # the field's default
+            raise ValueError(f"curriculum_start_length={config.curriculum_start_length} has no effect without a "
+                             "curriculum: set curriculum_fraction > 0 too (or leave the start length out)")
         n_train = config.train_examples or settings.steps * settings.batch_size
         return task.build(n_train, min_len, config.train_length, settings.seed)
     if config.train_examples:
