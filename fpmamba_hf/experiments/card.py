@@ -21,7 +21,7 @@ from typing import Any
 
 from ..configuration_fpmamba import FPMambaConfig
 from .budget import budget_table
-from .evaluation import LengthResult
+from .evaluation import GENERATED_METRIC, LengthResult
 from .models import DEFAULT_LAYERS, MAMBA2_KNOBS
 from .reporting import ACCURACY_THRESHOLD, plot_paths, plot_results
 
@@ -226,16 +226,20 @@ def overview_rows(runs: list[Run]) -> list[list[str]]:
 
 
 def per_length_table(run: Run) -> list[str]:
-    """Accuracy (and mean iterations, for models that iterate) at every evaluated length; '*' = training length."""
+    """Accuracy (and, where recorded, the accuracy of generated continuations; mean iterations, for models that
+    iterate) at every evaluated length; '*' = training length."""
     results = run.results
     header = ["length"]
     for name, rows in results.items():
-        header += [f"{name} acc"] + ([f"{name} iterations"] if rows[0].fp_iterations_mean is not None else [])
+        header += [f"{name} acc"] + ([f"{name} generated acc"] if GENERATED_METRIC in rows[0].metrics else []) + (
+            [f"{name} iterations"] if rows[0].fp_iterations_mean is not None else [])
     lines = []
     for i, first in enumerate(next(iter(results.values()))):
         cells = [f"{first.length}{'*' if first.length == run.train_length else ''}"]
         for rows in results.values():
             cells.append(f"{rows[i].accuracy:.3f}")
+            if GENERATED_METRIC in rows[i].metrics:
+                cells.append(f"{rows[i].metrics[GENERATED_METRIC]:.3f}")
             if rows[i].fp_iterations_mean is not None:
                 cells.append(f"{rows[i].fp_iterations_mean:.1f}")
         lines.append(cells)
@@ -310,7 +314,8 @@ def results_section(runs: list[Run], card_dir: Path, studies: list[BudgetStudy] 
               *(f"acc {f}x" for f in LENGTH_FACTORS), f"acc >= {ACCURACY_THRESHOLD} up to",
               "iterations " + " / ".join(f"{f}x" for f in LENGTH_FACTORS)]
     lines = [
-        f"Accuracy: the task's headline metric (sequence accuracy for word problems, string accuracy for copying, "
+        f"Accuracy: the task's headline metric (sequence accuracy for word problems, string accuracy for copying "
+        f"(teacher forced; the per-length tables add that of greedy `generate()` continuations), "
         f"scaled accuracy for modular arithmetic: 0 at chance, 1 perfect; the answer's accuracy for parity), as "
         f"`acc @length` at the shortest evaluated length >= 1x, 2x, 4x the training length. "
         f"`acc >= {ACCURACY_THRESHOLD} up to`: the longest length up to which every evaluated length scored "

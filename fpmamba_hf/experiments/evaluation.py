@@ -16,6 +16,8 @@ from .data import collate
 # The headline metric of each task family, first match wins: word problems, copy, modular arithmetic (the paper's
 # scaled accuracy, 0 at chance), parity.
 PRIMARY_METRICS = ("seq_acc", "string_acc", "scaled_acc", "acc")
+# The headline metric scored on generated continuations (greedy generate(), not teacher forced), where a task has one.
+GENERATED_METRIC = "ar_string_acc"
 
 
 @dataclass
@@ -131,6 +133,7 @@ def evaluate_lengths(
 
 __all__ = [
     "LengthResult",
+    "GENERATED_METRIC",
     "PRIMARY_METRICS",
     "autoregressive_copy_metrics",
     "evaluate_length",

@@ -65,6 +65,24 @@ def test_report_writes_the_task_table_and_the_plots(toy):
         assert f"](results/parity_toy/{name})" in text
 
 
+def test_the_per_length_table_adds_generated_accuracy_where_recorded(tmp_path):
+    folder = tmp_path / "results" / "copy_toy"
+    write_toy_run(folder)
+    payload = json.loads((folder / "results.json").read_text())
+    payload["config"]["task"] = "copy"
+    for rows in payload["results"].values():
+        for row in rows:
+            row["metrics"] = {"string_acc": row["accuracy"], "ar_string_acc": row["accuracy"] / 2}
+    (folder / "results.json").write_text(json.dumps(payload))
+    card = tmp_path / "CARD.md"
+    card.write_text(f"{CARD_BEGIN}\n{CARD_END}\n")
+    assert report(tmp_path / "results", card) == 0
+    text = card.read_text()
+    assert ("| length | fpmamba acc | fpmamba generated acc | fpmamba iterations | lstm acc | lstm generated acc |"
+            in text)
+    assert "| 4* | 0.950 | 0.475 | 7.0 | 0.500 | 0.250 |" in text
+
+
 def test_the_overview_groups_seeds_of_one_setting_and_keeps_other_settings_apart(toy):
     results, card = toy
     write_toy_run(results / "parity_toy_seed1", seed=1)
