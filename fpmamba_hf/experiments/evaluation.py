@@ -16,8 +16,10 @@ from .data import collate
 # The headline metric of each task family, first match wins: word problems, copy, modular arithmetic (the paper's
 # scaled accuracy, 0 at chance), parity.
 PRIMARY_METRICS = ("seq_acc", "string_acc", "scaled_acc", "acc")
-# The headline metric scored on generated continuations (greedy generate(), not teacher forced), where a task has one.
-GENERATED_METRIC = "ar_string_acc"
+# Metrics of generated continuations (greedy generate(), not teacher forced) carry this prefix; the card shows the
+# generated counterpart of copying's headline metric.
+GENERATED_PREFIX = "ar_"
+GENERATED_METRIC = f"{GENERATED_PREFIX}string_acc"
 
 
 @dataclass
@@ -74,7 +76,7 @@ def autoregressive_copy_metrics(
     for start in range(0, len(pairs), batch_size):
         chunk = prompts[start : start + batch_size].to(device)
         predicted.extend(greedy_continuations(model, chunk, len(expected[0]), fp_kwargs).cpu().tolist())
-    return {f"ar_{k}": v for k, v in copying.copy_accuracy(predicted, expected).items()}
+    return {f"{GENERATED_PREFIX}{k}": v for k, v in copying.copy_accuracy(predicted, expected).items()}
 
 
 @torch.no_grad()
@@ -134,6 +136,7 @@ def evaluate_lengths(
 __all__ = [
     "LengthResult",
     "GENERATED_METRIC",
+    "GENERATED_PREFIX",
     "PRIMARY_METRICS",
     "autoregressive_copy_metrics",
     "evaluate_length",
