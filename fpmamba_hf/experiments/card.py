@@ -168,7 +168,8 @@ def _model_settings(run: Run) -> dict[str, Any]:
 def model_label(run: Run, kind: str) -> str:
     """A model of a `task train` run as the overview names it: its kind plus what tells it apart from the other
     runs of a task (backbone and mixer for FP-Mamba, backbone for the diagonal ablation, width, depth, gradient,
-    steps). Two settings may share a label: the overview's results column and the run sections tell them apart."""
+    steps, training length). Two settings may share a label: the overview's results column and the run sections tell
+    them apart."""
     model = _model_settings(run)
     layers = model["num_layers"] or DEFAULT_LAYERS[kind]
     parts = []
@@ -183,7 +184,7 @@ def model_label(run: Run, kind: str) -> str:
             parts.append(f"training cap ~ Gamma({model['fp_max_iter_gamma_shape']:g}, "
                          f"{model['fp_max_iter_gamma_scale']:g})")
     parts += [f"d{model['hidden_size']}", f"{layers} layer{'s' if layers > 1 else ''}",
-              f"{run.config['training']['steps']:,} steps"]
+              f"{run.config['training']['steps']:,} steps", f"trained to length {run.train_length}"]
     if run.config.get("curriculum_fraction"):
         parts.append(f"length curriculum {run.config['curriculum_start_length']}->{run.train_length} over "
                      f"{run.config['curriculum_fraction']:.0%} of the steps")

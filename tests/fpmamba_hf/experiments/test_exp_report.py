@@ -90,11 +90,13 @@ def test_the_overview_groups_seeds_of_one_setting_and_keeps_other_settings_apart
     assert report(results, card) == 0
     text = card.read_text()
     # task, model (label), runs, learned at the training length, per seed the longest length >= 0.9, folders
-    assert ("| parity | fpmamba (mamba2, householder r2, d64, 1 layer, 300 steps) | 2 | 2 of 2 | 0: 4, 1: 4 "
+    assert ("| parity | fpmamba (mamba2, householder r2, d64, 1 layer, 300 steps, trained to length 4) | 2 | 2 of 2 "
+            "| 0: 4, 1: 4 "
             "| parity_toy, parity_toy_seed1 |") in text
-    assert ("| parity | lstm (d64, 1 layer, 300 steps) | 2 | 0 of 2 | 0: 2, 1: 2 "
+    assert ("| parity | lstm (d64, 1 layer, 300 steps, trained to length 4) | 2 | 0 of 2 | 0: 2, 1: 2 "
             "| parity_toy, parity_toy_seed1 |") in text
-    assert "| parity | fpmamba (mamba2, householder r2, d64, 1 layer, 600 steps) | 1 | 1 of 1 | 0: 4 " in text
+    assert ("| parity | fpmamba (mamba2, householder r2, d64, 1 layer, 600 steps, trained to length 4) | 1 | 1 of 1 "
+            "| 0: 4 ") in text
 
 
 def test_check_detects_drift_of_the_card_and_of_the_results(toy, capsys):
