@@ -226,23 +226,27 @@ def overview_rows(runs: list[Run]) -> list[list[str]]:
     return rows
 
 
+def _length_columns(name: str, first: LengthResult) -> list[tuple[str, Any]]:
+    """A model's columns in the per-length table, as (header, cell of a LengthResult): its accuracy, the accuracy of
+    its generated continuations where recorded, its mean iterations where it iterates (decided on its first row)."""
+    columns = [(f"{name} acc", lambda r: f"{r.accuracy:.3f}")]
+    if GENERATED_METRIC in first.metrics:
+        columns.append((f"{name} generated acc", lambda r: f"{r.metrics[GENERATED_METRIC]:.3f}"))
+    if first.fp_iterations_mean is not None:
+        columns.append((f"{name} iterations", lambda r: f"{r.fp_iterations_mean:.1f}"))
+    return columns
+
+
 def per_length_table(run: Run) -> list[str]:
-    """Accuracy (and, where recorded, the accuracy of generated continuations; mean iterations, for models that
-    iterate) at every evaluated length; '*' = training length."""
+    """Every model's `_length_columns` at every evaluated length; '*' = training length."""
     results = run.results
-    header = ["length"]
-    for name, rows in results.items():
-        header += [f"{name} acc"] + ([f"{name} generated acc"] if GENERATED_METRIC in rows[0].metrics else []) + (
-            [f"{name} iterations"] if rows[0].fp_iterations_mean is not None else [])
+    columns = {name: _length_columns(name, rows[0]) for name, rows in results.items()}
+    header = ["length"] + [title for model_columns in columns.values() for title, _ in model_columns]
     lines = []
     for i, first in enumerate(next(iter(results.values()))):
         cells = [f"{first.length}{'*' if first.length == run.train_length else ''}"]
-        for rows in results.values():
-            cells.append(f"{rows[i].accuracy:.3f}")
-            if GENERATED_METRIC in rows[i].metrics:
-                cells.append(f"{rows[i].metrics[GENERATED_METRIC]:.3f}")
-            if rows[i].fp_iterations_mean is not None:
-                cells.append(f"{rows[i].fp_iterations_mean:.1f}")
+        for name, rows in results.items():
+            cells += [cell(rows[i]) for _, cell in columns[name]]
         lines.append(cells)
     return _table(header, lines)
 
