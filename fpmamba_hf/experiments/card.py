@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..configuration_fpmamba import FPMambaConfig
+from ..tasks import get_task
 from .budget import budget_table
 from .evaluation import GENERATED_METRIC, LengthResult
 from .models import DEFAULT_LAYERS, MAMBA2_KNOBS
@@ -54,6 +55,12 @@ class Run:
     @property
     def train_length(self) -> int:
         return (self.config or self.payload)["train_length"]
+
+    @property
+    def shortest_trained_length(self) -> int:
+        """The shortest length the run's models were supervised at (TaskSpec.shortest_trained_length)."""
+        min_train_length = self.config.get("min_train_length") if self.config else None
+        return get_task(self.task).shortest_trained_length(self.train_length, min_train_length)
 
     @property
     def results(self) -> dict[str, list[LengthResult]]:
@@ -113,10 +120,11 @@ def at_factor(rows: list[LengthResult], train_length: int, factor: int) -> Lengt
     return next((r for r in rows if r.length >= factor * train_length), None)
 
 
-def longest_solved(rows: list[LengthResult]) -> int | None:
-    """The longest length up to which accuracy stays >= ACCURACY_THRESHOLD at every evaluated length."""
+def longest_solved(rows: list[LengthResult], shortest: int) -> int | None:
+    """The longest length up to which accuracy stays >= ACCURACY_THRESHOLD at every evaluated length from
+    `shortest` (the shortest trained length: shorter ones lie outside the training range and are not counted)."""
     solved = None
-    for row in rows:
+    for row in (r for r in rows if r.length >= shortest):
         if row.accuracy < ACCURACY_THRESHOLD:
             break
         solved = row.length
@@ -150,7 +158,7 @@ def summary_rows(run: Run, link: str) -> list[list[str]]:
             _cell(training.get("steps")),
             f"{_seconds(training.get('runtime_s'))} / {_seconds(training.get('eval_runtime_s'))}",
             _cell(run.config["training"]["seed"] if run.config else None), *accuracy,
-            _cell(longest_solved(results)), " / ".join(iterations),
+            _cell(longest_solved(results, run.shortest_trained_length)), " / ".join(iterations),
         ])
     return rows
 
@@ -218,8 +226,9 @@ def overview_rows(runs: list[Run]) -> list[list[str]]:
     for (task, _), members in groups.items():
         at_train = [at_factor(results, run.train_length, 1) for run, _, results in members]
         learned = sum(p is not None and p.accuracy >= ACCURACY_THRESHOLD for p in at_train)
-        reach = ", ".join(f"{run.config['training']['seed']}: {_cell(longest_solved(results))}"
-                          for run, _, results in members)
+        reach = ", ".join(
+            f"{run.config['training']['seed']}: {_cell(longest_solved(results, run.shortest_trained_length))}"
+            for run, _, results in members)
         run, kind, _ = members[0]
         rows.append([task, model_label(run, kind), str(len(members)), f"{learned} of {len(members)}", reach,
                      ", ".join(dict.fromkeys(run.folder.name for run, _, _ in members))])
@@ -324,11 +333,14 @@ def results_section(runs: list[Run], card_dir: Path, studies: list[BudgetStudy] 
         f"scaled accuracy for modular arithmetic: 0 at chance, 1 perfect; the answer's accuracy for parity), as "
         f"`acc @length` at the shortest evaluated length >= 1x, 2x, 4x the training length. "
         f"`acc >= {ACCURACY_THRESHOLD} up to`: the longest length up to which every evaluated length scored "
-        f">= {ACCURACY_THRESHOLD}. Iterations: mean fixed-point iterations per sequence at those lengths "
-        f"({MISSING} for models without a solver). Times: training / evaluation wall clock per model.",
+        f">= {ACCURACY_THRESHOLD}, counted from the shortest trained length (1 for word problems, whose every prefix "
+        f"is supervised; else the shortest training row, e.g. 5 letters for copying): the per-length tables also "
+        f"show the shorter lengths, outside the training range. Iterations: mean fixed-point iterations per "
+        f"sequence at those lengths ({MISSING} for models without a solver). Times: training / evaluation wall "
+        f"clock per model.",
         "",
         "Overview: every trained model, grouped by task and setting (`model_label`); `seed: length` is, per seed, the "
-        f"longest length up to which accuracy stayed >= {ACCURACY_THRESHOLD}.",
+        f"longest length up to which accuracy stayed >= {ACCURACY_THRESHOLD} (from the shortest trained length).",
         "",
         *_table(["task", "model", "runs", f"acc >= {ACCURACY_THRESHOLD} at the training length",
                  f"seed: acc >= {ACCURACY_THRESHOLD} up to", "results"], overview_rows(runs)),

@@ -94,7 +94,7 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
     """Train and evaluate every model of `config`, then write results.json, results.csv, table.txt and plots."""
     task = get_task(config.task)
     out_dir = Path(config.output_dir)
-    min_len = config.min_train_length or min(task.train_lengths[0], config.train_length)
+    min_len = task.shortest_training_row(config.train_length, config.min_train_length)
     train_rows = _training_rows(config, task, min_len)
     lengths = eval_lengths(config.train_length, config.eval_factor, config.eval_points)
 

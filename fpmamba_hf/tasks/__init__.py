@@ -46,6 +46,8 @@ class TaskSpec:
         eos_token_id: id that ends the target (stop token for ``generate()``), or ``None``.
         train_lengths: paper's ``(min_len, max_len)`` for training.
         eval_lengths: paper's ``(min_len, max_len)`` for evaluation.
+        supervises_prefixes: whether a row's labels hold the answer after every token (word problems), so that
+            training on length ``L`` also trains every shorter length; otherwise only whole rows are supervised.
         build: ``build(num_examples, min_len, max_len, seed, pad_to=None, cache_dir=None)``.
         metrics: ``metrics(pred_ids, labels) -> dict[str, float]`` on aligned ``(N, T)`` arrays.
         seq_len: ``seq_len(max_len)``: tokens in the longest row, the default pad width.
@@ -59,6 +61,7 @@ class TaskSpec:
     eos_token_id: int | None
     train_lengths: tuple[int, int]
     eval_lengths: tuple[int, int]
+    supervises_prefixes: bool
     build: Callable[..., datasets.Dataset]
     metrics: Callable[[Any, Any], dict[str, float]]
     seq_len: Callable[[int], int]
@@ -74,6 +77,16 @@ class TaskSpec:
         """Build with the paper's length range for ``split``; use distinct seeds per split."""
         min_len, max_len = self.train_lengths if split == "train" else self.eval_lengths
         return self.build(num_examples, min_len, max_len, seed, pad_to=pad_to, cache_dir=cache_dir)
+
+    def shortest_training_row(self, train_length: int, min_train_length: int | None = None) -> int:
+        """The shortest row of a training set up to ``train_length``: ``min_train_length``, or by default the
+        paper's shortest training length capped at ``train_length``."""
+        return min_train_length or min(self.train_lengths[0], train_length)
+
+    def shortest_trained_length(self, train_length: int, min_train_length: int | None = None) -> int:
+        """The shortest length a model trained on such a set was supervised at: 1 where every prefix is, else
+        its shortest row. Shorter evaluation lengths lie outside what it was trained on."""
+        return 1 if self.supervises_prefixes else self.shortest_training_row(train_length, min_train_length)
 
 
 def word_problem_task(group: PermutationGroup | str) -> TaskSpec:
@@ -95,6 +108,7 @@ def word_problem_task(group: PermutationGroup | str) -> TaskSpec:
         eos_token_id=None,
         train_lengths=(16, 16),
         eval_lengths=(50, 50),
+        supervises_prefixes=True,
         build=build,
         metrics=word_problems.word_problem_metrics,
         seq_len=lambda max_len: max_len + 1,
@@ -113,6 +127,7 @@ TASKS: dict[str, TaskSpec] = {
         eos_token_id=copying.EOS_ID,
         train_lengths=(5, 50),
         eval_lengths=(5, 100),
+        supervises_prefixes=False,
         build=copying.copy_dataset,
         metrics=copying.copy_metrics,
         seq_len=lambda max_len: 2 * max_len + 3,
@@ -128,6 +143,7 @@ TASKS: dict[str, TaskSpec] = {
         # The paper's eval range is 40..256 in a context of 256; we read the lengths as
         # expression tokens and stop at 254 so that "= result" still fits in 256.
         eval_lengths=(40, 254),
+        supervises_prefixes=False,
         build=modular_arithmetic.modular_arithmetic_dataset,
         metrics=modular_arithmetic.modular_arithmetic_metrics,
         seq_len=lambda max_len: max_len + 2,
@@ -141,6 +157,7 @@ TASKS: dict[str, TaskSpec] = {
         eos_token_id=None,
         train_lengths=(3, 40),
         eval_lengths=(40, 256),
+        supervises_prefixes=False,
         build=parity.parity_dataset,
         metrics=parity.parity_metrics,
         seq_len=lambda max_len: max_len,

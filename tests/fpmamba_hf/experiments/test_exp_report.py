@@ -9,9 +9,11 @@ import pytest
 from fpmamba_hf.cli import main
 from fpmamba_hf.experiments import ExperimentConfig, LengthResult, TrainSettings
 from fpmamba_hf.experiments.card import CARD_BEGIN, CARD_END, longest_solved
+from fpmamba_hf.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[3]
-# A toy run: train length 4, lengths 2..16; FP-Mamba stays >= 0.9 up to 4, the LSTM up to 2.
+# A toy run: parity, train length 4 (shortest training row 3), lengths 2..16; FP-Mamba stays >= 0.9 up to 4, the LSTM
+# only at 2, below the training range, which the card does not count.
 ACCURACY = {"fpmamba": [1.0, 0.95, 0.8, 0.6, 0.2], "lstm": [1.0, 0.5, 0.0, 0.0, 0.0]}
 LENGTHS = [2, 4, 8, 12, 16]
 
@@ -56,7 +58,7 @@ def test_report_writes_the_task_table_and_the_plots(toy):
     # run, model, layers, parameters, steps, time, seed, acc 1x/2x/4x, >= 0.9 up to, iterations 1x/2x/4x
     assert (f"| {link} | fpmamba | 1 | 1,234 | 5 | 12 s / 1 s | 0 | 0.950 @4 | 0.800 @8 | 0.200 @16 | 4 "
             "| 7.0 / 11.0 / 19.0 |") in text
-    assert (f"| {link} | lstm | 1 | 567 | 5 | 12 s / 1 s | 0 | 0.500 @4 | 0.000 @8 | 0.000 @16 | 2 "
+    assert (f"| {link} | lstm | 1 | 567 | 5 | 12 s / 1 s | 0 | 0.500 @4 | 0.000 @8 | 0.000 @16 | — "
             "| — / — / — |") in text
     assert "Command: `fpmamba task train --task parity`" in text and "date 2026-01-02" in text
     assert "| 4* | 0.950 | 7.0 | 0.500 |" in text  # the per-length table, training length starred
@@ -93,7 +95,7 @@ def test_the_overview_groups_seeds_of_one_setting_and_keeps_other_settings_apart
     assert ("| parity | fpmamba (mamba2, householder r2, d64, 1 layer, 300 steps, trained to length 4) | 2 | 2 of 2 "
             "| 0: 4, 1: 4 "
             "| parity_toy, parity_toy_seed1 |") in text
-    assert ("| parity | lstm (d64, 1 layer, 300 steps, trained to length 4) | 2 | 0 of 2 | 0: 2, 1: 2 "
+    assert ("| parity | lstm (d64, 1 layer, 300 steps, trained to length 4) | 2 | 0 of 2 | 0: —, 1: — "
             "| parity_toy, parity_toy_seed1 |") in text
     assert ("| parity | fpmamba (mamba2, householder r2, d64, 1 layer, 600 steps, trained to length 4) | 1 | 1 of 1 "
             "| 0: 4 ") in text
@@ -116,8 +118,27 @@ def test_check_detects_drift_of_the_card_and_of_the_results(toy, capsys):
 
 def test_longest_solved_stops_at_the_first_length_below_the_threshold():
     rows = [LengthResult(n, acc, {}, None, None) for n, acc in ((2, 0.95), (4, 0.5), (6, 0.99))]
-    assert longest_solved(rows) == 2
-    assert longest_solved(rows[1:]) is None
+    assert longest_solved(rows, 1) == 2
+    assert longest_solved(rows[1:], 1) is None
+
+
+def test_longest_solved_counts_from_the_shortest_trained_length():
+    rows = [LengthResult(n, acc, {}, None, None) for n, acc in ((2, 0.4), (5, 0.95), (8, 0.91), (11, 0.5))]
+    assert longest_solved(rows, 1) is None
+    assert longest_solved(rows, 5) == 8  # length 2 lies below the training range
+    assert longest_solved(rows, 12) is None  # nothing evaluated from there
+
+
+@pytest.mark.parametrize(("task", "train_length", "min_train_length", "expected"), [
+    ("A5", 16, None, 1),  # every prefix of a word problem is supervised
+    ("S3", 8, 8, 1),
+    ("copy", 20, None, 5),  # the task's shortest training string
+    ("copy", 20, 7, 7),  # the run's
+    ("copy", 4, None, 4),  # capped at the training length
+    ("parity", 16, None, 3),
+])
+def test_the_shortest_trained_length_of_a_task(task, train_length, min_train_length, expected):
+    assert get_task(task).shortest_trained_length(train_length, min_train_length) == expected
 
 
 def test_the_committed_model_card_is_in_sync_with_docs_results():
