@@ -156,13 +156,10 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     else:
         if "task" not in given:
             raise SystemExit("fpmamba task train: give --config or --task")
-        named = {k: given[k] for k in ("task", "train_length", "output_dir") if k in given}
-        start = {"models": ["fpmamba"], **task_defaults(get_task(given["task"])), **named}
-        missing = [name for name in ("train_length", "output_dir") if name not in start]
-        if missing:
-            flags = ", ".join("--" + m.replace("_", "-") for m in missing)
-            raise SystemExit(f"fpmamba task train: give --config, or --task with {flags}")
-        config = config_from_dict(start)
+        if "output_dir" not in given:
+            raise SystemExit("fpmamba task train: give --config, or --task with --output-dir")
+        named = {k: given[k] for k in ("task", "output_dir")}
+        config = config_from_dict({"models": ["fpmamba"], **task_defaults(get_task(given["task"])), **named})
     top = {k: v for k, v in given.items() if k in _TOP}
     model = dataclasses.replace(config.model, **{k: v for k, v in given.items() if k in _MODEL})
     training = dataclasses.replace(config.training, **{k: v for k, v in given.items() if k in _TRAINING})

@@ -11,7 +11,7 @@ import pytest
 from fpmamba_hf import FPMambaConfig
 from fpmamba_hf.cli import add_model_flags, build_parser, config_from_args, main
 from fpmamba_hf.experiments import ModelSpec, config_from_dict, load_config, load_results_csv
-from fpmamba_hf.experiments.defaults import PARITY_CPU, WORD_PROBLEM_CPU, task_defaults
+from fpmamba_hf.experiments.defaults import COPY_CPU, FAMILY_DEFAULTS, PARITY_CPU, WORD_PROBLEM_CPU, task_defaults
 from fpmamba_hf.tasks import TASKS, get_task
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -49,7 +49,6 @@ def test_list_names_every_task(capsys):
 @pytest.mark.parametrize(
     "flags, missing",
     [(["--train-length", "4", "--output-dir", "x"], "--task"),
-     (["--task", "copy", "--output-dir", "x"], "--train-length"),
      (["--task", "A5"], "--output-dir")],
 )
 def test_train_without_config_names_what_is_missing(flags, missing):
@@ -82,7 +81,31 @@ def test_s5_overrides_only_the_word_problem_steps():
 
 def test_the_parity_setting_differentiates_four_applications_and_word_problems_one():
     assert PARITY_CPU["model"]["fp_backward_steps"] == 4 and "fp_backward_steps" not in WORD_PROBLEM_CPU["model"]
-    assert task_defaults(get_task("copy")) == {} and task_defaults(get_task("modular_arithmetic")) == {}
+
+
+def test_every_task_family_has_a_measured_setting():
+    assert set(FAMILY_DEFAULTS) == {task.family for task in TASKS.values()}
+    assert all("train_length" in setting for setting in FAMILY_DEFAULTS.values())
+
+
+@pytest.mark.parametrize(("folder", "flags"), [
+    ("s5_steps6000_seed1", []),
+    ("a5_kronecker_spectral", ["--mixer-type", "kronecker", "--mixer-kron-norm", "spectral"]),
+    ("parity_defaults_seed1", []),
+    ("copy_cpu", []),
+    ("modular_L12_steps3000", []),
+])
+def test_the_cli_defaults_rebuild_the_runs_they_were_measured_with(folder, flags):
+    """`--task T` (plus the run's models, seed and output folder) gives the configuration docs/results/<folder>
+    recorded, field for field (fields added since the run are left out of the comparison)."""
+    recorded = json.loads((ROOT / "docs" / "results" / folder / "results.json").read_text())["config"]
+    args = ["task", "train", "--task", recorded["task"], "--models", *recorded["models"], "--seed",
+            str(recorded["training"]["seed"]), "--output-dir", recorded["output_dir"], "--no-progress", *flags]
+    rebuilt = json.loads(json.dumps(config_from_args(build_parser().parse_args(args)).to_dict()))
+    for section in ("model", "training"):
+        assert {k: rebuilt[section][k] for k in recorded[section]} == recorded[section], section
+    top = {k: v for k, v in recorded.items() if k not in ("model", "training")}
+    assert {k: rebuilt[k] for k in top} == top
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
@@ -122,7 +145,7 @@ def test_model_flags_parse_as_the_config_types():
     assert list(model.time_step_limit) == [0.0, 1.5] and model.mixer_reflection_scale == 1.0
     assert model.fp_tol == 1e-3 and model.mixer_rank == 3
     untouched = train_args().model
-    assert untouched == ModelSpec()  # no flag given: the harness's defaults (copy has no family defaults)
+    assert untouched == ModelSpec(**COPY_CPU["model"])  # no flag given: the copy setting's, the harness's otherwise
 
 
 @pytest.mark.parametrize(
