@@ -80,8 +80,9 @@ class TaskSpec:
 
     def shortest_training_row(self, train_length: int, min_train_length: int | None = None) -> int:
         """The shortest row of a training set up to ``train_length``: ``min_train_length``, or by default the
-        paper's shortest training length capped at ``train_length``."""
-        return min_train_length or min(self.train_lengths[0], train_length)
+        paper's shortest training length capped at ``train_length`` (``build`` refuses a value outside
+        ``1..train_length``)."""
+        return min(self.train_lengths[0], train_length) if min_train_length is None else min_train_length
 
     def shortest_trained_length(self, train_length: int, min_train_length: int | None = None) -> int:
         """The shortest length a model trained on such a set was supervised at: 1 where every prefix is, else

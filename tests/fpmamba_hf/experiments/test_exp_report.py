@@ -9,7 +9,6 @@ import pytest
 from fpmamba_hf.cli import main
 from fpmamba_hf.experiments import ExperimentConfig, LengthResult, TrainSettings
 from fpmamba_hf.experiments.card import CARD_BEGIN, CARD_END, longest_solved
-from fpmamba_hf.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[3]
 # A toy run: parity, train length 4 (shortest training row 3), lengths 2..16; FP-Mamba stays >= 0.9 up to 4, the LSTM
@@ -127,18 +126,6 @@ def test_longest_solved_counts_from_the_shortest_trained_length():
     assert longest_solved(rows, 1) is None
     assert longest_solved(rows, 5) == 8  # length 2 lies below the training range
     assert longest_solved(rows, 12) is None  # nothing evaluated from there
-
-
-@pytest.mark.parametrize(("task", "train_length", "min_train_length", "expected"), [
-    ("A5", 16, None, 1),  # every prefix of a word problem is supervised
-    ("S3", 8, 8, 1),
-    ("copy", 20, None, 5),  # the task's shortest training string
-    ("copy", 20, 7, 7),  # the run's
-    ("copy", 4, None, 4),  # capped at the training length
-    ("parity", 16, None, 3),
-])
-def test_the_shortest_trained_length_of_a_task(task, train_length, min_train_length, expected):
-    assert get_task(task).shortest_trained_length(train_length, min_train_length) == expected
 
 
 def test_the_committed_model_card_is_in_sync_with_docs_results():

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from fpmamba_hf.experiments import ExperimentConfig, TrainSettings, run_experiment
 from fpmamba_hf.tasks import IGNORE_INDEX, TASKS, get_task
 
 
@@ -49,3 +50,31 @@ def test_paper_vocab_sizes_and_lookup():
     assert s3.vocab_size == 13 and s3.pad_token_id == 7 and s3.bos_token_id == 6
     with pytest.raises(KeyError):
         get_task("nonsense")
+
+
+@pytest.mark.parametrize(("task", "train_length", "min_train_length", "expected"), [
+    ("A5", 16, None, 1),  # every prefix of a word problem is supervised
+    ("S3", 8, 8, 1),
+    ("copy", 20, None, 5),  # the task's shortest training string
+    ("copy", 20, 7, 7),  # the run's
+    ("copy", 4, None, 4),  # capped at the training length
+    ("parity", 16, None, 3),
+])
+def test_the_shortest_trained_length_of_a_task(task, train_length, min_train_length, expected):
+    assert get_task(task).shortest_trained_length(train_length, min_train_length) == expected
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_supervises_prefixes_says_whether_a_row_has_an_answer_per_element(name):
+    spec = get_task(name)
+    row = spec.build(4, 6, 6, 0)[0]
+    per_element = sum(label != IGNORE_INDEX for label in row["labels"]) == row["length"]
+    assert spec.supervises_prefixes == per_element
+
+
+@pytest.mark.parametrize("min_train_length", [0, 9])
+def test_a_shortest_training_row_outside_the_training_range_is_refused(tmp_path, min_train_length):
+    config = ExperimentConfig(task="copy", models=["lstm"], output_dir=str(tmp_path), train_length=6,
+                              min_train_length=min_train_length, training=TrainSettings(steps=1))
+    with pytest.raises(ValueError, match=f"got {min_train_length}, 6"):
+        run_experiment(config)
