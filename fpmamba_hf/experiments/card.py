@@ -224,6 +224,7 @@ def overview_rows(runs: list[Run]) -> list[list[str]]:
                 groups.setdefault((run.task, _settings_key(run, kind)), []).append((run, kind, results))
     rows = []
     for (task, _), members in groups.items():
+        members = sorted(members, key=lambda member: member[0].config["training"]["seed"])
         at_train = [at_factor(results, run.train_length, 1) for run, _, results in members]
         learned = sum(p is not None and p.accuracy >= ACCURACY_THRESHOLD for p in at_train)
         reach = ", ".join(
