@@ -22,7 +22,7 @@ from .training import TrainSettings, train
 
 @dataclass
 class ExperimentConfig:
-    """What to run. min_train_length None = the task's own minimum (capped at train_length); train_examples
+    """What to run. min_train_length None = the task's own minimum (`TaskSpec.shortest_training_row`); train_examples
     None = steps x batch size (every training row is seen once). curriculum_fraction > 0: a length curriculum, the
     longest training length grows from curriculum_start_length to train_length over that fraction of the steps
     (`data.curriculum_caps`; rows in that order, one pass). Evaluation covers 2 .. eval_factor x train_length (at
