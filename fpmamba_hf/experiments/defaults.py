@@ -36,25 +36,26 @@ PARITY_CPU: dict[str, Any] = {
     "training": {"steps": 2000},
 }
 
-# Copying: the setting of docs/results/copy_cpu (strings of 5..20 letters, evaluated to 2x), not learned at the
-# training length: FP-Mamba stayed >= 0.9 up to 10 letters. FP-Mamba trained in 66 minutes on one of 2 shared CPU
-# cores; the paper's 5..50 letters were not learned at this width either (docs/results/copy_L50_*).
+# Copying: the setting of docs/results/copy_steps3000 (strings of 5..20 letters, evaluated to 2x), not learned at
+# the training length: FP-Mamba stayed >= 0.9 up to 10 letters and scored 0.39 at 20 (with copy_cpu's 1,500 steps:
+# 0.17). It trained in 57 minutes on one CPU core; the paper's 5..50 letters were not learned at this width
+# (docs/results/copy_L50_*).
 COPY_CPU: dict[str, Any] = {
     "min_train_length": 5, "train_length": 20, "eval_factor": 2, "eval_points": 12, "eval_examples": 100,
     "eval_batch_size": 100,
     "model": {"hidden_size": 128, "head_dim": 32, "chunk_size": 64, "mixer_rank": 4, "fp_max_iter_eval": 64},
-    "training": {"steps": 1500, "learning_rate": 1e-3},
+    "training": {"steps": 3000, "learning_rate": 1e-3},
 }
 
-# Modular arithmetic with brackets: the setting of docs/results/modular_L12_steps3000 (expressions of 3..12 tokens,
-# evaluated to 2x; 2 layers), partly learned: scaled accuracy 1.000 at 5 and 8 tokens, 0.542 at 12. Only the answer
-# is supervised, so the gradient differentiates four applications of the map as for parity. FP-Mamba trained in
-# 33 minutes on one CPU core (docs/results/modular_L12_seed1).
+# Modular arithmetic with brackets: the setting of docs/results/modular_L12_steps6000 (expressions of 3..12 tokens,
+# evaluated to 2x; 2 layers), partly learned: scaled accuracy 1.000 at 5 and 8 tokens, 0.852 at 12 (with
+# modular_L12_steps3000's 3,000 steps: 0.542-0.667 over three seeds). Only the answer is supervised, so the gradient
+# differentiates four applications of the map as for parity. FP-Mamba trained in 67 minutes on one CPU core.
 MODULAR_ARITHMETIC_CPU: dict[str, Any] = {
     "min_train_length": 3, "train_length": 12, "eval_factor": 2, "eval_points": 10, "eval_examples": 500,
     "eval_batch_size": 500,
     "model": {"num_layers": 2, "chunk_size": 64, "mixer_rank": 4, "fp_max_iter_eval": 128, "fp_backward_steps": 4},
-    "training": {"steps": 3000, "learning_rate": 1e-3},
+    "training": {"steps": 6000, "learning_rate": 1e-3},
 }
 
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -92,8 +92,8 @@ def test_every_task_family_has_a_measured_setting():
     ("s5_steps6000_seed1", []),
     ("a5_kronecker_spectral", ["--mixer-type", "kronecker", "--mixer-kron-norm", "spectral"]),
     ("parity_defaults_seed1", []),
-    ("copy_cpu", []),
-    ("modular_L12_steps3000", []),
+    ("copy_steps3000", []),
+    ("modular_L12_steps6000", []),
 ])
 def test_the_cli_defaults_rebuild_the_runs_they_were_measured_with(folder, flags):
     """`--task T` (plus the run's models, seed and output folder) gives the configuration docs/results/<folder>
