@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
+import shlex
 import sys
 import time
 import typing
@@ -37,7 +39,7 @@ from .experiments import (
     run_experiment,
 )
 from .experiments.budget import budget_study, budget_table, write_budget
-from .experiments.card import load_budget_studies, load_runs, render_card, write_plots
+from .experiments.card import CommandDrift, Run, load_budget_studies, load_runs, render_card, write_plots
 from .experiments.defaults import task_defaults
 from .experiments.reporting import write_run_metadata
 from .modeling_fpmamba import FPMambaForCausalLM
@@ -94,15 +96,8 @@ def add_model_flags(train: argparse.ArgumentParser) -> None:
         group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, help=text, **_value_kwargs(f.name, f.type))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fpmamba", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    groups = parser.add_subparsers(dest="group", required=True)
-    task = groups.add_parser("task", help="synthetic tasks: list, train, eval")
-    commands = task.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="list the registered tasks")
-
-    train = commands.add_parser("train", help="train models with Trainer and evaluate length generalisation")
+def _add_train_flags(train: argparse.ArgumentParser) -> None:
+    """`task train`'s flags: a recipe, the evaluation, the harness, one per model knob, the training."""
     train.add_argument("--config", help="JSON recipe (examples/recipes/*.json); explicit flags override it")
     _add_common_eval_flags(train)
     train.add_argument("--models", nargs="+", choices=MODEL_KINDS, help="model kinds to train (default: fpmamba)")
@@ -121,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float)
     train.add_argument("--weight-decay", dest="weight_decay", type=float)
     train.add_argument("--seed", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fpmamba", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = parser.add_subparsers(dest="group", required=True)
+    task = groups.add_parser("task", help="synthetic tasks: list, train, eval")
+    commands = task.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list the registered tasks")
+
+    _add_train_flags(commands.add_parser("train", help="train models with Trainer and evaluate length "
+                                                      "generalisation"))
 
     evaluate = commands.add_parser("eval", help="evaluate saved models (save_pretrained directories)")
     _add_common_eval_flags(evaluate)
@@ -166,10 +173,69 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     return dataclasses.replace(config, model=model, training=training, **top)
 
 
+def command_drift(command: str, recorded: dict[str, Any], root: Path) -> CommandDrift | None:
+    """What `command`, a run's recorded `fpmamba task train` call, builds today (a --config recipe read below
+    `root`) against `recorded`, the configuration in the run's results.json: None where it builds the same (fields
+    added since the run are left out) or is not a `task train` call."""
+    words = shlex.split(command)
+    start = words.index("fpmamba") + 1 if "fpmamba" in words else len(words)
+    if words[start:start + 2] != ["task", "train"]:
+        return None
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    _add_train_flags(parser)
+    try:
+        args, unknown = parser.parse_known_args(words[start + 2:])
+        if unknown:
+            return CommandDrift(error=f"unknown arguments {' '.join(unknown)}")
+        if args.config:
+            args.config = str(root / args.config)
+        today = json.loads(json.dumps(config_from_args(args).to_dict()))
+    except (argparse.ArgumentError, SystemExit, OSError, ValueError) as error:
+        return CommandDrift(error=str(error))
+    actions = {action.dest: action for action in parser._actions}
+    flags, unflagged = [], []
+    for name, old, new in _differences(recorded, today):
+        flag = _flag(actions.get(name), old)
+        if flag is None:
+            unflagged.append((name, old, new))
+        else:
+            flags.append(flag)
+    return CommandDrift(tuple(flags), tuple(unflagged)) if flags or unflagged else None
+
+
+def _differences(recorded: dict[str, Any], today: dict[str, Any]):
+    """(field, recorded value, today's) for each field of `recorded` (its sections flattened) set otherwise today."""
+    for key, value in recorded.items():
+        if key in ("model", "training"):
+            yield from ((k, v, today[key].get(k)) for k, v in value.items() if today[key].get(k) != v)
+        elif today.get(key) != value:
+            yield key, value, today.get(key)
+
+
+def _flag(action: argparse.Action | None, value: Any) -> str | None:
+    """The flag that sets its field to `value`; None where none can (no flag, None, or an unset switch)."""
+    if action is None or value is None:
+        return None
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return action.option_strings[0 if value else 1]
+    if action.nargs == 0:  # a switch: --save-models, --no-progress
+        return action.option_strings[0] if value == action.const else None
+    values = value if isinstance(value, list) else [value]
+    return " ".join([action.option_strings[0], *(shlex.quote(str(v)) for v in values)])
+
+
+def _with_drift(run: Run, root: Path) -> Run:
+    command = run.metadata.get("command")
+    if run.config is None or command is None:
+        return run
+    return dataclasses.replace(run, drift=command_drift(command, run.config, root))
+
+
 def report(results_dir: Path, card: Path, check: bool) -> int:
     """Rewrite the card's results region (and redraw each run's plots) from the results folders; with `check`,
-    only compare: 1 and the diff when the card is out of date."""
-    runs = load_runs(results_dir)
+    only compare: 1 and the diff when the card is out of date. Each run's command is rebuilt against its recorded
+    configuration (recipes read below the card's folder), and the card says what to add where they differ."""
+    runs = [_with_drift(run, card.parent) for run in load_runs(results_dir)]
     if not runs:
         raise SystemExit(f"fpmamba task report: no results.json under {results_dir}")
     current = card.read_text()

@@ -36,12 +36,35 @@ KIND_KNOBS = {"lstm": ("hidden_size", "num_layers"), "mamba2": (*MAMBA2_KNOBS, "
 
 
 @dataclass(frozen=True)
+class CommandDrift:
+    """How a run's recorded command, given today, builds another configuration than the one the run recorded (the
+    CLI's defaults and the recipes move on): `flags` restore the fields a flag sets, `unflagged` lists (field,
+    recorded, today) for the others; `error` says why the command no longer builds a configuration at all."""
+
+    flags: tuple[str, ...] = ()
+    unflagged: tuple[tuple[str, Any, Any], ...] = ()
+    error: str | None = None
+
+    def sentence(self) -> str:
+        if self.error is not None:
+            return f"Given today, this command fails: {self.error}."
+        words = ["Given today, this command builds another configuration (the CLI's defaults or its recipe changed "
+                 "since the run)."]
+        if self.flags:
+            words.append(f"To repeat the run, add `{' '.join(self.flags)}`.")
+        words += [f"No flag sets `{name}`: {old!r} in the run, {new!r} today." for name, old, new in self.unflagged]
+        return " ".join(words)
+
+
+@dataclass(frozen=True)
 class Run:
-    """One results folder: results.json (`payload`) and run.json (`metadata`, empty if the folder has none)."""
+    """One results folder: results.json (`payload`) and run.json (`metadata`, empty if the folder has none);
+    `drift`: how its command differs when given today (None where it builds the recorded configuration)."""
 
     folder: Path
     payload: dict
     metadata: dict
+    drift: CommandDrift | None = None
 
     @property
     def config(self) -> dict | None:
@@ -299,7 +322,10 @@ def run_section(run: Run, card_dir: Path) -> list[str]:
     lines = [f"**[{link}]({link})**: {_provenance(meta)}; whole run {_seconds(meta.get('wall_time_s'))}.", ""]
     if "note" in meta:
         lines += [f"Note: {meta['note']}", ""]
-    lines += [f"Command: `{meta.get('command', 'not recorded')}`", "", settings_line(run), ""]
+    lines += [f"Command: `{meta.get('command', 'not recorded')}`", ""]
+    if run.drift is not None:
+        lines += [run.drift.sentence(), ""]
+    lines += [settings_line(run), ""]
     lines.append(" ".join(f"![{run.task} {p.stem.replace('_', ' ')}]({link}/{p.name})"
                           for p in plot_paths(run.folder, run.results).values()))
     lines += ["", "<details><summary>every evaluated length</summary>", "", *per_length_table(run), "",
@@ -373,6 +399,7 @@ def render_card(card_text: str, runs: list[Run], card_dir: Path, studies: list[B
 
 
 __all__ = [
-    "CARD_BEGIN", "CARD_END", "LENGTH_FACTORS", "BudgetStudy", "Run", "at_factor", "load_budget_studies", "load_runs",
-    "longest_solved", "model_label", "overview_rows", "render_card", "results_section", "write_plots",
+    "CARD_BEGIN", "CARD_END", "LENGTH_FACTORS", "BudgetStudy", "CommandDrift", "Run", "at_factor",
+    "load_budget_studies", "load_runs", "longest_solved", "model_label", "overview_rows", "render_card",
+    "results_section", "write_plots",
 ]

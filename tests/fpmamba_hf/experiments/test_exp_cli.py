@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fpmamba_hf import FPMambaConfig
-from fpmamba_hf.cli import add_model_flags, build_parser, config_from_args, main
+from fpmamba_hf.cli import add_model_flags, build_parser, command_drift, config_from_args, main
 from fpmamba_hf.experiments import ModelSpec, config_from_dict, load_config, load_results_csv
 from fpmamba_hf.experiments.defaults import COPY_CPU, FAMILY_DEFAULTS, PARITY_CPU, WORD_PROBLEM_CPU, task_defaults
 from fpmamba_hf.tasks import TASKS, get_task
@@ -106,6 +106,36 @@ def test_the_cli_defaults_rebuild_the_runs_they_were_measured_with(folder, flags
         assert {k: rebuilt[section][k] for k in recorded[section]} == recorded[section], section
     top = {k: v for k, v in recorded.items() if k not in ("model", "training")}
     assert {k: rebuilt[k] for k in top} == top
+
+
+def recorded_config(*flags: str) -> dict:
+    """The configuration a copy run given `flags` records in its results.json."""
+    args = build_parser().parse_args(["task", "train", "--task", "copy", "--output-dir", "out", *flags])
+    return json.loads(json.dumps(config_from_args(args).to_dict()))
+
+
+def test_command_drift_names_the_flags_that_rebuild_a_recorded_run():
+    """A run recorded with flags its command no longer gives (as when the CLI's defaults move): the drift lists
+    flags of every kind (value, list, boolean pair, switch), and the command plus those flags rebuilds the run."""
+    flags = ["--steps", "1500", "--models", "fpmamba", "lstm", "--no-bc-norm", "--save-models", "--lr", "0.003"]
+    recorded = recorded_config(*flags)
+    command = "OMP_NUM_THREADS=1 fpmamba task train --task copy --output-dir out"
+    drift = command_drift(command, recorded, ROOT)
+    assert set(drift.flags) == {"--steps 1500", "--models fpmamba lstm", "--no-bc-norm", "--save-models",
+                                "--learning-rate 0.003"} and not drift.unflagged and drift.error is None
+    assert command_drift(f"{command} {' '.join(drift.flags)}", recorded, ROOT) is None
+    assert "To repeat the run, add `" in drift.sentence()
+
+
+def test_command_drift_reports_fields_no_flag_sets_and_commands_that_no_longer_build():
+    recorded = recorded_config()
+    recorded["training"]["logging_steps"] = 7
+    drift = command_drift("fpmamba task train --task copy --output-dir out", recorded, ROOT)
+    assert drift.flags == () and drift.unflagged == (("logging_steps", 7, 25),)
+    assert "No flag sets `logging_steps`: 7 in the run, 25 today." in drift.sentence()
+    assert "--no-such-flag" in command_drift("fpmamba task train --task copy --no-such-flag", recorded, ROOT).error
+    assert "--output-dir" in command_drift("fpmamba task train --task copy", recorded, ROOT).error
+    assert command_drift("fpmamba task eval --task copy --model-dir m", recorded, ROOT) is None
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

@@ -66,6 +66,24 @@ def test_report_writes_the_task_table_and_the_plots(toy):
         assert f"](results/parity_toy/{name})" in text
 
 
+def test_the_card_says_what_a_recorded_command_needs_today_to_repeat_its_run(toy):
+    """The toy run recorded 300 steps, fpmamba and lstm and train length 4; its command, given today, starts from
+    the CLI's parity setting, so the card names the flags that rebuild the run (and a command that fails, why)."""
+    results, card = toy
+    run_json = results / "parity_toy" / "run.json"
+    meta = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps({**meta, "command": f"fpmamba task train --task parity --output-dir "
+                                                       f"{results / 'parity_toy'}"}))
+    assert report(results, card) == 0
+    line = next(line for line in card.read_text().splitlines() if line.startswith("Given today"))
+    for flag in ("--steps 300", "--models fpmamba lstm", "--train-length 4"):
+        assert flag in line
+    run_json.write_text(json.dumps(meta))  # the toy's own command lacks --output-dir
+    assert report(results, card) == 0
+    assert "Given today, this command fails: fpmamba task train: give --config, or --task with --output-dir." in (
+        card.read_text())
+
+
 def test_the_per_length_table_adds_generated_accuracy_where_recorded(tmp_path):
     folder = tmp_path / "results" / "copy_toy"
     write_toy_run(folder)
