@@ -52,7 +52,7 @@ class CommandDrift:
                  "since the run)."]
         if self.flags:
             words.append(f"To repeat the run, add `{' '.join(self.flags)}`.")
-        words += [f"No flag sets `{name}`: {old!r} in the run, {new!r} today." for name, old, new in self.unflagged]
+        words += [f"No flag restores `{name}`: {old!r} in the run, {new!r} today." for name, old, new in self.unflagged]
         return " ".join(words)
 
 
