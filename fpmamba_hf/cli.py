@@ -190,8 +190,8 @@ def command_drift(command: str, recorded: dict[str, Any], root: Path) -> Command
         if args.config:
             args.config = str(root / args.config)
         today = json.loads(json.dumps(config_from_args(args).to_dict()))
-    except (argparse.ArgumentError, SystemExit, OSError, ValueError) as error:
-        return CommandDrift(error=str(error))
+    except (argparse.ArgumentError, SystemExit, OSError, KeyError, ValueError) as error:  # e.g. a task renamed since
+        return CommandDrift(error=str(error).strip('"'))
     actions = {action.dest: action for action in parser._actions}
     flags, unflagged = [], []
     for name, old, new in _differences(recorded, today):

@@ -135,6 +135,7 @@ def test_command_drift_reports_fields_no_flag_sets_and_commands_that_no_longer_b
     assert "No flag restores `logging_steps`: 7 in the run, 25 today." in drift.sentence()
     assert "--no-such-flag" in command_drift("fpmamba task train --task copy --no-such-flag", recorded, ROOT).error
     assert "--output-dir" in command_drift("fpmamba task train --task copy", recorded, ROOT).error
+    assert "unknown task 'Q9x'" in command_drift("fpmamba task train --task Q9x --output-dir o", recorded, ROOT).error
     assert command_drift("fpmamba task eval --task copy --model-dir m", recorded, ROOT) is None
 
 
