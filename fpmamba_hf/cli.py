@@ -109,6 +109,10 @@ def _add_train_flags(train: argparse.ArgumentParser) -> None:
     train.add_argument("--curriculum-start-length", dest="curriculum_start_length", type=int)
     train.add_argument("--eval-fp-max-iter", dest="eval_fp_max_iter", type=int)
     train.add_argument("--eval-fp-tol", dest="eval_fp_tol", type=float)
+    train.add_argument("--eval-fp-solve-chunk", dest="eval_fp_solve_chunk", type=int,
+                       help="evaluate (and save) the trained FP-Mamba with this fp_solve_chunk (default: as trained)")
+    train.add_argument("--eval-fp-solver", dest="eval_fp_solver", choices=CHOICES["fp_solver"],
+                       help="evaluate (and save) the trained FP-Mamba with this fp_solver (default: as trained)")
     train.add_argument("--save-models", dest="save_models", action="store_true", default=None)
     add_model_flags(train)
     train.add_argument("--steps", type=int)

@@ -189,6 +189,12 @@ class FPMambaConfig(PreTrainedConfig):
         fp_max_iter_eval (`int`, *optional*, defaults to `64`):
             Iteration cap in eval mode and generation. forward() and generate() take `fp_max_iter` / `fp_tol`
             arguments that override the cap and the tolerance for one call.
+        fp_solve_chunk (`int`, *optional*, defaults to `0`):
+            Solve the fixed point chunk by chunk: tokens [s, s + fp_solve_chunk) start from the state the converged
+            chunk before them left, so a token costs its chunk's iterations instead of the whole sequence's, and the
+            caps apply per chunk (docs/method.md, "How many iterations"). 0 solves the whole sequence at once. The
+            same fixed point either way; in training the chunks find it without autograd and one whole-sequence
+            application differentiates it. forward() and generate() take `fp_solve_chunk` per call too.
         fp_max_iter_gamma_shape (`float`, *optional*, defaults to `0.0`):
             Shape k of a random training cap (the paper's Fig. 6: l_max ~ Gamma(4, 1)); 0 = off, the cap is
             fp_max_iter. With k > 0 every training call of every layer draws its own cap min(fp_max_iter,
@@ -287,6 +293,7 @@ class FPMambaConfig(PreTrainedConfig):
     mamba1_norm: str = "layernorm"
     fp_max_iter: int = 16
     fp_max_iter_eval: int = 64
+    fp_solve_chunk: int = 0
     fp_max_iter_gamma_shape: float = 0.0
     fp_max_iter_gamma_scale: float = 1.0
     fp_tol: float = 1e-2
@@ -380,6 +387,8 @@ class FPMambaConfig(PreTrainedConfig):
             bad("time_step_rank", 'must be "auto" or a positive integer')
         if self.mixer_proj_rank < 0:
             bad("mixer_proj_rank", "must be 0 (full rank) or a positive integer")
+        if self.fp_solve_chunk < 0:
+            bad("fp_solve_chunk", "must be 0 (the whole sequence at once) or a positive chunk length")
         for name, backbones in _NOT_ON_BACKBONE.items():
             default = type(self).__dataclass_fields__[name].default
             if self.backbone in backbones and getattr(self, name) != default:

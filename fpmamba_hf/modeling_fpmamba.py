@@ -100,6 +100,7 @@ class FPMambaBlock(GradientCheckpointingLayer):
         fp_tol: float | None = None,
         fp_sync: ContinueSync | None = None,
         fp_replay: FixedPointReplay | None = None,
+        fp_solve_chunk: int | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         residual = hidden_states
@@ -118,7 +119,8 @@ class FPMambaBlock(GradientCheckpointingLayer):
             fp_tol=fp_tol,
             sync=fp_sync,
             replay=fp_replay,
-            finite_checked=True,  # the model flags this block's output (StageFlags), read once per call
+            finite_checked=True,
+            fp_solve_chunk=fp_solve_chunk,  # the model flags this block's output (StageFlags), read once per call
         )
         if cache is not None:
             write_state(cache, self.layer_idx, out.state, self.mixer)
@@ -158,7 +160,8 @@ class FPMambaPreTrainedModel(PreTrainedModel):
 class FPMambaOutput(ModelOutput):
     """last_hidden_state (batch, T, hidden); cache: the DynamicCache to continue from (if use_cache; also
     readable as cache_params, its name before transformers 5.24); hidden_states: per-layer outputs if asked;
-    fp_iterations: LongTensor (batch, num_layers), fixed-point iterations each layer used per sequence in this call;
+    fp_iterations: LongTensor (batch, num_layers), fixed-point iterations each layer used per sequence in this call
+    (with fp_solve_chunk: map evaluations per token, rounded up);
     fp_residual: FloatTensor (batch, num_layers), the relative residual each layer stopped at (below fp_tol when
     converged, above it when the cap was hit)."""
 
@@ -224,7 +227,8 @@ def _check_inputs(input_ids, inputs_embeds, attention_mask, config: FPMambaConfi
     return None if bool(mask.all()) else mask
 
 
-def _call_budget(fp_max_iter: Any, fp_tol: Any) -> tuple[int | None, float | None]:
+def _call_budget(fp_max_iter: Any, fp_tol: Any, fp_solve_chunk: Any = None
+                 ) -> tuple[int | None, float | None, int | None]:
     """The per-call budget as plain Python numbers (numpy scalars accepted), or a ValueError naming the argument."""
     if fp_max_iter is not None:
         try:
@@ -238,7 +242,15 @@ def _call_budget(fp_max_iter: Any, fp_tol: Any) -> tuple[int | None, float | Non
             fp_tol = float(fp_tol)
         except (TypeError, ValueError):
             raise ValueError(f"fp_tol must be a finite number > 0, got {fp_tol!r}") from None
-    return fp_max_iter, fp_tol
+    if fp_solve_chunk is not None:
+        try:
+            if isinstance(fp_solve_chunk, bool):
+                raise TypeError
+            fp_solve_chunk = operator.index(fp_solve_chunk)
+        except TypeError:
+            raise ValueError(f"fp_solve_chunk must be 0 (the whole sequence) or a positive integer, got "
+                             f"{fp_solve_chunk!r}") from None
+    return fp_max_iter, fp_tol, fp_solve_chunk
 
 
 class FPMambaModel(FPMambaPreTrainedModel):
@@ -268,6 +280,7 @@ class FPMambaModel(FPMambaPreTrainedModel):
         stages: StageFlags,
         output_hidden_states: bool = False,
         sync: ContinueSync | None = None,
+        fp_solve_chunk: int | None = None,
     ) -> tuple[torch.Tensor, tuple | None, torch.Tensor, torch.Tensor]:
         """The decoder blocks and norm_f on embedded inputs (b, T, hidden), reading and updating `cache` (if
         any) in place; each stage's output is flagged in `stages`. Returns (hidden states after norm_f, the hidden
@@ -281,7 +294,7 @@ class FPMambaModel(FPMambaPreTrainedModel):
             try:
                 hidden_states, its, res = block(
                     hidden_states, cache=cache, attention_mask=mask, fp_max_iter=fp_max_iter,
-                    fp_tol=fp_tol, fp_sync=sync, fp_replay=replay,
+                    fp_tol=fp_tol, fp_sync=sync, fp_replay=replay, fp_solve_chunk=fp_solve_chunk,
                 )
             except FloatingPointError as err:
                 # The solver sees a NaN that may come from an earlier stage: name where it first appeared.
@@ -331,6 +344,7 @@ class FPMambaModel(FPMambaPreTrainedModel):
         fp_tol: float | None = None,
         cache_params: Cache | None = None,
         past_key_values: Cache | None = None,
+        fp_solve_chunk: int | None = None,
         **kwargs: Any,
     ) -> tuple | FPMambaOutput:
         r"""
@@ -340,12 +354,14 @@ class FPMambaModel(FPMambaPreTrainedModel):
         fp_max_iter (`int`, *optional*): iteration cap for this call (default: config.fp_max_iter in training,
             config.fp_max_iter_eval otherwise).
         fp_tol (`float`, *optional*): relative residual tolerance for this call (default: config.fp_tol).
+        fp_solve_chunk (`int`, *optional*): solve the fixed point chunk by chunk for this call, 0 = the whole
+            sequence (default: config.fp_solve_chunk).
         """
         check_call_keywords(kwargs)
         stages: StageFlags | None = kwargs.get("fp_stages")
         owns_report = stages is None  # called directly: this forward checks its own outputs
         stages = StageFlags() if stages is None else stages
-        fp_max_iter, fp_tol = _call_budget(fp_max_iter, fp_tol)
+        fp_max_iter, fp_tol, fp_solve_chunk = _call_budget(fp_max_iter, fp_tol, fp_solve_chunk)
         self._check_live_config()
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -379,7 +395,7 @@ class FPMambaModel(FPMambaPreTrainedModel):
         stages.add("the embeddings" if input_ids is not None else "inputs_embeds", hidden_states)
         sync = training_sync(self.config.fp_sync_ranks, self.training, hidden_states.device)
         hidden_states, all_hidden_states, fp_iterations, fp_residual = self.run_blocks(
-            hidden_states, cache, mask, fp_max_iter, fp_tol, stages, output_hidden_states, sync)
+            hidden_states, cache, mask, fp_max_iter, fp_tol, stages, output_hidden_states, sync, fp_solve_chunk)
         if cache is not None:
             set_seen_tokens(cache, None if seen is None else seen + hidden_states.shape[1])
         if owns_report:
@@ -434,6 +450,7 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         cache_params: Cache | None = None,
         past_key_values: Cache | None = None,
         fp_log: GenerationLog | None = None,
+        fp_solve_chunk: int | None = None,
         **kwargs: Any,
     ) -> tuple | FPMambaCausalLMOutput:
         r"""
@@ -441,7 +458,7 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
             are shifted inside the model (labels = input_ids works), -100 is ignored.
         shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*, in kwargs): targets
             already aligned with the logits (used instead of shifting `labels`), e.g. `fpmamba_hf.tasks` labels.
-        cache (or cache_params / past_key_values), fp_max_iter, fp_tol: see FPMambaModel.forward.
+        cache (or cache_params / past_key_values), fp_max_iter, fp_tol, fp_solve_chunk: see FPMambaModel.forward.
         fp_log: set by generate(), the call's own telemetry (per call, so nested and concurrent calls never mix).
         """
         check_call_keywords(kwargs)
@@ -451,7 +468,7 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         if fp_log is not None and fp_log.compile_step and self._decode_step_applies(
                 input_ids, inputs_embeds, cache, labels, output_hidden_states, attention_mask, use_cache,
                 logits_to_keep, fp_log, kwargs):
-            fp_max_iter, fp_tol = _call_budget(fp_max_iter, fp_tol)
+            fp_max_iter, fp_tol, _ = _call_budget(fp_max_iter, fp_tol, fp_solve_chunk)  # one token: no chunks
             self.backbone._check_live_config()
             seen = seen_tokens(cache)
             logits, fp_iterations, fp_residual, magnitudes, names = _run_decode_step(
@@ -471,6 +488,7 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
                 attention_mask=attention_mask,
                 fp_max_iter=fp_max_iter,
                 fp_tol=fp_tol,
+                fp_solve_chunk=fp_solve_chunk,
                 fp_stages=stages,
                 # Inside generate(), every forward after the first feeds tokens this model generated.
                 fp_trusted_ids=fp_log is not None and bool(fp_log.iterations),
@@ -581,7 +599,7 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         return model_inputs
 
     def _prepare_generation_config(self, generation_config, **kwargs: Any):
-        """`fp_max_iter` / `fp_tol` set in generation_config (e.g. generation_config.json) become model kwargs."""
+        """`fp_max_iter` / `fp_tol` / `fp_solve_chunk` set in generation_config (e.g. generation_config.json) become model kwargs."""
         generation_config, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
         check_call_keywords({k: v for k, v in vars(generation_config).items() if not k.startswith("_")})
         for key in FP_CALL_KEYS:

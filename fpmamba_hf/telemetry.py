@@ -24,7 +24,7 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 # Per-call fixed-point keywords of forward() and generate() (also read from generation_config).
-FP_CALL_KEYS = ("fp_max_iter", "fp_tol")
+FP_CALL_KEYS = ("fp_max_iter", "fp_tol", "fp_solve_chunk")
 # Keywords the package passes to forward() itself; every other fp_* keyword is a typo and is refused.
 FP_INTERNAL_KEYS = ("fp_stages", "fp_trusted_ids")
 

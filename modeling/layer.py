@@ -27,6 +27,7 @@ from .fixed_point import (
     IterationMap,
     MapOutput,
     SolverSettings,
+    SolveResult,
     check_finite,
     implicit_output,
     one_step_output,
@@ -45,6 +46,21 @@ class LayerOutput:
     """out: (b, T, hidden); state: the backbone's state after the call (if asked for); iterations, residual: (b,)."""
 
     out: torch.Tensor
+    state: Any
+    iterations: torch.Tensor
+    residual: torch.Tensor
+
+
+@dataclass
+class ChunkedSolve:
+    """A chunk-by-chunk solve of one call (`FixedPointLayer.solve_in_chunks`). y_star (b, T, d) or out (b, T, hidden):
+    the fixed point, or the layer's output where the chunks produced it; state: the state after the last chunk;
+    iterations (b,): map evaluations per token, rounded up (the chunks' iterations weighted by their lengths: what a
+    whole-sequence solve's count means, its cost per token); residual (b,): the largest chunk residual, so a row
+    stopped at a chunk's cap above the tolerance is reported as by a whole-sequence solve."""
+
+    y_star: torch.Tensor | None
+    out: torch.Tensor | None
     state: Any
     iterations: torch.Tensor
     residual: torch.Tensor
@@ -235,6 +251,14 @@ class FixedPointLayer(nn.Module):
             return one_step_output(f, y_star, steps)
         return plain
 
+    def solve_chunk_length(self, chunk: int | None) -> int:
+        """The chunk length of a call's solve: the per-call `chunk` or config.fp_solve_chunk; 0 = the whole sequence."""
+        if chunk is None:
+            return self.config.fp_solve_chunk
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+            raise ValueError(f"fp_solve_chunk must be 0 (the whole sequence) or a positive integer, got {chunk!r}")
+        return chunk
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -246,6 +270,7 @@ class FixedPointLayer(nn.Module):
         sync: ContinueSync | None = None,
         replay: FixedPointReplay | None = None,
         finite_checked: bool = False,
+        fp_solve_chunk: int | None = None,
     ) -> LayerOutput:
         """hidden_states (b, T, hidden); attention_mask (b, T) with 1 for real tokens (left padding only);
         state: the previous call's (continues the sequence). T = 1 with a state and no autograd is a decode step;
@@ -253,15 +278,25 @@ class FixedPointLayer(nn.Module):
         sync: makes data-parallel ranks agree to continue each iteration (see fixed_point.solve).
         replay: activation checkpointing; an empty one records y*, a filled one is applied instead of solving.
         finite_checked: the caller checks the output's finiteness itself (the model's stage flags), so a solve with no
-        stopping decision to take (one evaluation) raises nothing and takes no host sync."""
+        stopping decision to take (one evaluation) raises nothing and takes no host sync.
+        fp_solve_chunk: solve the sequence chunk by chunk (`solve_in_chunks`); None: config.fp_solve_chunk."""
         settings = self.solver_settings(fp_max_iter, fp_tol)
+        chunk = self.solve_chunk_length(fp_solve_chunk)
         if finite_checked:
             settings = replace(settings, raise_non_finite=False)
         mask = None if attention_mask is None else attention_mask.to(torch.bool)
+        T = hidden_states.shape[1]
+        constant = not self.map_reads_iterate()
+        # Under `sync` every rank takes the chunked protocol, whatever its own length (ranks agree on chunk counts).
+        chunked = (chunk > 0 and (T > chunk or sync is not None) and not constant
+                   and not (replay is not None and replay.filled))
+        if chunked and not torch.is_grad_enabled():
+            # Without autograd the chunks' own outputs are the layer's: no whole-sequence pass at all.
+            sol = self.solve_in_chunks(hidden_states, mask, state, settings, chunk, sync, outputs=True)
+            return LayerOutput(sol.out, sol.state if return_state else None, sol.iterations, sol.residual)
         pre = self.prelude(hidden_states, mask, state)
 
-        constant = not self.map_reads_iterate()
-        if state is not None and hidden_states.shape[1] == 1 and not torch.is_grad_enabled():
+        if state is not None and T == 1 and not torch.is_grad_enabled():
             if constant:  # one evaluation is the fixed point: y* = f(0) exactly, residual 0
                 step = self.decode_token(pre, replace(settings, max_iter=1))
                 step = replace(step, y_star=step.y_out, residual=torch.zeros_like(step.residual))
@@ -287,12 +322,13 @@ class FixedPointLayer(nn.Module):
         if replay is not None and replay.filled:
             y_star, iterations, residual, plain = replay.y_star, replay.iterations, replay.residual, None
         else:
-            y0 = self.initial_iterate(pre)
-            g = compiled_map(f) if self.config.fp_compile else f  # the no-autograd evaluations
-            res = (solve_constant(g, y0, settings, self.layer_idx) if constant
-                   else solve(g, y0, settings, self.training, self.layer_idx, sync))
-            y_star, iterations, residual = res.y_star, res.iterations, res.residual
-            plain = MapOutput(res.y_out, res.aux)
+            if chunked:  # with autograd: the chunks find y*, one whole-sequence application below differentiates it
+                sol = self.solve_in_chunks(hidden_states, mask, state, settings, chunk, sync, outputs=False)
+                y_star, iterations, residual, plain = sol.y_star, sol.iterations, sol.residual, None
+            else:
+                res = self.solve_map(f, pre, settings, constant, sync)
+                y_star, iterations, residual = res.y_star, res.iterations, res.residual
+                plain = MapOutput(res.y_out, res.aux)
             if replay is not None:
                 replay.record(y_star, iterations, residual)
         # Also for a constant map: with autograd f is applied at y* = f(0), not at y0, since the gradients of the
@@ -301,3 +337,57 @@ class FixedPointLayer(nn.Module):
         new_state = self.next_state(pre, y_star.detach(), fin.yhat.detach(), fin.aux) if return_state else None
         return LayerOutput(self.output(fin.yhat, pre), new_state, iterations, residual)
 
+    def solve_map(self, f: IterationMap, pre: Any, settings: SolverSettings, constant: bool,
+                  sync: ContinueSync | None) -> SolveResult:
+        """The no-autograd solve of one call's map f from the backbone's initial iterate."""
+        y0 = self.initial_iterate(pre)
+        g = compiled_map(f) if self.config.fp_compile else f  # the no-autograd evaluations
+        if constant:
+            return solve_constant(g, y0, settings, self.layer_idx)
+        return solve(g, y0, settings, self.training, self.layer_idx, sync)
+
+    @torch.no_grad()
+    def solve_in_chunks(
+        self,
+        hidden_states: torch.Tensor,
+        mask: torch.Tensor | None,
+        state: Any,
+        settings: SolverSettings,
+        chunk: int,
+        sync: ContinueSync | None,
+        outputs: bool,
+    ) -> ChunkedSolve:
+        """The block-sequential solve: tokens [s, s + chunk) are solved with the state the converged chunk before
+        them left (conv window, scan state, y*_{s-1}), so a token's iterations are its chunk's, not the slowest
+        token's of the whole sequence, and the cap applies per chunk. Concatenated, the chunks' fixed points are a
+        fixed point of the whole sequence's map (each chunk's map is that map's restriction given the state before
+        it), with a residual no larger than the largest chunk's.
+
+        outputs: return the chunks' own layer outputs and the final state (a call without autograd); else y* for
+        the caller's differentiable whole-sequence finish. Data-parallel ranks (`sync`) agree on the number of
+        chunk solves: a rank out of chunks takes part in the others' iterations with evaluations on no rows
+        (`fixed_point.solve` on an empty batch)."""
+        T = hidden_states.shape[1]
+        ys, outs, res = [], [], []
+        evaluations = None  # (b,) token evaluations so far
+        f = pre = None
+        for s in range(0, T, chunk):
+            pre = self.prelude(hidden_states[:, s:s + chunk], None if mask is None else mask[:, s:s + chunk], state)
+            f = self.iteration_map(pre, settings)
+            if sync is not None:
+                sync(True)  # one more chunk solve on this rank: tells the ranks that have none left
+            r = self.solve_map(f, pre, settings, False, sync)
+            state = self.next_state(pre, r.y_star, r.y_out, r.aux)
+            cost = r.iterations * min(chunk, T - s)
+            evaluations = cost if evaluations is None else evaluations + cost
+            res.append(r.residual)
+            if outputs:
+                outs.append(self.output(self.finish(f, r.y_star, MapOutput(r.y_out, r.aux)).yhat, pre))
+            else:
+                ys.append(r.y_star)
+        while sync is not None and sync(False):  # a rank with more chunks: evaluate on no rows beside its solve
+            solve(f, self.initial_iterate(pre)[:0], settings, self.training, self.layer_idx, sync)
+        return ChunkedSolve(
+            y_star=None if outputs else torch.cat(ys, 1), out=torch.cat(outs, 1) if outputs else None,
+            state=state, iterations=(evaluations + T - 1) // T, residual=torch.stack(res, 1).amax(1),
+        )

@@ -230,7 +230,8 @@ def _settings_key(run: Run, kind: str) -> str:
         model = {name: model.get(name) for name in KIND_KNOBS[kind]}
     training = {k: v for k, v in run.config["training"].items() if k not in ("seed", "logging_steps", "progress_bar")}
     lengths = {k: run.config.get(k) for k in ("train_length", "min_train_length", "train_examples",
-                                              "eval_fp_max_iter", "eval_fp_tol")}
+                                              "eval_fp_max_iter", "eval_fp_tol", "eval_fp_solve_chunk",
+                                              "eval_fp_solver")}
     if run.config.get("curriculum_fraction"):  # runs from before the curriculum existed have no such keys
         lengths.update({k: run.config[k] for k in ("curriculum_fraction", "curriculum_start_length")})
     return json.dumps([kind, model, training, lengths], sort_keys=True)
@@ -301,6 +302,8 @@ def settings_line(run: Run) -> str:
     training = ", ".join(f"{k}={v}" for k, v in config["training"].items() if k not in ("logging_steps",
                                                                                       "progress_bar"))
     evaluation = ", ".join(f"{k}={config[k]}" for k in ("eval_examples", "eval_fp_max_iter", "eval_fp_tol"))
+    evaluation += "".join(f", {k}={config[k]}" for k in ("eval_fp_solve_chunk", "eval_fp_solver")
+                          if config.get(k) is not None)  # set by runs since they exist
     return (f"Model (each kind uses the fields that apply to it; every other FPMambaConfig knob at its default): "
             f"{model}. Training (AdamW, cosine): {training}. "
             f"Evaluation: {evaluation}.")

@@ -26,7 +26,11 @@ class ExperimentConfig:
     None = steps x batch size (every training row is seen once). curriculum_fraction > 0: a length curriculum, the
     longest training length grows from curriculum_start_length to train_length over that fraction of the steps
     (`data.curriculum_caps`; rows in that order, one pass). Evaluation covers 2 .. eval_factor x train_length (at
-    most eval_points lengths) with eval_examples fresh rows per length."""
+    most eval_points lengths) with eval_examples fresh rows per length. eval_fp_max_iter / eval_fp_tol override an
+    FP-Mamba's budget per evaluation call; eval_fp_solve_chunk / eval_fp_solver (None: as trained) are set on a
+    trained FP-Mamba's config before its evaluation, so it is evaluated, saved and generates with them (e.g. trained
+    with whole-sequence solves, evaluated chunk by chunk with Anderson steps: docs/method.md, "How many
+    iterations")."""
 
     task: str
     models: list[str]
@@ -42,6 +46,8 @@ class ExperimentConfig:
     eval_batch_size: int = 128
     eval_fp_max_iter: int | None = None
     eval_fp_tol: float | None = None
+    eval_fp_solve_chunk: int | None = None
+    eval_fp_solver: str | None = None
     model: ModelSpec = field(default_factory=ModelSpec)
     training: TrainSettings = field(default_factory=TrainSettings)
     save_models: bool = False
@@ -107,6 +113,8 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
         print(f"[{config.task}] training {kind}: {count_parameters(model):,} parameters")
         summary = train(model, train_rows, config.training, str(out_dir / "trainer" / kind),
                         in_order=config.curriculum_fraction > 0)
+        if kind == "fpmamba":
+            set_evaluation_solve(model, config.eval_fp_solve_chunk, config.eval_fp_solver)
         start = time.perf_counter()
         results[kind] = evaluate_lengths(
             model, task, lengths, config.eval_examples, config.eval_batch_size,
@@ -124,6 +132,16 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
     cap = (config.eval_fp_max_iter or config.model.fp_max_iter_eval) if "fpmamba" in config.models else None
     table, files = _report(out_dir, payload, results, config.train_length, config.task, cap)
     return ExperimentResult(results=results, training=summaries, models=models, table=table, files=files)
+
+
+def set_evaluation_solve(model: nn.Module, solve_chunk: int | None, solver: str | None) -> None:
+    """Set a trained FP-Mamba's chunked solve and solver step for evaluation (None: leave as trained); the config
+    checks the values."""
+    values = {k: v for k, v in (("fp_solve_chunk", solve_chunk), ("fp_solver", solver)) if v is not None}
+    for name, value in values.items():
+        setattr(model.config, name, value)
+    if values:
+        model.config.check()
 
 
 def run_evaluation(

@@ -2,7 +2,8 @@
 
 `fully_shard` on every FPMambaBlock (as accelerate does from `_no_split_modules`) and on the root; rank-dependent
 batches (different tokens and lengths), so each rank alone would stop its loops at different iterations. Trains
-3 AdamW steps twice, without and with activation checkpointing. Writes OUT_DIR/rank{r}.pt: losses, the local loop
+3 AdamW steps three times: plain, with activation checkpointing, and with a chunked solve (fp_solve_chunk=5: rank 0
+solves 2 chunks per layer, rank 1 4). Writes OUT_DIR/rank{r}.pt: losses, the local loop
 lengths the data asked for, the number of agreement rounds per run, and the full parameters of both runs.
 A deadlock (ranks issuing different collectives) fails after the gloo timeout instead of hanging.
 """
@@ -38,8 +39,8 @@ REAL_CONTINUE_SYNC = fpmamba_hf.distributed.continue_sync
 fpmamba_hf.distributed.continue_sync = counting_continue_sync
 
 
-def train(rank: int, checkpointing: bool) -> dict:
-    model = tiny_model(seed=0)
+def train(rank: int, checkpointing: bool, fp_solve_chunk: int = 0) -> dict:
+    model = tiny_model(seed=0, fp_solve_chunk=fp_solve_chunk)
     if checkpointing:
         enable_checkpointing(model, use_reentrant=False)
     loops: list[list[int]] = []
@@ -65,7 +66,8 @@ def train(rank: int, checkpointing: bool) -> dict:
 def main(out: Path) -> None:
     dist.init_process_group("gloo", timeout=timedelta(seconds=30))
     rank = dist.get_rank()
-    result = {"plain": train(rank, checkpointing=False), "checkpointed": train(rank, checkpointing=True)}
+    result = {"plain": train(rank, checkpointing=False), "checkpointed": train(rank, checkpointing=True),
+              "chunked": train(rank, checkpointing=False, fp_solve_chunk=5)}
     torch.save(result, out / f"rank{rank}.pt")
     dist.destroy_process_group()
 

@@ -20,6 +20,11 @@ def test_fsdp2_per_block_with_rank_dependent_inputs(tmp_path) -> None:
         # ... together each solve ran as long as the slower rank needed: one agreement round per iteration.
         agreed = sum(max(x, y) for la, lb in zip(a["loops"], b["loops"]) for x, y in zip(la, lb))
         assert a["rounds"] == b["rounds"] == agreed
+    # Ranks with different numbers of chunks agree on every chunk solve: no deadlock, the same parameters.
+    a, b = r0["chunked"], r1["chunked"]
+    assert len(a["losses"]) == len(b["losses"]) == 3 and all(math.isfinite(v) for v in a["losses"] + b["losses"])
+    for name, p in a["params"].items():
+        assert torch.equal(p, b["params"][name]), name
     # Checkpointing replays the forward's fixed points: the same training trajectory.
     assert r0["checkpointed"]["losses"] == r0["plain"]["losses"]
     for name, p in r0["plain"]["params"].items():
