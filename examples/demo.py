@@ -4,10 +4,10 @@
    iteration: a Mamba-2 layer) with transformers' Trainer on S3 word problems of length 8: the model reads
    g_1 .. g_k and must output every running product g_1 * ... * g_t (S3 is non-abelian, so order matters).
 2. Evaluate sequence accuracy and fixed-point iterations at every length from 2 to 32 (4x the training length),
-   the FP-Mamba solved in chunks of 2 tokens with Anderson steps (trained with whole-sequence solves: the chunked
-   solve costs about 7 evaluations per token at every length, the whole-sequence one 14 at 8 tokens and 46 at 32,
-   with rows at the cap; docs/method.md, "How many iterations"); print the table, write results and plots under
-   outputs/demo/.
+   the FP-Mamba solved token by token (fp_solve_chunk=1) with Anderson steps, although trained with whole-sequence
+   solves: about 6 map evaluations per token at every length and no row at the cap, where the whole-sequence solve
+   costs 14 at 8 tokens and 46 at 32 with rows at the cap (benchmarks/RESULTS.md, "How many iterations"); print
+   the table, write results and plots under outputs/demo/.
 3. Save the FP-Mamba, reload it with AutoModelForCausalLM, and generate() under two iteration budgets, printing
    the iterations each new token used.
 
@@ -34,7 +34,7 @@ TRAIN_LENGTH = 8
 PROMPT_LENGTH = 24  # 3x the training length
 BUDGETS = (2, 48)  # fp_max_iter for generate(): starved vs. enough to reach the fixed point
 # The FP-Mamba is evaluated, saved and generates with these (benchmarks/RESULTS.md, "How many iterations").
-EVAL_SOLVE_CHUNK = 2
+EVAL_SOLVE_CHUNK = 1
 EVAL_SOLVER = "anderson"
 
 
