@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=10_000, help="as the harness's evaluation rows")
     parser.add_argument("--fp-max-iter", type=int, help="evaluation cap (default: the model's fp_max_iter_eval)")
     parser.add_argument("--fp-tol", type=float)
+    parser.add_argument("--solver", choices=("picard", "anderson"), help="set config.fp_solver (default: as saved)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--decode-solver", choices=CHOICES["fp_decode_solver"],
                         help="step of the per-token decode solve (default: the model's fp_decode_solver)")
@@ -139,6 +140,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    if args.solver:
+        model.config.fp_solver = args.solver
     if args.decode_solver is not None:
         model.config.fp_decode_solver = args.decode_solver
     counter = EvaluationCounter(model)
@@ -161,8 +164,8 @@ def main() -> None:
             "command": "python benchmarks/iterations.py " + " ".join(_argv()), "date": time.strftime("%Y-%m-%d"),
             "machine": f"{torch.get_num_threads()} thread(s), {platform.machine()}", "torch": torch.__version__,
             "transformers": transformers.__version__, "cap": args.fp_max_iter or model.config.fp_max_iter_eval,
-            "tol": args.fp_tol or model.config.fp_tol, "decode_solver": model.config.fp_decode_solver,
-            "rows": results,
+            "tol": args.fp_tol or model.config.fp_tol, "solver": model.config.fp_solver,
+            "decode_solver": model.config.fp_decode_solver, "rows": results,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(facts, indent=1))

@@ -19,7 +19,7 @@ from functools import cache
 from typing import Any, NamedTuple
 
 from fpmamba_core.backbones import BACKBONES, MAMBA1_GATES, MAMBA1_NORMS
-from fpmamba_core.fixed_point import SOLVERS
+from fpmamba_core.fixed_point import DECODE_SOLVERS, SOLVERS
 from fpmamba_core.layer import FP_BACKWARDS
 from fpmamba_core.mixers import ACTIVATIONS, KRONECKER_NORMS, MIXER_INPUTS, MIXERS
 from huggingface_hub.dataclasses import strict
@@ -37,6 +37,7 @@ CHOICES: dict[str, Any] = {
     "mixer_activation": tuple(ACTIVATIONS),
     "mixer_kron_norm": KRONECKER_NORMS,
     "fp_solver": SOLVERS,
+    "fp_decode_solver": DECODE_SOLVERS,
     "fp_backward": FP_BACKWARDS,
 }
 _POSITIVE_INTS = (
@@ -220,6 +221,15 @@ class FPMambaConfig(PreTrainedConfig):
             over the last fp_anderson_m evaluations per sequence; same stopping rule, caps and gradients).
         fp_anderson_m (`int`, *optional*, defaults to `5`):
             Memory of the Anderson solver (evaluations mixed per step).
+        fp_decode_solver (`str`, *optional*, defaults to `"picard"`):
+            Step of the per-token solve of decoding (one token with a state and no autograd: generate()'s decode
+            steps, a token-by-token forward with a cache): "picard" (fp_solver's step, as every other solve) or
+            "newton" (Newton's method on the token's d-dimensional problem after two damped Picard steps, which
+            lead it to the fixed point Picard iteration selects: each later iteration also takes the map's d x d
+            Jacobian per sequence and solves with I - J; converges in a few iterations where the fixed-point
+            iteration crawls or cycles; runs the PyTorch decode step). Every other solve keeps fp_solver, since a
+            Newton step there would need a (T d) x (T d) Jacobian. The rnn backbone solves its linear per-token
+            problem directly under either.
         fp_backward (`str`, *optional*, defaults to `"one_step"`):
             Gradient of the fixed point: "one_step" (fp_backward_steps applications of the map from the detached
             fixed point) or "implicit" (the adjoint fixed point, capped by fp_backward_max_iter at
@@ -303,6 +313,7 @@ class FPMambaConfig(PreTrainedConfig):
     fp_train_quantile: float = 0.9
     fp_solver: str = "picard"
     fp_anderson_m: int = 5
+    fp_decode_solver: str = "picard"
     fp_backward: str = "one_step"
     fp_backward_steps: int = 1
     fp_backward_max_iter: int = 32

@@ -599,7 +599,8 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         return model_inputs
 
     def _prepare_generation_config(self, generation_config, **kwargs: Any):
-        """`fp_max_iter` / `fp_tol` / `fp_solve_chunk` set in generation_config (e.g. generation_config.json) become model kwargs."""
+        """`fp_max_iter` / `fp_tol` / `fp_solve_chunk` set in generation_config (e.g. generation_config.json) become
+        model kwargs."""
         generation_config, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
         check_call_keywords({k: v for k, v in vars(generation_config).items() if not k.startswith("_")})
         for key in FP_CALL_KEYS:

@@ -26,8 +26,8 @@ from .fixed_point import (
     ContinueSync,
     IterationMap,
     MapOutput,
-    SolverSettings,
     SolveResult,
+    SolverSettings,
     check_finite,
     implicit_output,
     one_step_output,
@@ -223,6 +223,7 @@ class FixedPointLayer(nn.Module):
             tol=float(tol if tol is not None else c.fp_tol),
             damping=c.fp_damping, damping_decay=c.fp_damping_decay, damping_patience=c.fp_damping_patience,
             train_quantile=c.fp_train_quantile, solver=c.fp_solver, anderson_m=c.fp_anderson_m,
+            decode_solver=c.fp_decode_solver,
         )
 
     def training_cap(self) -> int:
@@ -299,12 +300,12 @@ class FixedPointLayer(nn.Module):
         if state is not None and T == 1 and not torch.is_grad_enabled():
             if constant:  # one evaluation is the fixed point: y* = f(0) exactly, residual 0
                 step = self.decode_token(pre, replace(settings, max_iter=1))
-                step = replace(step, y_star=step.y_out, residual=torch.zeros_like(step.residual))
+                res = SolveResult(step.y_out[:, None], step.y_out[:, None], (step.state,), step.iterations,
+                                  torch.zeros_like(step.residual))
             else:
-                step = self.decode_token(pre, settings)
-            y_star, y_out = step.y_star[:, None], step.y_out[:, None]
-            new_state = self.next_state(pre, y_star, y_out, (step.state,)) if return_state else None
-            return LayerOutput(self.output(y_out, pre), new_state, step.iterations, step.residual)
+                res = self.decode_solve(pre, settings)
+            new_state = self.next_state(pre, res.y_star, res.y_out, res.aux) if return_state else None
+            return LayerOutput(self.output(res.y_out, pre), new_state, res.iterations, res.residual)
 
         f = self.iteration_map(pre, settings)
         if constant and replay is None and torch.is_grad_enabled() and not self.iterate_gradients_wanted():
@@ -346,6 +347,12 @@ class FixedPointLayer(nn.Module):
             return solve_constant(g, y0, settings, self.layer_idx)
         return solve(g, y0, settings, self.training, self.layer_idx, sync)
 
+    def decode_solve(self, pre: Any, settings: SolverSettings) -> SolveResult:
+        """The per-token solve of one token per row that continues a state (`decode_token`, with the step
+        fp_decode_solver names), as a SolveResult of T = 1 whose aux is the new state."""
+        step = self.decode_token(pre, settings.per_token())
+        return SolveResult(step.y_star[:, None], step.y_out[:, None], (step.state,), step.iterations, step.residual)
+
     @torch.no_grad()
     def solve_in_chunks(
         self,
@@ -366,7 +373,8 @@ class FixedPointLayer(nn.Module):
         outputs: return the chunks' own layer outputs and the final state (a call without autograd); else y* for
         the caller's differentiable whole-sequence finish. Data-parallel ranks (`sync`) agree on the number of
         chunk solves: a rank out of chunks takes part in the others' iterations with evaluations on no rows
-        (`fixed_point.solve` on an empty batch)."""
+        (`fixed_point.solve` on an empty batch). Chunks of one real token per row that continue a state are
+        decoded (`decode_solve`: the per-token solve, its step and kernels; the same fixed point) unless ranks sync."""
         T = hidden_states.shape[1]
         ys, outs, res = [], [], []
         evaluations = None  # (b,) token evaluations so far
@@ -376,7 +384,8 @@ class FixedPointLayer(nn.Module):
             f = self.iteration_map(pre, settings)
             if sync is not None:
                 sync(True)  # one more chunk solve on this rank: tells the ranks that have none left
-            r = self.solve_map(f, pre, settings, False, sync)
+            decode = chunk == 1 and sync is None and state is not None and (mask is None or bool(mask[:, s].all()))
+            r = self.decode_solve(pre, settings) if decode else self.solve_map(f, pre, settings, False, sync)
             state = self.next_state(pre, r.y_star, r.y_out, r.aux)
             cost = r.iterations * min(chunk, T - s)
             evaluations = cost if evaluations is None else evaluations + cost

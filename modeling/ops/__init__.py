@@ -156,9 +156,12 @@ def decode_step(
     """One decode token of every row: inner fixed-point loop + state update. See `reference.decode_step`.
 
     The Triton kernel covers the mixer kinds that list "decode" in their kernel_ops, in fp32, with the Picard
-    solver; other kinds, fp64, fp_solver="anderson" and a configuration whose kernel failed its self-check run the
-    reference."""
+    solver; other kinds, fp64, fp_solver="anderson", fp_decode_solver="newton" and a configuration whose kernel
+    failed its self-check run the reference."""
     args = (x, z, dt, A, B, C, D, state, factors, norm_weight, norm_eps, norm_group_size, settings, layer_idx)
+    # The kernel's inner loop takes the damped Picard step only. Any other step runs the reference, whose
+    # `fixed_point.solve` implements them all: Anderson mixing, and Newton's step, which needs the map's Jacobian
+    # (autograd's forward mode through the PyTorch map), something a kernel that iterates in registers does not have.
     if (backend_for(x) == "triton" and kernel_supports(factors.kind, "decode") and x.dtype != torch.float64
             and settings.solver == "picard" and decode_step_ok(*args[:12])):
         from .decode import decode_step_triton

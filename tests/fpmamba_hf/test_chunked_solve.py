@@ -69,7 +69,8 @@ def test_chunked_training_gives_the_whole_sequence_gradients(backbone, fp_backwa
         model.zero_grad()
         out = model(ids, attention_mask=mask, labels=ids, fp_solve_chunk=chunk)
         out.loss.backward()
-        grads.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        grads.append((out.loss.detach(),
+                      {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (loss0, g0), (loss1, g1) = grads
     torch.testing.assert_close(loss1, loss0, rtol=0, atol=1e-9)
     assert g0.keys() == g1.keys()
