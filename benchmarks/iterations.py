@@ -38,13 +38,15 @@ from fpmamba_hf.tasks import get_task
 
 class EvaluationCounter:
     """Counts map evaluations per (row, layer) in token units: every call f(y, rows) on a chunk of T tokens adds T
-    to each row in `rows`. Installed on a model's layers by wrapping their `iteration_map`."""
+    to each row in `rows`, every per-token decode solve (`decode_token`, which iterates its own map) its
+    iterations. Installed on a model's layers by wrapping their `iteration_map` and `decode_token`."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.layers = [block.mixer for block in model.backbone.layers]
         self.counts: torch.Tensor | None = None
         for i, layer in enumerate(self.layers):
             layer.iteration_map = self._wrap(layer.iteration_map, i)
+            layer.decode_token = self._wrap_decode(layer.decode_token, i)
 
     def reset(self, batch: int) -> None:
         self.counts = torch.zeros(batch, len(self.layers), dtype=torch.float64)
@@ -60,6 +62,14 @@ class EvaluationCounter:
             return counted
 
         return iteration_map
+
+    def _wrap_decode(self, decode_token, layer_idx: int):
+        def counted(prelude, settings):
+            step = decode_token(prelude, settings)
+            self.counts[:, layer_idx] += step.iterations.cpu().double()
+            return step
+
+        return counted
 
 
 def parse_mode(mode: str) -> tuple[str, int]:
@@ -79,16 +89,12 @@ def run_batch(model, counter: EvaluationCounter, ids: torch.Tensor, mode: str, c
     tol = budget.get("fp_tol", model.config.fp_tol)
     if mode == "decode":
         cache, logits, unconverged = None, [], torch.zeros(b, dtype=torch.bool)
-        its = torch.zeros(b, len(counter.layers), dtype=torch.float64)
         for t in range(T):
             out = model(ids[:, t:t + 1], cache=cache, use_cache=True, **budget)
             cache = out.cache
             logits.append(out.logits)
             unconverged |= (out.fp_residual >= tol).any(1)
-            if t > 0:  # the first token has no state yet: a parallel solve of one token, counted by the wrapper
-                its += out.fp_iterations.double()
-        counted_first = counter.counts.clone()  # only the first token's parallel solve went through the map
-        return torch.cat(logits, 1), (its + counted_first) / T, unconverged
+        return torch.cat(logits, 1), counter.counts / T, unconverged
     out = model(ids, fp_solve_chunk=chunk, **budget)
     return out.logits, counter.counts / T, (out.fp_residual >= tol).any(1)
 
