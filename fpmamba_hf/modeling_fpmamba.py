@@ -230,27 +230,26 @@ def _check_inputs(input_ids, inputs_embeds, attention_mask, config: FPMambaConfi
 def _call_budget(fp_max_iter: Any, fp_tol: Any, fp_solve_chunk: Any = None
                  ) -> tuple[int | None, float | None, int | None]:
     """The per-call budget as plain Python numbers (numpy scalars accepted), or a ValueError naming the argument."""
-    if fp_max_iter is not None:
-        try:
-            if isinstance(fp_max_iter, bool):
-                raise TypeError
-            fp_max_iter = operator.index(fp_max_iter)
-        except TypeError:
-            raise ValueError(f"fp_max_iter must be a positive integer, got {fp_max_iter!r}") from None
+    fp_max_iter = _call_int(fp_max_iter, "fp_max_iter must be a positive integer")
     if fp_tol is not None and not isinstance(fp_tol, bool):
         try:
             fp_tol = float(fp_tol)
         except (TypeError, ValueError):
             raise ValueError(f"fp_tol must be a finite number > 0, got {fp_tol!r}") from None
-    if fp_solve_chunk is not None:
-        try:
-            if isinstance(fp_solve_chunk, bool):
-                raise TypeError
-            fp_solve_chunk = operator.index(fp_solve_chunk)
-        except TypeError:
-            raise ValueError(f"fp_solve_chunk must be 0 (the whole sequence) or a positive integer, got "
-                             f"{fp_solve_chunk!r}") from None
+    fp_solve_chunk = _call_int(fp_solve_chunk, "fp_solve_chunk must be 0 (the whole sequence) or a positive integer")
     return fp_max_iter, fp_tol, fp_solve_chunk
+
+
+def _call_int(value: Any, rule: str) -> int | None:
+    """A per-call integer argument as a Python int (None stays None; a bool or a non-integer raises `rule`)."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{rule}, got {value!r}") from None
 
 
 class FPMambaModel(FPMambaPreTrainedModel):

@@ -10,27 +10,14 @@ from fpmamba_core.backbones import BACKBONES
 from fpmamba_core.mixers import MIXERS
 
 from fpmamba_hf import FPMambaForCausalLM
-from tests.fpmamba_hf.helpers import VOCAB, tiny_config
+from tests.fpmamba_hf.helpers import VOCAB, fp64_model, tiny_config
 
 # fp64 and a tight tolerance, so that "the same fixed point" is checked well below fp32 rounding.
 TIGHT = dict(fp_tol=1e-9, fp_max_iter=600, fp_max_iter_eval=600, fp_train_quantile=1.0)
 
 
 def chunk_model(backbone: str, mixer_type: str, **overrides) -> FPMambaForCausalLM:
-    """A tiny fp64 model whose map reads y through every path (B/C y-projections drawn away from zero). mamba1 takes
-    the in-loop gate: with its after-loop default the Householder/DPLR maps do not converge at initialisation (a
-    known, open defect of that variant), and a chunked == full check needs a fixed point to compare."""
-    values = {**TIGHT, **overrides}
-    if backbone == "mamba1":
-        values.setdefault("mamba1_gate", "in_loop")
-    torch.manual_seed(0)
-    model = FPMambaForCausalLM(tiny_config(backbone=backbone, mixer_type=mixer_type, **values)).double().eval()
-    with torch.no_grad():
-        for block in model.backbone.layers:
-            proj = getattr(block.mixer, "bc_y_proj", None)
-            if proj is not None:
-                proj.weight.normal_(std=0.1)
-    return model
+    return fp64_model(backbone, mixer_type, **{**TIGHT, **overrides})
 
 
 def left_padded_batch(T: int = 9) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,27 +11,14 @@ from fpmamba_core.mixers import MIXERS, MixerFactors
 from fpmamba_core.ops import reference
 
 from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM
-from tests.fpmamba_hf.helpers import VOCAB, tiny_config
+from tests.fpmamba_hf.helpers import VOCAB, fp64_model, tiny_config
 
 # fp64 and a tight tolerance: "the same fixed point" is checked far below fp32 rounding.
 TIGHT = dict(fp_tol=1e-9, fp_max_iter_eval=600)
 
 
 def _model(backbone: str, mixer_type: str, seed: int = 0, **overrides) -> FPMambaForCausalLM:
-    """A tiny fp64 model whose map reads y through every path (B/C y-projections drawn away from zero). mamba1 takes
-    the in-loop gate: with its after-loop default the Householder/DPLR maps do not converge at initialisation (a
-    known, separate defect of that variant)."""
-    values = {**TIGHT, **overrides}
-    if backbone == "mamba1":
-        values.setdefault("mamba1_gate", "in_loop")
-    torch.manual_seed(seed)
-    model = FPMambaForCausalLM(tiny_config(backbone=backbone, mixer_type=mixer_type, **values)).double().eval()
-    with torch.no_grad():
-        for block in model.backbone.layers:
-            proj = getattr(block.mixer, "bc_y_proj", None)
-            if proj is not None:
-                proj.weight.normal_(std=0.1)
-    return model
+    return fp64_model(backbone, mixer_type, seed, **{**TIGHT, **overrides})
 
 
 def _decode(model: FPMambaForCausalLM, ids: torch.Tensor, solver: str):
