@@ -136,6 +136,10 @@ SOLVE_CASES = [
     # the fused map returns its own residual: Anderson's step (modeling/anderson.py) on it, with damping
     pytest.param(5, dict(fp_solver="anderson", fp_anderson_m=3, fp_damping=0.8, fp_damping_patience=2),
                  id="householder-anderson-damped"),
+    # the chunked solve: each chunk's fused map continues the state the chunk before left (chunks 6, 6, 6, 3, the
+    # first one half padding in row 2); chunks of one token continue it through the decode kernel
+    pytest.param(5, dict(fp_solve_chunk=6), id="householder-chunks-of-6"),
+    pytest.param(5, dict(fp_solve_chunk=1), id="householder-chunks-of-1"),
 ]
 
 
