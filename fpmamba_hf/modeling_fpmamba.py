@@ -231,8 +231,10 @@ def _call_budget(fp_max_iter: Any, fp_tol: Any, fp_solve_chunk: Any = None
                  ) -> tuple[int | None, float | None, int | None]:
     """The per-call budget as plain Python numbers (numpy scalars accepted), or a ValueError naming the argument."""
     fp_max_iter = _call_int(fp_max_iter, "fp_max_iter must be a positive integer")
-    if fp_tol is not None and not isinstance(fp_tol, bool):
+    if fp_tol is not None:
         try:
+            if isinstance(fp_tol, bool):  # True would run as a tolerance of 1.0
+                raise TypeError
             fp_tol = float(fp_tol)
         except (TypeError, ValueError):
             raise ValueError(f"fp_tol must be a finite number > 0, got {fp_tol!r}") from None

@@ -56,8 +56,9 @@ def test_bad_per_call_budget(model):
     ids = torch.randint(0, VOCAB, (1, 3))
     with pytest.raises(ValueError, match="fp_max_iter"):
         model(ids, fp_max_iter=0)
-    with pytest.raises(ValueError, match="fp_tol"):
-        model(ids, fp_tol=-1.0)
+    for bad_tol in (-1.0, True):
+        with pytest.raises(ValueError, match="fp_tol"):
+            model(ids, fp_tol=bad_tol)
 
 
 @pytest.mark.parametrize(
