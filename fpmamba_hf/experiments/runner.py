@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from transformers import AutoModelForCausalLM, set_seed
 
+from ..configuration_fpmamba import FPMambaConfig
 from ..tasks import get_task
 from .data import curriculum_caps, curriculum_rows, eval_lengths
 from .evaluation import LengthResult, evaluate_lengths
@@ -100,6 +101,7 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
     """Train and evaluate every model of `config`, then write results.json, results.csv, table.txt and plots."""
     task = get_task(config.task)
     out_dir = Path(config.output_dir)
+    set_evaluation_solve(FPMambaConfig(), config.eval_fp_solve_chunk, config.eval_fp_solver)  # refused before training
     min_len = task.shortest_training_row(config.train_length, config.min_train_length)
     train_rows = _training_rows(config, task, min_len)
     lengths = eval_lengths(config.train_length, config.eval_factor, config.eval_points)
@@ -114,7 +116,7 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
         summary = train(model, train_rows, config.training, str(out_dir / "trainer" / kind),
                         in_order=config.curriculum_fraction > 0)
         if kind == "fpmamba":
-            set_evaluation_solve(model, config.eval_fp_solve_chunk, config.eval_fp_solver)
+            set_evaluation_solve(model.config, config.eval_fp_solve_chunk, config.eval_fp_solver)
         start = time.perf_counter()
         results[kind] = evaluate_lengths(
             model, task, lengths, config.eval_examples, config.eval_batch_size,
@@ -134,14 +136,14 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
     return ExperimentResult(results=results, training=summaries, models=models, table=table, files=files)
 
 
-def set_evaluation_solve(model: nn.Module, solve_chunk: int | None, solver: str | None) -> None:
+def set_evaluation_solve(model_config: FPMambaConfig, solve_chunk: int | None, solver: str | None) -> None:
     """Set a trained FP-Mamba's chunked solve and solver step for evaluation (None: leave as trained); the config
-    checks the values."""
+    checks the values (a ValueError names a bad one)."""
     values = {k: v for k, v in (("fp_solve_chunk", solve_chunk), ("fp_solver", solver)) if v is not None}
     for name, value in values.items():
-        setattr(model.config, name, value)
+        setattr(model_config, name, value)
     if values:
-        model.config.check()
+        model_config.check()
 
 
 def run_evaluation(

@@ -2,6 +2,7 @@
 and results files that agree with the printed table and with each other."""
 
 import json
+from dataclasses import replace
 
 import matplotlib.image as mpimg
 import pytest
@@ -73,3 +74,15 @@ def test_all_model_kinds_share_the_harness(tmp_path):
     assert all(r.fp_iterations_mean is None for kind in ("mamba2", "lstm") for r in result.results[kind])
     assert result.models["mamba2"].config.num_hidden_layers == 2  # the paper's diagonal baselines have 2 layers
     check_files_match(result, tmp_path, train_length=4)
+
+
+def test_the_evaluation_solve_is_set_on_the_trained_model_and_checked_before_training(tmp_path):
+    config = replace(tiny_config("S3", ["fpmamba", "diagonal"], tmp_path), eval_fp_solve_chunk=2,
+                     eval_fp_solver="anderson")
+    result = run_experiment(config)
+    trained = result.models["fpmamba"].config
+    assert (trained.fp_solve_chunk, trained.fp_solver) == (2, "anderson")  # evaluated, saved and generated so
+    assert result.models["diagonal"].config.fp_solve_chunk == 0  # the ablation stays as trained
+    with pytest.raises(ValueError, match="fp_solve_chunk"):
+        run_experiment(replace(config, eval_fp_solve_chunk=-1, output_dir=str(tmp_path / "bad")))
+    assert not (tmp_path / "bad").exists()  # refused before any training
