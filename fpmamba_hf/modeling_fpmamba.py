@@ -119,8 +119,8 @@ class FPMambaBlock(GradientCheckpointingLayer):
             fp_tol=fp_tol,
             sync=fp_sync,
             replay=fp_replay,
-            finite_checked=True,
-            fp_solve_chunk=fp_solve_chunk,  # the model flags this block's output (StageFlags), read once per call
+            finite_checked=True,  # the model flags this block's output (StageFlags), read once per call
+            fp_solve_chunk=fp_solve_chunk,
         )
         if cache is not None:
             write_state(cache, self.layer_idx, out.state, self.mixer)

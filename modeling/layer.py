@@ -381,17 +381,22 @@ class FixedPointLayer(nn.Module):
         f = pre = None
         for s in range(0, T, chunk):
             pre = self.prelude(hidden_states[:, s:s + chunk], None if mask is None else mask[:, s:s + chunk], state)
-            f = self.iteration_map(pre, settings)
             if sync is not None:
                 sync(True)  # one more chunk solve on this rank: tells the ranks that have none left
             decode = chunk == 1 and sync is None and state is not None and (mask is None or bool(mask[:, s].all()))
-            r = self.decode_solve(pre, settings) if decode else self.solve_map(f, pre, settings, False, sync)
+            if decode:  # no map to build: the decode step's output is the token's, as in `forward`'s decode branch
+                r = self.decode_solve(pre, settings)
+                out = r.y_out
+            else:
+                f = self.iteration_map(pre, settings)
+                r = self.solve_map(f, pre, settings, False, sync)
+                out = self.finish(f, r.y_star, MapOutput(r.y_out, r.aux)).yhat if outputs else None
             state = self.next_state(pre, r.y_star, r.y_out, r.aux)
             cost = r.iterations * min(chunk, T - s)
             evaluations = cost if evaluations is None else evaluations + cost
             res.append(r.residual)
             if outputs:
-                outs.append(self.output(self.finish(f, r.y_star, MapOutput(r.y_out, r.aux)).yhat, pre))
+                outs.append(self.output(out, pre))
             else:
                 ys.append(r.y_star)
         while sync is not None and sync(False):  # a rank with more chunks: evaluate on no rows beside its solve

@@ -117,3 +117,28 @@ def test_fp_solve_chunk_is_validated_saved_and_set_per_call(tmp_path, caplog):
         explicit = model(ids, fp_max_iter=2, fp_solve_chunk=5).logits
     torch.testing.assert_close(per_config, explicit, rtol=0, atol=0)
     assert (per_config - per_call).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_chunks_at_the_defaults_a_user_gets(backbone, caplog):
+    """fp32, the config's defaults (fp_tol 1e-2, the default initialisation and mixer): where the whole-sequence
+    solve converges, the chunked one converges too, costs at most one evaluation per token more (a map that settles
+    in 2-3 iterations, as rnn's: each chunk confirms its own convergence) and lands within the tolerance's reach of
+    it; where it does not (mamba1 at its defaults, a known open defect), the chunked solve
+    says so as loudly (the cap warning), never silently."""
+    caplog.set_level(logging.WARNING, logger="fpmamba_hf")
+    torch.manual_seed(0)
+    model = FPMambaForCausalLM(tiny_config(backbone=backbone, hidden_size=64, head_dim=64, n_groups=1)).eval()
+    ids = torch.randint(0, VOCAB, (4, 50), generator=torch.Generator().manual_seed(2))
+    tol = model.config.fp_tol
+    with torch.no_grad():
+        whole = model(ids)
+        warned_whole = len(caplog.records)
+        chunked = model(ids, fp_solve_chunk=4)
+    warned_chunked = len(caplog.records) - warned_whole
+    if bool((whole.fp_residual < tol).all()):
+        assert bool((chunked.fp_residual < tol).all()) and warned_chunked == 0
+        assert bool((chunked.fp_iterations <= whole.fp_iterations + 1).all())
+        assert (chunked.logits - whole.logits).abs().max() <= 5 * tol * whole.logits.abs().max()
+    else:
+        assert warned_whole == 1 and (warned_chunked == 1) == bool((chunked.fp_residual >= tol).any())
