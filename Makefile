@@ -11,6 +11,7 @@ $(BIN)/python:
 	# The CPU torch wheel first, so nothing below pulls the multi-GB CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
 
+# The library, the lab (fpmamba_lab: the `lab` extra, which `dev` includes; demo.py runs on it) and the test tools.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@

@@ -45,9 +45,9 @@ import fpmamba_hf  # noqa: E402, F401  (registers "fp_mamba" with the Auto class
 from benchmarks._cpu_timing import interleaved_ms  # noqa: E402
 from benchmarks._op_count import OpCounter  # noqa: E402
 from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM  # noqa: E402
-from fpmamba_hf.experiments import collate, primary_metric, run_experiment  # noqa: E402
-from fpmamba_hf.tasks import TaskSpec, get_task  # noqa: E402
-from fpmamba_hf.telemetry import GenerationLog  # noqa: E402
+from fpmamba_hf.decoding import DecodeRunner  # noqa: E402
+from fpmamba_lab.harness import collate, primary_metric, run_experiment  # noqa: E402
+from fpmamba_lab.tasks import TaskSpec, get_task  # noqa: E402
 
 SECTIONS = ("forward", "train_step", "decode", "extra_iteration", "solvers", "decode_ops")
 TINY_TOL = 1e-12  # a tolerance no iterate reaches: the solve runs exactly fp_max_iter iterations
@@ -223,7 +223,7 @@ def bench_solvers(model: FPMambaForCausalLM, task: TaskSpec, lengths: list[int],
             def run(name: str):
                 set_solver(model, *variants[name])
                 out = model(ids, use_cache=False)
-                assert model.backbone.layers[0].mixer.config.fp_solver == variants[name][0], "solver not applied"
+                assert model.backbone.layers[0].mixer.solver.solver == variants[name][0], "solver not applied"
                 return out
 
             ms = interleaved_ms({name: partial(run, name) for name in variants}, reps)
@@ -245,20 +245,22 @@ def count_decode_ops(model: nn.Module, shape: Shape, prompt_length: int, steps: 
                      **call_kwargs) -> dict:
     """Ops, host syncs and data-dependent ops per decoded token of the model's forward (T = 1 with a cache), in
     steady state (after `warm_steps` decode steps); per layer: those inside the decoder blocks / layers. An FP-Mamba
-    forward gets a GenerationLog, as inside generate() (where the ids after the first step need no range check)."""
+    runs its steps through a decode runner, as inside generate() (where the ids after the first step need no range
+    check and the telemetry is read once, when the call ends)."""
     layers = list(model.backbone.layers)
+    step = model
     if isinstance(model, FPMambaForCausalLM):
-        call_kwargs = {**call_kwargs, "fp_log": GenerationLog()}
-    out = model(shape.ids(prompt_length, 5), use_cache=True, **call_kwargs)
+        step, call_kwargs = DecodeRunner(model, **call_kwargs), {}  # the runner takes the budget once
+    out = step(shape.ids(prompt_length, 5), use_cache=True, **call_kwargs)
     cache = out.cache
     counter = OpCounter()
     for i in range(warm_steps + steps):
         token = out.logits[:, -1:].argmax(-1)
         if i < warm_steps:
-            out = model(token, cache=cache, use_cache=True, **call_kwargs)
+            out = step(token, cache=cache, use_cache=True, **call_kwargs)
             continue
         with counter.scoped(layers):
-            out = model(token, cache=cache, use_cache=True, **call_kwargs)
+            out = step(token, cache=cache, use_cache=True, **call_kwargs)
     c = counter.counts
     kinds = ("ops", "syncs", "data_dependent")
     return {
@@ -344,7 +346,7 @@ def run(args: argparse.Namespace) -> dict:
     fp.config.fp_compile = args.compile
     if args.freeze_readers:  # fine-tuning the Mamba-2 part only (e.g. LoRA elsewhere): nothing that reads y trains
         for block in fp.backbone.layers:
-            for module in (block.mixer.mixer, *block.mixer.y_projections()):
+            for module in (block.mixer.channel_mixer, *block.mixer.y_projections()):
                 if module is not None:
                     module.requires_grad_(False)
     result["conversion_max_logit_diff"] = max_logit_diff(mamba2, fp, shape)

@@ -21,6 +21,7 @@ from fpmamba_core.backbones import Mamba2Layer  # noqa: E402
 
 from benchmarks._common import median_ms, peak_mib, report  # noqa: E402
 from fpmamba_hf.configuration_fpmamba import FPMambaConfig  # noqa: E402
+from fpmamba_hf.core_settings import fixed_point_settings, layer_settings  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = FPMambaConfig(hidden_size=768, state_size=128, head_dim=64, expand=2, n_groups=1,
                              mixer_type="householder", mixer_rank=2, fp_tol=1e-12, fp_train_quantile=1.0)
-    layer = Mamba2Layer(cfg, 0).cuda().to(torch.bfloat16)
+    layer = Mamba2Layer(layer_settings(cfg), fixed_point_settings(cfg), 0).cuda().to(torch.bfloat16)
     rows = []
     for T in args.lengths:
         hs = torch.randn(args.batch, T, 768, device="cuda", dtype=torch.bfloat16)

@@ -115,20 +115,22 @@ def _diag_variants(dtype: torch.dtype) -> None:
 
 
 def _decode_variants() -> None:
-    from fpmamba_core.fixed_point import SolverSettings
-    from fpmamba_core.mixers import MixerFactors
+    from fpmamba_core.mixers import MixerFactors, RankOneFactors
     from fpmamba_core.ops.decode import decode_step_triton
+
+    from fpmamba_hf.configuration_fpmamba import FPMambaConfig
+    from fpmamba_hf.core_settings import fixed_point_settings
 
     b, h, p, g, n, r = 2, 24, 64, 1, 128, 2
     d = h * p
     for kind in ("householder", "dplr", "none"):
-        factors = MixerFactors("none") if kind == "none" else MixerFactors(
+        factors = MixerFactors("none") if kind == "none" else RankOneFactors(
             kind, u=torch.randn(b, r, d), coef=torch.rand(b, r))
         try:
             decode_step_triton(torch.randn(b, h, p), torch.randn(b, d), torch.rand(b, h), -torch.rand(h),
                                torch.randn(b, g, n), torch.randn(b, g, n), torch.randn(h),
                                torch.randn(b, h, p, n), factors, torch.ones(d), 1e-5, d,
-                               SolverSettings(max_iter=16, tol=1e-2))
+                               fixed_point_settings(FPMambaConfig()).solve_settings(16, 1e-2))
         except FloatingPointError:
             pass  # its NaN check read the uninitialised outputs of kernels that were only compiled
 
@@ -137,12 +139,13 @@ def _fused_variants(weight_dtype: torch.dtype) -> None:
     from fpmamba_core.backbones import Mamba2Layer
 
     from fpmamba_hf.configuration_fpmamba import FPMambaConfig
+    from fpmamba_hf.core_settings import fixed_point_settings, layer_settings
 
     os.environ["FPMAMBA_KERNELS"] = "triton"
     for kind, extra in (("householder", {}), ("dplr", {"dt_hidden_dependence": True}), ("none", {})):
         cfg = FPMambaConfig(hidden_size=768, state_size=128, head_dim=64, mixer_type=kind, mixer_rank=2,
                                  fp_max_iter_eval=1, **extra)
-        layer = Mamba2Layer(cfg, 0).eval().to(weight_dtype)
+        layer = Mamba2Layer(layer_settings(cfg), fixed_point_settings(cfg), 0).eval().to(weight_dtype)
         with torch.no_grad():
             try:
                 layer(torch.randn(1, 128, 768, dtype=weight_dtype), attention_mask=torch.ones(1, 128))

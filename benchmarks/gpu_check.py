@@ -181,8 +181,12 @@ def decode_section() -> None:
     except ImportError as e:
         print(f"skip decode: {e}")
         return
-    from fpmamba_core.fixed_point import SolverSettings
-    from fpmamba_core.mixers import MixerFactors
+    from dataclasses import replace
+
+    from fpmamba_core.mixers import MixerFactors, RankOneFactors
+
+    from fpmamba_hf.configuration_fpmamba import FPMambaConfig
+    from fpmamba_hf.core_settings import fixed_point_settings
 
     dev = "cuda"
     for kind in ("householder", "dplr", "none"):
@@ -200,9 +204,10 @@ def decode_section() -> None:
             state = torch.randn(b, h, p, n, device=dev) * 0.3
             u = torch.nn.functional.normalize(torch.randn(b, r, d, device=dev), dim=-1)
             coef = torch.rand(b, r, device=dev) * 0.5
-            factors = MixerFactors(kind) if kind == "none" else MixerFactors(kind, u=u, coef=coef)
+            factors = MixerFactors(kind) if kind == "none" else RankOneFactors(kind, u=u, coef=coef)
             w = torch.rand(d, device=dev) + 0.5
-            st = SolverSettings(max_iter=64, tol=1e-5, damping=0.9, damping_patience=3)
+            st = replace(fixed_point_settings(FPMambaConfig()).solve_settings(64, 1e-5), damping=0.9,
+                         damping_patience=3)
             args = (x, z, dt, A, B, C, D, state, factors, w, 1e-5, d)
             out_t = decode_step_triton(*args, st)
             out_r = reference.decode_step(*args, st)
@@ -218,11 +223,12 @@ def layer_section() -> None:
     from fpmamba_core.backbones import Mamba2Layer
 
     from fpmamba_hf.configuration_fpmamba import FPMambaConfig
+    from fpmamba_hf.core_settings import fixed_point_settings, layer_settings
 
     torch.manual_seed(0)
     cfg = FPMambaConfig(hidden_size=768, state_size=128, head_dim=64, mixer_type="householder", mixer_rank=2,
                              fp_max_iter=4, fp_tol=1e-3)
-    layer = Mamba2Layer(cfg, 0).cuda()
+    layer = Mamba2Layer(layer_settings(cfg), fixed_point_settings(cfg), 0).cuda()
     hs = torch.randn(4, 512, 768, device="cuda")
     outs = {}
     for backend in ("reference", "triton"):

@@ -32,8 +32,8 @@ from fpmamba_core.fixed_point import ImplicitGradientFallback
 from transformers import AutoModelForCausalLM
 
 import fpmamba_hf  # noqa: F401  (registers fp_mamba with the Auto classes)
-from fpmamba_hf.experiments.data import collate
-from fpmamba_hf.tasks import get_task
+from fpmamba_lab.harness.data import collate
+from fpmamba_lab.tasks import get_task
 
 RESIDUAL = re.compile(r"relative residual ([0-9.e+-]+|nan|inf)")
 

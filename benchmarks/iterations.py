@@ -31,9 +31,9 @@ from transformers import AutoModelForCausalLM
 
 import fpmamba_hf  # noqa: F401  (registers "fp_mamba" with the Auto classes)
 from fpmamba_hf.configuration_fpmamba import CHOICES
-from fpmamba_hf.experiments.data import collate
-from fpmamba_hf.experiments.evaluation import primary_metric
-from fpmamba_hf.tasks import get_task
+from fpmamba_lab.harness.data import collate
+from fpmamba_lab.harness.evaluation import primary_metric
+from fpmamba_lab.tasks import get_task
 
 
 class EvaluationCounter:

@@ -26,8 +26,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import fpmamba_hf  # noqa: F401  (registers "fp_mamba" with the Auto classes)
-from fpmamba_hf.experiments import ExperimentConfig, ModelSpec, TrainSettings, run_experiment
-from fpmamba_hf.tasks import get_task
+from fpmamba_lab.harness import ExperimentConfig, ModelSpec, TrainSettings, run_experiment
+from fpmamba_lab.tasks import get_task
 
 TASK = "S3"
 TRAIN_LENGTH = 8

@@ -4,8 +4,8 @@
     accelerate launch --config_file examples/accelerate/ddp.yaml examples/train_trainer.py --task S3
     torchrun --nproc_per_node 2 examples/train_trainer.py --task parity --use_cpu
 
-Data come from `fpmamba_hf.tasks` (no download). Their labels are *aligned* (labels[:, i] is the target of position
-i), so the collator (`fpmamba_hf.experiments.collate`, the harness's) hands them to the model as `shift_labels`
+Data come from `fpmamba_lab.tasks` (no download). Their labels are *aligned* (labels[:, i] is the target of position
+i), so the collator (`fpmamba_lab.harness.collate`, the harness's) hands them to the model as `shift_labels`
 (transformers' causal-LM loss then uses them as they are) and also as `labels` (Trainer counts `num_items_in_batch`
 from `shift_labels` when a batch has `labels`, which makes gradient accumulation equal to one big batch). Rows are
 right padded: FP-Mamba is causal, so padding after the real tokens cannot change their outputs; the padded positions
@@ -23,13 +23,13 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM
-from fpmamba_hf.experiments import collate
-from fpmamba_hf.tasks import TaskSpec, get_task
+from fpmamba_lab.harness import collate
+from fpmamba_lab.tasks import TaskSpec, get_task
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", default="copy", help="a fpmamba_hf.tasks name (copy, parity, modular_arithmetic, S3, ...)")
+    p.add_argument("--task", default="copy", help="an fpmamba_lab.tasks name (copy, parity, S3, ...)")
     p.add_argument("--output_dir", default="runs/train_trainer")
     p.add_argument("--train_examples", type=int, default=2048)
     p.add_argument("--eval_examples", type=int, default=128)

@@ -1,40 +1,71 @@
-"""Glue between a layer's state and transformers' stock `DynamicCache`.
+"""The one adapter between a layer's state and transformers' stock `DynamicCache`.
 
 Generation builds `DynamicCache(config=...)`, which gives each block a linear-attention cache layer with one conv
 state and one recurrent state. Each backbone packs its state into those two tensors (`FixedPointLayer.pack_state`;
 Mamba-2 adds y*_{t-1} as an extra column of the recurrent state), so that beam reordering, batch expansion and
 offloading of the stock cache carry it along untouched.
 
-The cache also counts the positions it has consumed (`seen_tokens`; padding included, as generate() feeds it), so
-that generate() can continue from a returned cache given the full sequence: it feeds only the positions after
-that count.
+The cache is read and written through its public API: `has_previous_state`, `get_conv_state` /
+`get_recurrent_state` (transformers 5.24+), and `update_conv_state` / `update_recurrent_state`, which allocate the
+two tensors at the first write (at static addresses, which CUDA graphs need). Later writes go into those tensors in
+place (`FixedPointLayer.store_state`, no packed copy), so that a compiled or CUDA-graph decode step keeps writing
+where it read. Transformers 5.17-5.23 have no getters: `_stored_tensors` reads the layer's own tensors there, the one
+place that touches a cache layer's internals.
+
+The adapter also counts the positions a cache has consumed through this model (`seen_tokens`; padding included, as
+generate() feeds it), so that generate() can continue from a returned cache given the full sequence: it feeds only
+the positions after that count. The count is kept beside the cache (a weak map), not on it: a cache copied or filled
+elsewhere has no count.
 
 The cache's keyword changed name in transformers 5.24: generate() hands it to forward() as `cache` from then on, as
-`cache_params` (the name of models with linear-attention caches) before. This model reads all of its names
-(`cache`, `cache_params`, `past_key_values`: `resolve_cache`) and returns it as `cache`, before 5.24 also as
-`cache_params` (`expose_cache`; from 5.24 every ModelOutput reads the old names as `cache` itself), so it runs the
-same on either side of the rename.
+`cache_params` (the name of models with linear-attention caches) before. forward() takes `cache`; its old names
+`cache_params` and `past_key_values` go through transformers' `deprecate_kwarg` (`accepts_old_cache_names`); the
+output reads as `cache`, and before 5.24 also as `cache_params` (`expose_cache`: from 5.24 every ModelOutput reads
+the old names as `cache` itself).
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
 from fpmamba_core.layer import FixedPointLayer
+from transformers.cache_utils import Cache, LinearAttentionCacheLayerMixin
 from transformers.generation.utils import ALL_CACHE_NAMES
+from transformers.utils.deprecation import deprecate_kwarg
 
 # The keyword generate() passes the cache under (and looks for in forward()'s outputs) in the installed transformers.
 GENERATE_CACHE_NAME = "cache" if "cache" in ALL_CACHE_NAMES else "cache_params"
+# forward()'s name for the cache, then its old names (accepted with a deprecation warning).
 CACHE_NAMES = ("cache", "cache_params", "past_key_values")
+# transformers' own removal of the old names (its Mamba2 models deprecate `cache_params` for the same version).
+OLD_CACHE_NAMES_REMOVED_IN = "5.40.0"
+# Transformers 5.24+ read a linear-attention layer's tensors through the cache (`get_recurrent_state`).
+_PUBLIC_GETTERS = hasattr(Cache, "get_recurrent_state")
 
 
-def resolve_cache(**named: Any) -> Any:
-    """The one cache handed in under any of `CACHE_NAMES` (None if none), or a ValueError if two names hold
-    different caches."""
-    given = {name: c for name, c in named.items() if c is not None}
+def accepts_old_cache_names(forward: Callable) -> Callable:
+    """`forward` also taking the cache as `cache_params` or `past_key_values`, with transformers' deprecation
+    warning; the cache under two names raises a ValueError."""
+    for old_name in CACHE_NAMES[1:]:
+        forward = deprecate_kwarg(old_name, OLD_CACHE_NAMES_REMOVED_IN, new_name="cache", raise_if_both_names=True,
+                                  additional_message="Pass the cache once, as `cache`.")(forward)
+    return forward
+
+
+def for_generate(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """generate()'s keyword arguments with a user's cache under the name generate() reads. From transformers 5.24
+    generate() takes every name itself (and warns on the old ones); before, it reads only `cache_params`."""
+    if GENERATE_CACHE_NAME == "cache":
+        return kwargs
+    given = {name: kwargs.pop(name) for name in CACHE_NAMES if kwargs.get(name) is not None}
     if len({id(c) for c in given.values()}) > 1:
         raise ValueError(f"pass the cache once: {' and '.join(given)} hold different caches")
-    return next(iter(given.values()), None)
+    if given:
+        kwargs[GENERATE_CACHE_NAME] = next(iter(given.values()))
+    return kwargs
 
 
 def expose_cache(output: Any) -> Any:
@@ -44,61 +75,87 @@ def expose_cache(output: Any) -> Any:
     return output
 
 
-def _layer(cache, layer_idx: int):
+def expose_generated_cache(output: Any) -> Any:
+    """generate()'s output with the cache as `cache` on every transformers version (before 5.24 it is returned as
+    `past_key_values`)."""
+    if output.get("cache") is None and output.get("past_key_values") is not None:
+        output["cache"] = output["past_key_values"]
+    return output
+
+
+def _check_layer(cache: Any, layer_idx: int) -> None:
     layers = getattr(cache, "layers", None)
-    if layers is None or layer_idx >= len(layers) or not hasattr(layers[layer_idx], "recurrent_states"):
+    if (not isinstance(cache, Cache) or layer_idx >= len(layers)
+            or not isinstance(layers[layer_idx], LinearAttentionCacheLayerMixin)):
         raise TypeError(
             "the cache must be a transformers DynamicCache built from an FPMambaConfig "
             f"(DynamicCache(config=model.config)), got {type(cache).__name__}"
         )
-    return layers[layer_idx]
 
 
-def read_state(cache, layer_idx: int, batch_size: int, owner: FixedPointLayer) -> Any:
-    """The state stored for `layer_idx` (unpacked by its layer, `owner`), or None if the cache is still empty for
-    that layer."""
-    layer = _layer(cache, layer_idx)
-    if not layer.is_recurrent_states_initialized[0]:
+def _stored_tensors(cache: Cache, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (conv, recurrent) tensors the cache holds for `layer_idx`, or None while it holds no state."""
+    _check_layer(cache, layer_idx)
+    if not cache.has_previous_state(layer_idx, 0):
         return None
-    packed = layer.recurrent_states[0]
+    if _PUBLIC_GETTERS:
+        return cache.get_conv_state(layer_idx), cache.get_recurrent_state(layer_idx)
+    layer = cache.layers[layer_idx]  # transformers 5.17-5.23: no getters, the layer's own tensors
+    return layer.conv_states[0], layer.recurrent_states[0]
+
+
+def read_state(cache: Cache, layer_idx: int, batch_size: int, owner: FixedPointLayer) -> Any:
+    """The state stored for `layer_idx` (unpacked by its layer, `owner`), or None if the cache holds none for that
+    layer."""
+    stored = _stored_tensors(cache, layer_idx)
+    if stored is None:
+        return None
+    conv, packed = stored
     if packed.shape[0] != batch_size:
         raise ValueError(
             f"the cache holds a batch of {packed.shape[0]} sequences but the input has {batch_size} rows; "
             "pass a cache built for this batch (or none)"
         )
-    return owner.unpack_state(layer.conv_states[0], packed)
+    return owner.unpack_state(conv, packed)
 
 
-def write_state(cache, layer_idx: int, state: Any, owner: FixedPointLayer) -> None:
-    """Store `state` for `layer_idx` (laid out by its layer, `owner`; in place, keeping the tensors' addresses once
-    allocated, which a CUDA graph of the decode step relies on)."""
-    layer = _layer(cache, layer_idx)
-    # Allocated once from the first state; later states have its shapes (`read_state` refuses another batch size).
-    if not layer.is_recurrent_states_initialized[0]:
+def write_state(cache: Cache, layer_idx: int, state: Any, owner: FixedPointLayer) -> None:
+    """Store `state` for `layer_idx` (laid out by its layer, `owner`): the first write allocates the cache's tensors
+    through its public update methods; later writes go into them in place, keeping their addresses (a CUDA graph of
+    the decode step replays on them)."""
+    stored = _stored_tensors(cache, layer_idx)
+    if stored is None:
         conv, packed = owner.pack_state(state)
-        layer.is_recurrent_states_initialized[0] = False
-        layer.is_conv_states_initialized[0] = False
-        layer.lazy_initialization(conv_states=conv, recurrent_states=packed)
-    owner.store_state(state, layer.conv_states[0], layer.recurrent_states[0])
-    layer.has_previous_state[0] = True
+        cache.update_conv_state(conv, layer_idx)
+        cache.update_recurrent_state(packed, layer_idx)
+        return
+    owner.store_state(state, *stored)
 
 
-_SEEN = "fp_seen_tokens"  # attribute on the DynamicCache instance (reordering and expansion keep the object)
+def has_state(cache: Cache) -> bool:
+    """Whether any layer of the cache already holds a state (i.e. the cache continues a sequence)."""
+    return any(_stored_tensors(cache, i) is not None for i in range(len(getattr(cache, "layers", [None]))))
 
 
-def seen_tokens(cache) -> int | None:
+def state_tensors(cache: Cache) -> Iterator[torch.Tensor]:
+    """Every tensor the cache holds a state in (what a CUDA graph of the decode step reads and writes)."""
+    for i in range(len(cache.layers)):
+        yield from _stored_tensors(cache, i) or ()
+
+
+_SEEN: weakref.WeakKeyDictionary[Cache, int] = weakref.WeakKeyDictionary()
+
+
+def seen_tokens(cache: Cache) -> int | None:
     """Positions the cache has consumed through this model; None if it holds a state filled elsewhere."""
     if not has_state(cache):
         return 0
-    return getattr(cache, _SEEN, None)
+    return _SEEN.get(cache)
 
 
-def set_seen_tokens(cache, positions: int | None) -> None:
+def set_seen_tokens(cache: Cache, positions: int | None) -> None:
     """Record how many positions the cache has consumed (None: unknown)."""
-    setattr(cache, _SEEN, positions)
-
-
-def has_state(cache) -> bool:
-    """Whether any layer of the cache already holds a state (i.e. the cache continues a sequence)."""
-    n_layers = len(getattr(cache, "layers", [None]))
-    return any(_layer(cache, i).is_recurrent_states_initialized[0] for i in range(n_layers))
+    if positions is None:
+        _SEEN.pop(cache, None)
+    else:
+        _SEEN[cache] = positions

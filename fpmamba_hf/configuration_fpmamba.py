@@ -3,11 +3,13 @@
 It is the one declaration of every knob of the model: name, type, default (the fields below) and meaning (the class
 docstring, one entry per field). Names follow Mamba2Config where they are shared (hidden_size, state_size, head_dim,
 expand, n_groups, conv_kernel, chunk_size, ...). The layer reads these fields, and the task harness
-(fpmamba_hf/experiments/models.py) and the `fpmamba` CLI build their model settings and flags from them.
+(fpmamba_lab/harness/models.py) and the `fpmamba` CLI build their model settings and flags from them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import inspect
 import math
 import numbers
@@ -15,6 +17,7 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Iterable
 from functools import cache
 from typing import Any, NamedTuple
 
@@ -49,9 +52,28 @@ _POSITIVE_FINITE = (
     "layer_norm_epsilon", "time_step_min", "time_step_max", "fp_tol", "fp_backward_tol", "fp_max_iter_gamma_scale",
 )
 _NON_NEGATIVE_FINITE = ("time_step_floor", "initializer_range", "fp_max_iter_gamma_shape")
-# The paper's ablation switches that a backbone without the part they switch refuses at a non-default value
-# (rather than ignoring it, which would let an ablation run claim a change that did not happen).
-_NOT_ON_BACKBONE: dict[str, tuple[str, ...]] = {"bc_hidden_dependence": ("rnn",), "use_short_conv": ("rnn",)}
+# The switches only some backbones have, each with the backbones that have it (names in BACKBONES). Any other
+# backbone refuses a non-default value rather than ignoring it, which would let a run claim a change that did not
+# happen; the default, which every saved config holds, is accepted. A backbone added to the registry refuses them
+# until it is listed here. Sizes (state_size, head_dim, n_groups, conv_kernel, chunk_size) are not switches: one size
+# preset serves every backbone, and each size's entry below says which backbones read it.
+BACKBONE_SWITCHES: dict[str, tuple[str, ...]] = {
+    "use_short_conv": ("mamba2", "mamba1"),
+    "use_conv_bias": ("mamba2", "mamba1"),
+    "norm_per_group": ("mamba2",),
+    "time_step_min": ("mamba2", "mamba1"),
+    "time_step_max": ("mamba2", "mamba1"),
+    "time_step_floor": ("mamba2", "mamba1"),
+    "time_step_limit": ("mamba2", "mamba1"),
+    "bc_hidden_dependence": ("mamba2", "mamba1"),
+    "bc_norm": ("mamba2", "mamba1"),
+    "dt_hidden_dependence": ("mamba2", "mamba1"),
+    "time_step_rank": ("mamba1",),
+    "mamba1_gate": ("mamba1",),
+    "mamba1_norm": ("mamba1",),
+}
+# How close (difflib's ratio) an unknown keyword must come to a field's name to be taken for a misspelling of it.
+_TYPO_CUTOFF = 0.8
 _UNIT_INTERVAL = ("fp_damping", "fp_damping_decay", "fp_train_quantile")  # (0, 1]
 
 
@@ -74,7 +96,8 @@ class FPMambaConfig(PreTrainedConfig):
     r"""
     Configuration of an FP-Mamba language model: blocks of a diagonal RNN backbone (Mamba-2 or Mamba-1, `backbone`)
     whose mixer output is the fixed point of that RNN iterated with a structured channel mixer Q_t
-    (docs/method.md). A field that applies to one backbone only says so.
+    (docs/method.md). A field that applies to some backbones only says so; such a switch (`BACKBONE_SWITCHES`) at a
+    non-default value is refused on a backbone without it, and an unknown keyword that misspells a field too.
 
     Every field is checked at construction and on load, its type included (a string "false" for a bool, a float or
     a bool for an int are refused; an int is a valid float; numpy numbers become Python numbers): a ValueError
@@ -328,7 +351,9 @@ class FPMambaConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs) -> None:
         """`check()` every field; `num_heads` (a Mamba2Config field, derived here) is accepted when it agrees with
-        expand * hidden_size / head_dim."""
+        expand * hidden_size / head_dim; a misspelled field is refused. Other unknown keywords (what transformers
+        writes into config.json: architectures, dtype, auto_map, special token ids, ...) are kept as attributes."""
+        _refuse_misspelled_fields(kwargs)
         self.check()
         num_heads = kwargs.pop("num_heads", None)
         if num_heads is not None and num_heads != self.num_heads:
@@ -400,10 +425,11 @@ class FPMambaConfig(PreTrainedConfig):
             bad("mixer_proj_rank", "must be 0 (full rank) or a positive integer")
         if self.fp_solve_chunk < 0:
             bad("fp_solve_chunk", "must be 0 (the whole sequence at once) or a positive chunk length")
-        for name, backbones in _NOT_ON_BACKBONE.items():
+        for name, backbones in BACKBONE_SWITCHES.items():
             default = type(self).__dataclass_fields__[name].default
-            if self.backbone in backbones and getattr(self, name) != default:
-                bad(name, f"backbone {self.backbone!r} does not have what it switches; leave it at {default!r}")
+            if self.backbone not in backbones and getattr(self, name) != default:
+                bad(name, f"backbone {self.backbone!r} does not have what it switches (it applies to "
+                          f"{', '.join(backbones)} only); leave it at {default!r}")
         if self.backbone == "mamba2" and self.intermediate_size % self.head_dim:
             bad("head_dim", f"must divide d_inner = expand * hidden_size = {self.intermediate_size}")
         if self.backbone == "mamba2" and self.num_heads % self.n_groups:
@@ -447,6 +473,22 @@ class FPMambaConfig(PreTrainedConfig):
             write_portable_code(save_directory)
 
 
+def _refuse_misspelled_fields(keywords: Iterable[str]) -> None:
+    """A keyword that is no field of FPMambaConfig but a close spelling of one (`mixer_rnak`) is a typo: a ValueError
+    names the field it misspells (PreTrainedConfig would keep it as an attribute that nothing reads). The keys of
+    transformers itself pass: its PreTrainedConfig fields, private keys (`_name_or_path`) and special token ids
+    (`sep_token_id` is close to `pad_token_id`)."""
+    ours = list(FPMambaConfig.field_types())
+    theirs = {f.name for f in dataclasses.fields(PreTrainedConfig)}
+    for key in keywords:
+        if key in theirs or key.startswith("_") or key.endswith("_token_id"):
+            continue
+        close = difflib.get_close_matches(key, ours, n=1, cutoff=_TYPO_CUTOFF)
+        if close:
+            raise ValueError(f"FPMamba config: unknown keyword {key!r}: did you mean {close[0]!r}? (no field is "
+                             f"named {key!r}; FPMambaConfig.field_docs() lists them)")
+
+
 def _has_type(value: Any, hint: Any) -> bool:
     """Whether `value` is of the annotated type: bool is not an int, an int is a float (Python's numeric tower)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -463,4 +505,4 @@ def _has_type(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)  # bool, str, NoneType
 
 
-__all__ = ["CHOICES", "FPMambaConfig", "FieldDoc"]
+__all__ = ["BACKBONE_SWITCHES", "CHOICES", "FPMambaConfig", "FieldDoc"]

@@ -3,9 +3,9 @@ non-finite or unconverged passes silently.
 
 Every forward collects, without a host sync, per layer the iterations and the relative residual each row stopped
 at, and one finiteness flag per stage of the stack (embeddings, each block, final norm, LM head). A plain forward
-reads them back once at its end (`check_forward`); inside `generate()` the forward instead appends them to the
-call's own `GenerationLog` (kept per call, so nested and concurrent calls never mix), which is read back once
-when the call ends. Either way:
+reads them back once at its end (`check_forward`); inside `generate()` the call's decode runner
+(fpmamba_hf/decoding.py) instead appends them to the call's own `GenerationLog` (kept per call, so nested and
+concurrent calls never mix), which is read back once when the call ends. Either way:
   - a non-finite value raises FloatingPointError naming the first stage that produced one (and any non-finite
     parameter, the usual cause);
   - in eval / generation, rows that stopped at the iteration cap above the tolerance give ONE warning per call
@@ -25,13 +25,11 @@ logger = logging.get_logger(__name__)
 
 # Per-call fixed-point keywords of forward() and generate() (also read from generation_config).
 FP_CALL_KEYS = ("fp_max_iter", "fp_tol", "fp_solve_chunk")
-# Keywords the package passes to forward() itself; every other fp_* keyword is a typo and is refused.
-FP_INTERNAL_KEYS = ("fp_stages", "fp_trusted_ids")
 
 
 def check_call_keywords(kwargs: dict) -> None:
     """Refuse misspelled fixed-point keywords (e.g. `fp_maxiter=1`) instead of running with the defaults."""
-    unknown = sorted(k for k in kwargs if k.startswith("fp_") and k not in FP_CALL_KEYS + FP_INTERNAL_KEYS)
+    unknown = sorted(k for k in kwargs if k.startswith("fp_") and k not in FP_CALL_KEYS)
     if unknown:
         raise TypeError(f"unknown fixed-point keyword(s) {unknown}; the per-call ones are {list(FP_CALL_KEYS)}")
 
@@ -57,10 +55,8 @@ class StageFlags:
 class GenerationLog:
     """Telemetry of one generate() call: one entry per forward (step), kept as the device tensors the forward made
     (the comparisons happen once, in `check_generation`). iterations, residual: (rows, layers); magnitudes:
-    (stages,) the largest magnitude of each stage's output (finite exactly when the output is). compile_step: the
-    decode steps run compiled (config.fp_compile)."""
+    (stages,) the largest magnitude of each stage's output (finite exactly when the output is)."""
 
-    compile_step: bool = False
     iterations: list[torch.Tensor] = field(default_factory=list)
     residual: list[torch.Tensor] = field(default_factory=list)
     magnitudes: list[torch.Tensor] = field(default_factory=list)

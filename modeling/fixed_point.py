@@ -39,6 +39,7 @@ SOLVERS = ("picard", "anderson")  # the step of a solve (fp_solver)
 DECODE_SOLVERS = ("picard", "newton")  # the step of decoding's per-token solve (fp_decode_solver)
 # The damped Picard steps a Newton solve takes before its first Newton step (see `newton_step`).
 NEWTON_AFTER = 2
+RESIDUAL_EPS = 1e-6  # the eps of the relative residual's denominator
 
 
 @dataclass
@@ -66,21 +67,23 @@ ContinueSync = Callable[[bool], bool]
 
 @dataclass
 class SolverSettings:
-    """Stopping rule, caps, damping and step of one solve. solver: the step, one of SOLVERS, or "newton" for a solve
-    of one token per row (decoding's, through `per_token`); anderson_m: Anderson's memory; decode_solver: one of
-    DECODE_SOLVERS, the step `per_token` gives decoding's per-token solve."""
+    """Stopping rule, caps, damping and step of one solve (a layer derives it from its FixedPointSettings per call;
+    the knobs have no defaults here, the model's config declares them). solver: the step, one of SOLVERS, or
+    "newton" for a solve of one token per row (decoding's, through `per_token`); anderson_m: Anderson's memory;
+    decode_solver: one of DECODE_SOLVERS, the step `per_token` gives decoding's per-token solve; min_damping: the
+    floor of the damping schedule; eps: the relative residual's."""
 
     max_iter: int
     tol: float
-    damping: float = 1.0
-    damping_decay: float = 0.9
-    damping_patience: int = 5
+    damping: float
+    damping_decay: float
+    damping_patience: int
+    train_quantile: float
+    solver: str
+    anderson_m: int
+    decode_solver: str
     min_damping: float = 1e-3
-    train_quantile: float = 1.0
-    eps: float = 1e-6
-    solver: str = "picard"
-    anderson_m: int = 5
-    decode_solver: str = "picard"
+    eps: float = RESIDUAL_EPS
     # Raise at once on a non-finite iterate where no stopping decision needs a host sync (a solve capped at one
     # evaluation, a constant map). False when the caller checks its outputs' finiteness itself (the model's stage
     # flags, read once per forward or generate call): such a solve then takes no host sync at all. An iterating
@@ -99,6 +102,18 @@ class SolverSettings:
         """The settings of decoding's per-token solve: Newton's step where decode_solver is "newton", else these
         (the step of every other solve, fp_solver's)."""
         return replace(self, solver="newton") if self.decode_solver == "newton" else self
+
+
+@dataclass
+class DecodeResult:
+    """One decode token of every row (a backbone's `decode_token`): y_out = f(y*) (b, d), y* (b, d), the new recurrent
+    state (fp32, the backbone's layout), and the inner solve's iterations (b,) and relative residual (b,)."""
+
+    y_out: torch.Tensor
+    y_star: torch.Tensor
+    state: torch.Tensor
+    iterations: torch.Tensor
+    residual: torch.Tensor
 
 
 @dataclass
@@ -307,9 +322,10 @@ class ImplicitGradientFallback(RuntimeWarning):
 
 
 def implicit_output(
-    f: IterationMap, y_star: torch.Tensor, settings: SolverSettings, layer_idx: int | None = None
+    f: IterationMap, y_star: torch.Tensor, max_iter: int, tol: float, layer_idx: int | None = None
 ) -> MapOutput:
-    """One application of f with autograd whose incoming gradient is mapped to the adjoint fixed point."""
+    """One application of f with autograd whose incoming gradient is mapped to the adjoint fixed point, solved to the
+    relative residual `tol` within `max_iter` vector-Jacobian products."""
     rows = torch.arange(y_star.shape[0], device=y_star.device)
     y_in = y_star.detach().requires_grad_(True)
     out = f(y_in, rows)
@@ -326,14 +342,14 @@ def implicit_output(
         solving = True
         try:
             g, r = grad, float("inf")
-            for _ in range(settings.max_iter):
+            for _ in range(max_iter):
                 (jt_g,) = torch.autograd.grad(y_out, y_in, g, retain_graph=True)
                 g_new = grad + jt_g
-                r = float(relative_residual(g_new, g, settings.eps).max())  # NaN when g_new is not finite
+                r = float(relative_residual(g_new, g, RESIDUAL_EPS).max())  # NaN when g_new is not finite
                 if not math.isfinite(r):
                     break
                 g = g_new
-                if r < settings.tol:
+                if r < tol:
                     return g
         finally:
             solving = False
@@ -342,7 +358,7 @@ def implicit_output(
         where = f"layer {layer_idx}" if layer_idx is not None else "a layer"
         warnings.warn(
             f"FP-Mamba implicit gradient: the adjoint fixed point of {where} did not converge within "
-            f"fp_backward_max_iter={settings.max_iter} (relative residual {r:.3g} > fp_backward_tol={settings.tol:g}); "
+            f"fp_backward_max_iter={max_iter} (relative residual {r:.3g} > fp_backward_tol={tol:g}); "
             "this backward uses the one-step gradient instead.",
             ImplicitGradientFallback,
             stacklevel=2,

@@ -2,13 +2,15 @@
 
 A layer call computes y* = f(y*) for the whole input, where f is the backbone's iteration map, then out = g(f(y*)).
 This class owns everything that is the same for every backbone:
-  * the solver settings of the call (config caps/tolerance, per-call overrides, train vs eval cap);
+  * the solver settings of the call (`solver`'s caps and tolerance, per-call overrides, train vs eval cap);
   * the solve (modeling/fixed_point.py), or its replay under activation checkpointing;
-  * the finish: f(y*) differentiable as the config's fp_backward says (one-step or implicit gradient);
+  * the finish: f(y*) differentiable as `solver.backward` says (one-step or implicit gradient);
   * the per-token decode contract: one token with a state and no autograd is solved by the backbone's decode step;
   * the telemetry every call returns (iterations and residual per row).
 A backbone subclasses it and implements the interface below (`prelude`, `iteration_map`, `decode_token`, `output`,
-`next_state`, `initial_values`); its parameters live on the subclass, so their names are the source model's.
+`next_state`, `initial_values`, ...); its parameters live on the subclass, so their names are the source model's.
+The base reads a backbone's modules only through that interface (`channel_mixer`, `y_projections`,
+`output_projection`): it names no attribute of theirs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .checkpointing import FixedPointReplay
 from .compiled import compiled_map
 from .fixed_point import (
     ContinueSync,
+    DecodeResult,
     IterationMap,
     MapOutput,
     SolveResult,
@@ -35,10 +38,18 @@ from .fixed_point import (
     solve_constant,
 )
 from .mixers import ChannelMixer, is_plain_linear
-from .ops.reference import DecodeResult
 from .precision import acc
+from .settings import FP_BACKWARDS, FixedPointSettings, LayerSettings, check_call_budget
 
-FP_BACKWARDS = ("one_step", "implicit")
+__all__ = ["FP_BACKWARDS", "ChunkedSolve", "FixedPointLayer", "LayerOutput"]
+
+
+def _load_former_mixer_names(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """A state dict written before the channel mixer was named `channel_mixer` holds it as `mixer.*` (what
+    transformers' save_pretrained still writes: fpmamba_hf maps the names back on save): load those keys into it."""
+    former = prefix + "mixer."
+    for key in [k for k in state_dict if k.startswith(former)]:
+        state_dict[prefix + "channel_mixer." + key[len(former):]] = state_dict.pop(key)
 
 
 @dataclass
@@ -69,14 +80,19 @@ class ChunkedSolve:
 class FixedPointLayer(nn.Module):
     """One FP-RNN layer. forward(hidden_states (b, T, hidden)) -> LayerOutput. Abstract: see the module docstring.
 
-    config: any object with the model config's fields (FPMambaConfig); the solver knobs (fp_*) are read at every
-    call, so an edit of them takes effect at the next one.
+    settings: the layer's shape and switches (fixed once built); solver: the solver knobs, read at every call, so a
+    model that replaces `layer.solver` (e.g. after an edit of its config's fp_* fields) changes the next call.
+    A backbone sets `channel_mixer`, its Q_t (a ChannelMixer; kind "none" where it has no mixing).
     """
 
-    def __init__(self, config: Any, layer_idx: int | None = None) -> None:
+    channel_mixer: ChannelMixer
+
+    def __init__(self, settings: LayerSettings, solver: FixedPointSettings, layer_idx: int | None = None) -> None:
         super().__init__()
-        self.config = config
+        self.settings = settings
+        self.solver = solver
         self.layer_idx = layer_idx
+        self.register_load_state_dict_pre_hook(_load_former_mixer_names)
 
     # ------------------------------------------------------------------------------------- backbone interface
     def prelude(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, state: Any) -> Any:
@@ -107,7 +123,7 @@ class FixedPointLayer(nn.Module):
         gradient. When none does and f cannot read y (`map_reads_iterate` False: a converted source model fine-tuned
         with those parts frozen, e.g. under LoRA adapters elsewhere), a training call is one evaluation with
         autograd, the source model's own cost."""
-        modules = [self.mixer, *(m for m in self.y_projections() if m is not None)]
+        modules = [self.channel_mixer, *(m for m in self.y_projections() if m is not None)]
         return any(p.requires_grad for m in modules for p in m.parameters())
 
     def decode_token(self, prelude: Any, settings: SolverSettings) -> DecodeResult:
@@ -171,26 +187,20 @@ class FixedPointLayer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Set the parameters of `initial_values` and reset the channel mixer (every backbone has one, `mixer`)."""
+        """Set the parameters of `initial_values` and reset the channel mixer."""
         for name, value in self.initial_values().items():
             self.get_parameter(name).copy_(value)
-        self.mixer.reset_parameters()
+        self.channel_mixer.reset_parameters()
 
     def init_weights(self, init: Any) -> None:
         """The random initialisation of the backbone's own weights, through `init`: transformers' guarded helpers
-        (`transformers.initialization`), which leave loaded weights alone. By default Mamba's: kaiming-uniform for
-        the short conv (when the backbone has one, `conv1d`; bias 0) and for the output projection."""
-        conv = getattr(self, "conv1d", None)
-        if conv is not None:
-            init.kaiming_uniform_(conv.weight, a=math.sqrt(5))
-            if conv.bias is not None:
-                init.zeros_(conv.bias)
-        init.kaiming_uniform_(self.output_projection().weight, a=math.sqrt(5))
+        (`transformers.initialization`), which leave loaded weights alone."""
+        raise NotImplementedError
 
     def output_projection(self) -> nn.Linear:
         """The projection into the residual stream, whose initial weight rescale_prenorm_residual divides by
-        sqrt(num_hidden_layers). Every backbone so far names it `out_proj`; one that does not overrides this."""
-        return self.get_submodule("out_proj")
+        sqrt(num_hidden_layers)."""
+        raise NotImplementedError
 
     # The converter from the transformers source model (`FPMambaForCausalLM.from_<source>`): the source's class
     # name in transformers, its config mapped onto ours, and what makes the layer compute the source exactly.
@@ -211,54 +221,36 @@ class FixedPointLayer(nn.Module):
 
     # ------------------------------------------------------------------------------------------- the solve
     def solver_settings(self, max_iter: int | None = None, tol: float | None = None) -> SolverSettings:
-        """The settings of one call: the config's, with the per-call cap / tolerance if given."""
-        c = self.config
-        if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 1):
-            raise ValueError(f"fp_max_iter must be a positive integer, got {max_iter!r}")
-        if tol is not None and not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
-            raise ValueError(f"fp_tol must be a finite number > 0, got {tol!r}")
-        default_cap = self.training_cap() if self.training else c.fp_max_iter_eval
-        return SolverSettings(
-            max_iter=max_iter if max_iter is not None else default_cap,
-            tol=float(tol if tol is not None else c.fp_tol),
-            damping=c.fp_damping, damping_decay=c.fp_damping_decay, damping_patience=c.fp_damping_patience,
-            train_quantile=c.fp_train_quantile, solver=c.fp_solver, anderson_m=c.fp_anderson_m,
-            decode_solver=c.fp_decode_solver,
-        )
+        """The settings of one call: `solver`'s, with the per-call cap / tolerance if given (`check_call_budget`)."""
+        max_iter, tol, _ = check_call_budget(max_iter, tol)
+        if max_iter is None:
+            max_iter = self.training_cap() if self.training else self.solver.max_iter_eval
+        return self.solver.solve_settings(max_iter, self.solver.tol if tol is None else tol)
 
     def training_cap(self) -> int:
-        """The iteration cap of a training call: fp_max_iter, or with fp_max_iter_gamma_shape k > 0 a random cap
-        min(fp_max_iter, ceil(Gamma(k, fp_max_iter_gamma_scale))), at least 1, drawn anew at every call from torch's
+        """The iteration cap of a training call: solver.max_iter, or with max_iter_gamma_shape k > 0 a random cap
+        min(max_iter, ceil(Gamma(k, max_iter_gamma_scale))), at least 1, drawn anew at every call from torch's
         default CPU generator (the paper's Fig. 6, l_max ~ Gamma(4, 1))."""
-        c = self.config
-        shape = getattr(c, "fp_max_iter_gamma_shape", 0.0)
-        if not shape:
-            return c.fp_max_iter
-        rate = torch.tensor(1.0 / c.fp_max_iter_gamma_scale, dtype=torch.float64)
-        draw = torch.distributions.Gamma(torch.tensor(float(shape), dtype=torch.float64), rate).sample()
-        return max(1, min(c.fp_max_iter, math.ceil(float(draw))))
+        s = self.solver
+        if not s.max_iter_gamma_shape:
+            return s.max_iter
+        rate = torch.tensor(1.0 / s.max_iter_gamma_scale, dtype=torch.float64)
+        shape = torch.tensor(float(s.max_iter_gamma_shape), dtype=torch.float64)
+        draw = torch.distributions.Gamma(shape, rate).sample()
+        return max(1, min(s.max_iter, math.ceil(float(draw))))
 
     def finish(self, f: IterationMap, y_star: torch.Tensor, plain: MapOutput | None) -> MapOutput:
         """f(y*) and its aux. With autograd: differentiable according to fp_backward. Without: the solver's own f(y*)
         (`plain`), or computed when there is none (a checkpoint replay) or when training uses several one-step
         applications (so a checkpoint's no-grad first forward yields the value its recompute differentiates)."""
-        c = self.config
+        s = self.solver
         grad = torch.is_grad_enabled()
-        if grad and c.fp_backward == "implicit":
-            adj = SolverSettings(max_iter=c.fp_backward_max_iter, tol=c.fp_backward_tol)
-            return implicit_output(f, y_star, adj, self.layer_idx)
-        steps = c.fp_backward_steps if (grad or self.training) and c.fp_backward == "one_step" else 1
+        if grad and s.backward == "implicit":
+            return implicit_output(f, y_star, s.backward_max_iter, s.backward_tol, self.layer_idx)
+        steps = s.backward_steps if (grad or self.training) and s.backward == "one_step" else 1
         if grad or plain is None or steps > 1:
             return one_step_output(f, y_star, steps)
         return plain
-
-    def solve_chunk_length(self, chunk: int | None) -> int:
-        """The chunk length of a call's solve: the per-call `chunk` or config.fp_solve_chunk; 0 = the whole sequence."""
-        if chunk is None:
-            return self.config.fp_solve_chunk
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
-            raise ValueError(f"fp_solve_chunk must be 0 (the whole sequence) or a positive integer, got {chunk!r}")
-        return chunk
 
     def forward(
         self,
@@ -280,9 +272,11 @@ class FixedPointLayer(nn.Module):
         replay: activation checkpointing; an empty one records y*, a filled one is applied instead of solving.
         finite_checked: the caller checks the output's finiteness itself (the model's stage flags), so a solve with no
         stopping decision to take (one evaluation) raises nothing and takes no host sync.
-        fp_solve_chunk: solve the sequence chunk by chunk (`solve_in_chunks`); None: config.fp_solve_chunk."""
+        fp_solve_chunk: solve the sequence chunk by chunk (`solve_in_chunks`); None: solver.solve_chunk.
+        fp_max_iter, fp_tol, fp_solve_chunk follow `check_call_budget`'s rules."""
+        fp_max_iter, fp_tol, fp_solve_chunk = check_call_budget(fp_max_iter, fp_tol, fp_solve_chunk)
         settings = self.solver_settings(fp_max_iter, fp_tol)
-        chunk = self.solve_chunk_length(fp_solve_chunk)
+        chunk = self.solver.solve_chunk if fp_solve_chunk is None else fp_solve_chunk
         if finite_checked:
             settings = replace(settings, raise_non_finite=False)
         mask = None if attention_mask is None else attention_mask.to(torch.bool)
@@ -342,7 +336,7 @@ class FixedPointLayer(nn.Module):
                   sync: ContinueSync | None) -> SolveResult:
         """The no-autograd solve of one call's map f from the backbone's initial iterate."""
         y0 = self.initial_iterate(pre)
-        g = compiled_map(f) if self.config.fp_compile else f  # the no-autograd evaluations
+        g = compiled_map(f) if self.solver.compile else f  # the no-autograd evaluations
         if constant:
             return solve_constant(g, y0, settings, self.layer_idx)
         return solve(g, y0, settings, self.training, self.layer_idx, sync)

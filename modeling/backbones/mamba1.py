@@ -25,12 +25,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..fixed_point import MapOutput, SolverSettings
+from ..fixed_point import DecodeResult, MapOutput, SolverSettings
 from ..layer import FixedPointLayer
 from ..mixers import ChannelMixer, apply_mixer
 from ..ops import mamba1_readout, selective_decode_step, selective_scan
-from ..ops.reference import DecodeResult
 from ..precision import acc
+from ..settings import FixedPointSettings, LayerSettings
+from .mamba_init import mamba_init_weights
 
 MAMBA1_GATES = ("after_loop", "in_loop")  # config field mamba1_gate
 MAMBA1_NORMS = ("layernorm", "none")  # config field mamba1_norm
@@ -84,7 +85,7 @@ class Mamba1Map:
         all_rows = rows.numel() == pre.x.shape[0]
         take = (lambda t: t) if all_rows else (lambda t: None if t is None else t[rows])  # noqa: E731
         ys = torch.cat([take(pre.y_prev0)[:, None], y[:, :-1]], dim=1)
-        factors = layer.mixer.factors(take(pre.x_part), ys)
+        factors = layer.channel_mixer.factors(take(pre.x_part), ys)
         B, C = layer.bc(take(pre.Bx), take(pre.Cx), ys)
         dt = take(pre.dt) if pre.dt is not None else layer.dt(take(pre.dt_low), ys)
         mask = take(pre.mask)
@@ -101,9 +102,9 @@ class Mamba1Map:
 class Mamba1Layer(FixedPointLayer):
     """FP-Mamba on a Mamba-1 backbone. forward(hidden_states (b, T, hidden)) -> LayerOutput (see FixedPointLayer)."""
 
-    def __init__(self, config: Any, layer_idx: int | None = None) -> None:
-        super().__init__(config, layer_idx)
-        c = config
+    def __init__(self, settings: LayerSettings, solver: FixedPointSettings, layer_idx: int | None = None) -> None:
+        super().__init__(settings, solver, layer_idx)
+        c = settings
         self.d_inner = d = c.expand * c.hidden_size
         self.ssm_state_size = n = c.state_size
         self.conv_kernel_size = c.conv_kernel
@@ -119,7 +120,7 @@ class Mamba1Layer(FixedPointLayer):
         self.out_proj = nn.Linear(d, c.hidden_size, bias=c.use_bias)
         # FP-Mamba's additions: the channel mixer, the in-loop norm, the hidden-state dependence of B, C (and dt),
         # and the after-loop gate's dependence on the previous output.
-        self.mixer = ChannelMixer.from_config(c, d)
+        self.channel_mixer = ChannelMixer(c.mixer, d)
         self.norm = nn.LayerNorm(d, eps=c.layer_norm_epsilon) if c.mamba1_norm == "layernorm" else None
         self.bc_y_proj = nn.Linear(d, 2 * n, bias=False) if c.bc_hidden_dependence else None
         self.dt_y_proj = nn.Linear(d, r, bias=False) if c.dt_hidden_dependence else None
@@ -130,7 +131,7 @@ class Mamba1Layer(FixedPointLayer):
         """Mamba-1's A_log (S4D-real: log 1..n in every channel), D, dt_proj (weight uniform in +-rank^-0.5, bias the
         inverse softplus of a log-uniform dt), and the y-projections at zero (the iteration starts as Mamba-1 plus
         the mixer and the norm). Used by `reset_parameters` here and by the transformers model's `_init_weights`."""
-        c = self.config
+        c = self.settings
         d, r = self.d_inner, self.time_step_rank
         dt = torch.exp(torch.rand(d) * (math.log(c.time_step_max) - math.log(c.time_step_min))
                        + math.log(c.time_step_min)).clamp(min=c.time_step_floor)
@@ -145,9 +146,15 @@ class Mamba1Layer(FixedPointLayer):
                 values[f"{proj}.weight"] = torch.zeros_like(getattr(self, proj).weight)
         return values
 
+    def init_weights(self, init: Any) -> None:
+        mamba_init_weights(init, self.conv1d, self.out_proj)
+
+    def output_projection(self) -> nn.Linear:
+        return self.out_proj
+
     # ------------------------------------------------------------------------ conversion from MambaForCausalLM
     source_model = "MambaForCausalLM"
-    added_parameters = ("mixer.", "norm.", "bc_y_proj.", "dt_y_proj.", "gate_y_proj.")
+    added_parameters = ("channel_mixer.", "norm.", "bc_y_proj.", "dt_y_proj.", "gate_y_proj.")
 
     @classmethod
     def config_from_source(cls, source: nn.Module) -> dict[str, Any]:
@@ -176,8 +183,8 @@ class Mamba1Layer(FixedPointLayer):
         if self.norm is not None:
             raise ValueError("from_mamba: an in-loop LayerNorm (mamba1_norm='layernorm') changes Mamba-1's output, "
                              "so the converted model would not compute its source; convert with mamba1_norm='none'")
-        if self.mixer.proj is not None:
-            self.mixer.gain.zero_()
+        if self.channel_mixer.proj is not None:
+            self.channel_mixer.gain.zero_()
         for proj in (self.bc_y_proj, self.dt_y_proj, self.gate_y_proj):
             if proj is not None:
                 proj.weight.zero_()
@@ -189,7 +196,7 @@ class Mamba1Layer(FixedPointLayer):
         if self.dt_y_proj is not None:  # called, not read as a weight: a wrapped (e.g. LoRA) projection takes part
             dt_low = dt_low + self.dt_y_proj(y_prev.to(self.dt_y_proj.weight.dtype)).to(dt_low.dtype)
         dt = F.softplus(acc(self.dt_proj(dt_low.to(self.dt_proj.weight.dtype))))
-        lo, hi = self.config.time_step_limit
+        lo, hi = self.settings.time_step_limit
         return dt.clamp(lo, hi) if (lo > 0.0 or hi != float("inf")) else dt
 
     def bc(self, Bx: torch.Tensor, Cx: torch.Tensor, y_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,7 +206,7 @@ class Mamba1Layer(FixedPointLayer):
         if self.bc_y_proj is not None:
             By, Cy = acc(self.bc_y_proj(y_prev.to(self.bc_y_proj.weight.dtype))).split(self.ssm_state_size, -1)
             B, C = Bx + By, Cx + Cy
-        if self.config.bc_norm:
+        if self.settings.bc_norm:
             B, C = F.normalize(B, dim=-1, eps=1e-6), F.normalize(C, dim=-1, eps=1e-6)
         return B, C
 
@@ -207,7 +214,7 @@ class Mamba1Layer(FixedPointLayer):
         """The map's value (..., d) fp32 from the scan output s and the gate input z (..., d)."""
         gate = F.silu(z) if self.gate_in_loop else None
         weight, bias = (None, None) if self.norm is None else (self.norm.weight, self.norm.bias)
-        return mamba1_readout(s, gate, weight, bias, self.config.layer_norm_epsilon)
+        return mamba1_readout(s, gate, weight, bias, self.settings.layer_norm_epsilon)
 
     def _conv(self, x: torch.Tensor, window: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Causal depthwise conv + SiLU over x (b, T, d), continuing from `window` (b, d, k).
@@ -237,7 +244,7 @@ class Mamba1Layer(FixedPointLayer):
         x = acc(x)
         zeros = x.new_zeros(b, self.d_inner)
         return Mamba1Prelude(
-            x=x, z=acc(z), x_part=self.mixer.precompute(x), Bx=acc(Bx), Cx=acc(Cx), dt_low=dt_low,
+            x=x, z=acc(z), x_part=self.channel_mixer.precompute(x), Bx=acc(Bx), Cx=acc(Cx), dt_low=dt_low,
             dt=self.dt(dt_low, None) if self.dt_y_proj is None else None, A=-torch.exp(acc(self.A_log)),
             y_prev0=zeros if state is None else acc(state.y_prev),
             y_out_prev0=zeros if state is None or state.y_out_prev is None else acc(state.y_out_prev),
@@ -253,7 +260,7 @@ class Mamba1Layer(FixedPointLayer):
     def map_reads_iterate(self) -> bool:
         """f reads y through the mixer and the y-projections of B, C (and dt): see `reads_iterate_through`. (The
         after-loop gate's W_zy reads f(y*), outside the map.)"""
-        return self.reads_iterate_through(self.mixer, self.y_projections())
+        return self.reads_iterate_through(self.channel_mixer, self.y_projections())
 
     def y_projections(self) -> tuple[nn.Module | None, nn.Module | None]:
         return self.bc_y_proj, self.dt_y_proj
@@ -261,13 +268,13 @@ class Mamba1Layer(FixedPointLayer):
     def decode_token(self, pre: Mamba1Prelude, settings: SolverSettings) -> DecodeResult:
         """One token per row through `ops.selective_decode_step` (inference: no autograd through the inner loop)."""
         y_prev = pre.y_prev0
-        factors = self.mixer.factors(None if pre.x_part is None else pre.x_part[:, 0], y_prev)
+        factors = self.channel_mixer.factors(None if pre.x_part is None else pre.x_part[:, 0], y_prev)
         B, C = self.bc(pre.Bx[:, 0], pre.Cx[:, 0], y_prev)
         dt = pre.dt[:, 0] if pre.dt is not None else self.dt(pre.dt_low[:, 0], y_prev)
         gate = F.silu(pre.z[:, 0]) if self.gate_in_loop else None
         weight, bias = (None, None) if self.norm is None else (self.norm.weight, self.norm.bias)
         return selective_decode_step(pre.x[:, 0], dt, pre.A, B, C, self.D, pre.H0, factors, gate, weight, bias,
-                                     self.config.layer_norm_epsilon, settings, self.layer_idx)
+                                     self.settings.layer_norm_epsilon, settings, self.layer_idx)
 
     def output(self, y_out: torch.Tensor, prelude: Mamba1Prelude) -> torch.Tensor:
         """out_proj(y_out), or with the gate after the loop out_proj(SiLU(z + W_zy shift(y_out)) * y_out), where

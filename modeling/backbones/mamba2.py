@@ -21,13 +21,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..fixed_point import MapOutput, SolverSettings
+from ..fixed_point import DecodeResult, MapOutput, SolverSettings
 from ..layer import FixedPointLayer
 from ..mixers import ChannelMixer, MixerFactors, apply_mixer, is_plain_linear
 from ..norms import GatedRMSNorm
 from ..ops import backend_for, decode_step, fused_iteration, fused_iteration_supported, ssd_scan
-from ..ops.reference import DecodeResult, ScanDecay, ssd_scan_decay
+from ..ops.reference import ScanDecay, ssd_scan_decay
 from ..precision import acc
+from ..settings import FixedPointSettings, LayerSettings
+from .mamba_init import mamba_init_weights
 
 if TYPE_CHECKING:
     from ..ops.fused_iteration_triton import FusedIterationInputs
@@ -87,7 +89,7 @@ class Mamba2Map:
         grad = torch.is_grad_enabled()
         if grad not in self._fixed_dt:
             dt = layer.dt(pre.dt_raw, None)
-            decay = (ssd_scan_decay(dt, pre.A, pre.mask, layer.config.chunk_size)
+            decay = (ssd_scan_decay(dt, pre.A, pre.mask, layer.settings.chunk_size)
                      if backend_for(pre.x) == "reference" else None)
             self._fixed_dt[grad] = dt, decay
         dt, decay = self._fixed_dt[grad]
@@ -114,9 +116,9 @@ class Mamba2Map:
             if skip_y:
                 xt = take(pre.x)
             else:
-                xt = y + apply_mixer(layer.mixer.factors(take(pre.x_part), ys), take(pre.x) - y)
+                xt = y + apply_mixer(layer.channel_mixer.factors(take(pre.x_part), ys), take(pre.x) - y)
             s, H = ssd_scan(xt.view(-1, T, layer.num_heads, layer.head_dim), dt, pre.A, B, C, layer.D,
-                            take(pre.H0), mask, layer.config.chunk_size, decay)
+                            take(pre.H0), mask, layer.settings.chunk_size, decay)
             yhat = layer.norm(s.reshape(-1, T, layer.d_inner), take(pre.z))
         if mask is not None:
             yhat = yhat * mask[:, :, None].to(yhat.dtype)
@@ -126,9 +128,9 @@ class Mamba2Map:
 class Mamba2Layer(FixedPointLayer):
     """FP-Mamba on a Mamba-2 backbone. forward(hidden_states (b, T, hidden)) -> LayerOutput (see FixedPointLayer)."""
 
-    def __init__(self, config: Any, layer_idx: int | None = None) -> None:
-        super().__init__(config, layer_idx)
-        c = config
+    def __init__(self, settings: LayerSettings, solver: FixedPointSettings, layer_idx: int | None = None) -> None:
+        super().__init__(settings, solver, layer_idx)
+        c = settings
         self.d_inner = c.expand * c.hidden_size
         self.head_dim = c.head_dim
         self.num_heads = self.d_inner // c.head_dim
@@ -146,7 +148,7 @@ class Mamba2Layer(FixedPointLayer):
         self.norm = GatedRMSNorm(self.d_inner, group, c.layer_norm_epsilon)
         self.out_proj = nn.Linear(self.d_inner, c.hidden_size, bias=c.use_bias)
         # FP-Mamba's additions: the channel mixer and the hidden-state dependence of B, C (and dt).
-        self.mixer = ChannelMixer.from_config(c, self.d_inner)
+        self.channel_mixer = ChannelMixer(c.mixer, self.d_inner)
         self.bc_y_proj = (nn.Linear(self.d_inner, 2 * c.n_groups * c.state_size, bias=False)
                           if c.bc_hidden_dependence else None)
         self.dt_y_proj = nn.Linear(self.d_inner, self.num_heads, bias=False) if c.dt_hidden_dependence else None
@@ -155,7 +157,7 @@ class Mamba2Layer(FixedPointLayer):
     def initial_values(self) -> dict[str, torch.Tensor]:
         """Mamba-2's A_log, D and dt_bias, and the y-projections at zero (the iteration starts as Mamba-2 plus the
         mixer). Used by `reset_parameters` here and by the transformers model's `_init_weights`."""
-        c = self.config
+        c = self.settings
         dt = torch.exp(torch.rand(self.num_heads) * (math.log(c.time_step_max) - math.log(c.time_step_min))
                        + math.log(c.time_step_min)).clamp(min=c.time_step_floor)
         values = {
@@ -168,9 +170,15 @@ class Mamba2Layer(FixedPointLayer):
                 values[f"{proj}.weight"] = torch.zeros_like(getattr(self, proj).weight)
         return values
 
+    def init_weights(self, init: Any) -> None:
+        mamba_init_weights(init, self.conv1d, self.out_proj)
+
+    def output_projection(self) -> nn.Linear:
+        return self.out_proj
+
     # ---------------------------------------------------------------------- conversion from Mamba2ForCausalLM
     source_model = "Mamba2ForCausalLM"
-    added_parameters = ("mixer.", "bc_y_proj.", "dt_y_proj.")
+    added_parameters = ("channel_mixer.", "bc_y_proj.", "dt_y_proj.")
 
     @classmethod
     def config_from_source(cls, source: nn.Module) -> dict[str, Any]:
@@ -199,8 +207,8 @@ class Mamba2Layer(FixedPointLayer):
     @torch.no_grad()
     def start_as_source(self) -> None:
         """Mixer gain 0 (Q = I; its random directions stay, so fine-tuning can grow it), y-projections 0."""
-        if self.mixer.proj is not None:
-            self.mixer.gain.zero_()
+        if self.channel_mixer.proj is not None:
+            self.channel_mixer.gain.zero_()
         for proj in (self.bc_y_proj, self.dt_y_proj):
             if proj is not None:
                 proj.weight.zero_()
@@ -214,7 +222,7 @@ class Mamba2Layer(FixedPointLayer):
         if self.dt_y_proj is not None and y_prev is not None:
             pre = pre + acc(self.dt_y_proj(y_prev.to(self.dt_y_proj.weight.dtype)))
         dt = F.softplus(pre + acc(self.dt_bias))
-        lo, hi = self.config.time_step_limit
+        lo, hi = self.settings.time_step_limit
         return dt.clamp(lo, hi) if (lo > 0.0 or hi != float("inf")) else dt
 
     def bc(self, Bx: torch.Tensor, Cx: torch.Tensor, y_prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,7 +234,7 @@ class Mamba2Layer(FixedPointLayer):
             By, Cy = acc(self.bc_y_proj(y_prev.to(self.bc_y_proj.weight.dtype))).split(gn, -1)
             B = Bx + By.view(Bx.shape)
             C = Cx + Cy.view(Cx.shape)
-        if self.config.bc_norm:
+        if self.settings.bc_norm:
             B, C = F.normalize(B, dim=-1, eps=1e-6), F.normalize(C, dim=-1, eps=1e-6)
         return B, C
 
@@ -258,7 +266,7 @@ class Mamba2Layer(FixedPointLayer):
         # The mixer's x-part is needed unless Q = I is known and no gradient of it is wanted (see Mamba2Map).
         needs_mixer = self.map_reads_iterate() or (torch.is_grad_enabled() and self.iterate_gradients_wanted())
         return Mamba2Prelude(
-            x=x, z=acc(z), x_part=self.mixer.precompute(x) if needs_mixer else None,
+            x=x, z=acc(z), x_part=self.channel_mixer.precompute(x) if needs_mixer else None,
             Bx=Bx.view(b, T, self.n_groups, self.ssm_state_size), Cx=Cx.view(b, T, self.n_groups, self.ssm_state_size),
             dt_raw=dt_raw, A=-torch.exp(acc(self.A_log)),
             y_prev0=acc(state.y_prev) if state is not None else x.new_zeros(b, self.d_inner),
@@ -272,7 +280,7 @@ class Mamba2Layer(FixedPointLayer):
         if not self.map_reads_iterate():  # one cheap evaluation, no fused kernels needed
             return Mamba2Map(self, prelude, None, constant=True)
         fused = self.fused_inputs(prelude, settings)
-        if fused is not None and not fused_iteration_supported(prelude.x, self.config.mixer_type, fused):
+        if fused is not None and not fused_iteration_supported(prelude.x, self.settings.mixer.kind, fused):
             fused = None
         return Mamba2Map(self, prelude, fused)
 
@@ -281,10 +289,10 @@ class Mamba2Layer(FixedPointLayer):
         apply: the backend, dtype or mixer kind is not one the kernels serve, or a projection is wrapped (e.g. a LoRA
         layer, whose weight alone the kernels would read). Whether they passed their self-check in this
         configuration is `iteration_map`'s question (`ops.fused_iteration_supported`)."""
-        c = self.config
+        c = self.settings
         y_projections = [m for m in (self.bc_y_proj, self.dt_y_proj) if m is not None]
-        plain = self.mixer.plain() and all(is_plain_linear(m) for m in y_projections)
-        if not plain or not fused_iteration_supported(pre.x, c.mixer_type):
+        plain = self.channel_mixer.plain() and all(is_plain_linear(m) for m in y_projections)
+        if not plain or not fused_iteration_supported(pre.x, c.mixer.kind):
             return None
         from ..ops.fused_iteration_triton import FusedIterationInputs
 
@@ -293,24 +301,25 @@ class Mamba2Layer(FixedPointLayer):
             # Without bc_hidden_dependence the kernels get B's and C's y-weight as exact zeros (their layout).
             bc_w = (self.bc_y_proj.weight if self.bc_y_proj is not None
                     else pre.x.new_zeros(2 * self.n_groups * self.ssm_state_size, self.d_inner, dtype=dtype))
-            weights = [w for w in (self.mixer.y_weight(), bc_w,
+            weights = [w for w in (self.channel_mixer.y_weight(), bc_w,
                                    None if self.dt_y_proj is None else self.dt_y_proj.weight) if w is not None]
             weight_y = torch.cat([w.to(dtype) for w in weights])
-            strength = self.mixer.strength().detach() if self.mixer.proj is not None else pre.x.new_zeros(())
+            mixer = self.channel_mixer
+            strength = mixer.strength().detach() if mixer.proj is not None else pre.x.new_zeros(())
         return FusedIterationInputs(
             x=pre.x, x_part=pre.x_part, Bx=pre.Bx, Cx=pre.Cx, dt_raw=pre.dt_raw, z=pre.z, y_prev0=pre.y_prev0,
             H0=pre.H0, mask=pre.mask, weight_y=weight_y, A=pre.A.detach(), D=self.D.detach(),
             dt_bias=self.dt_bias.detach(), strength=strength, norm_weight=self.norm.weight.detach(),
-            norm_eps=self.norm.variance_epsilon, norm_group_size=self.norm.group_size, mixer_kind=c.mixer_type,
-            mixer_rank=c.mixer_rank, mixer_activation=c.mixer_activation,
-            mixer_reads_y=self.mixer.y_weight() is not None, dt_reads_y=self.dt_y_proj is not None,
+            norm_eps=self.norm.variance_epsilon, norm_group_size=self.norm.group_size, mixer_kind=c.mixer.kind,
+            mixer_rank=c.mixer.rank, mixer_activation=c.mixer.activation,
+            mixer_reads_y=self.channel_mixer.y_weight() is not None, dt_reads_y=self.dt_y_proj is not None,
             bc_norm=c.bc_norm, dt_limit=tuple(c.time_step_limit), chunk_size=c.chunk_size, head_dim=self.head_dim,
             residual_eps=settings.eps,
         )
 
     def map_reads_iterate(self) -> bool:
         """f reads y through the mixer and the y-projections of B, C (and dt): see `reads_iterate_through`."""
-        return self.reads_iterate_through(self.mixer, self.y_projections())
+        return self.reads_iterate_through(self.channel_mixer, self.y_projections())
 
     def y_projections(self) -> tuple[nn.Module | None, nn.Module | None]:
         return self.bc_y_proj, self.dt_y_proj
@@ -320,7 +329,7 @@ class Mamba2Layer(FixedPointLayer):
         b = pre.x.shape[0]
         if self.map_reads_iterate():
             y_prev = pre.y_prev0
-            factors = self.mixer.factors(None if pre.x_part is None else pre.x_part[:, 0], y_prev)
+            factors = self.channel_mixer.factors(None if pre.x_part is None else pre.x_part[:, 0], y_prev)
         else:  # Q = I and zero y-projections: nothing reads y_{t-1}
             y_prev, factors = None, MixerFactors("none")
         B, C = self.bc(pre.Bx[:, 0], pre.Cx[:, 0], y_prev)

@@ -15,7 +15,6 @@ No source model: this backbone is built from its config only (no `from_<source>`
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,13 +22,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..fixed_point import IterationMap, MapOutput, SolverSettings, check_finite, relative_residual
+from ..fixed_point import DecodeResult, IterationMap, MapOutput, SolverSettings, check_finite, relative_residual
 from ..layer import FixedPointLayer
 from ..mixers import ChannelMixer, MixerFactors, apply_mixer
 from ..norms import GatedRMSNorm
 from ..ops import diag_scan
-from ..ops.reference import DecodeResult
 from ..precision import acc
+from ..settings import FixedPointSettings, LayerSettings
 
 
 @dataclass
@@ -73,23 +72,15 @@ class RNNMap:
         b = pre.x.shape[0]
         take = (lambda t: t) if rows.numel() == b else (lambda t: None if t is None else t[rows])  # noqa: E731
         ys = torch.cat([take(pre.y_prev0)[:, None], y[:, :-1]], dim=1)
-        factors = layer.mixer.factors(take(pre.x_part), ys)
+        factors = layer.channel_mixer.factors(take(pre.x_part), ys)
         mask, lam = take(pre.mask), take(pre.lam)
         # The mixer's projection may run in bf16/fp16 under autocast; the iterate and the scan stay fp32.
         with torch.autocast(y.device.type, enabled=False):
             u = y + apply_mixer(factors, take(pre.bx) - y)
-            h, final = diag_scan(lam, (1 - lam) * u, take(pre.h0), mask, layer.config.chunk_size)
+            h, final = diag_scan(lam, (1 - lam) * u, take(pre.h0), mask, layer.settings.chunk_size)
         if mask is not None:
             h = h * mask[:, :, None].to(h.dtype)
         return MapOutput(h, (final,))
-
-
-def _per_column(factors: MixerFactors) -> MixerFactors:
-    """The factors with a new axis after the batch, so that they apply to the d columns of a (b, d, d) stack."""
-    return dataclasses.replace(factors, **{
-        f.name: getattr(factors, f.name)[:, None]
-        for f in dataclasses.fields(factors) if isinstance(getattr(factors, f.name), torch.Tensor)
-    })
 
 
 class RNNLayer(FixedPointLayer):
@@ -97,11 +88,11 @@ class RNNLayer(FixedPointLayer):
 
     Parameters: in_proj (hidden -> [x, z], 2 d_inner), lambda_proj (d -> d, with bias: lambda_t), b_proj (d -> d:
     b_t), c_proj (2 d -> d: c_t from [x_t ; h*_{t-1}]), norm (the output RMSNorm over d_inner, gated by SiLU(z)),
-    out_proj (d -> hidden) and the channel mixer (mixer)."""
+    out_proj (d -> hidden) and the channel mixer (channel_mixer)."""
 
-    def __init__(self, config: Any, layer_idx: int | None = None) -> None:
-        super().__init__(config, layer_idx)
-        c = config
+    def __init__(self, settings: LayerSettings, solver: FixedPointSettings, layer_idx: int | None = None) -> None:
+        super().__init__(settings, solver, layer_idx)
+        c = settings
         d = self.d_inner = c.expand * c.hidden_size
         self.in_proj = nn.Linear(c.hidden_size, 2 * d, bias=c.use_bias)
         self.lambda_proj = nn.Linear(d, d, bias=True)
@@ -109,7 +100,7 @@ class RNNLayer(FixedPointLayer):
         self.c_proj = nn.Linear(2 * d, d, bias=False)
         self.norm = GatedRMSNorm(d, d, c.layer_norm_epsilon)
         self.out_proj = nn.Linear(d, c.hidden_size, bias=c.use_bias)
-        self.mixer = ChannelMixer.from_config(c, d)
+        self.channel_mixer = ChannelMixer(c.mixer, d)
 
     def initial_values(self) -> dict[str, torch.Tensor]:
         """None: every weight keeps transformers' default init, so lambda starts near sigmoid(0) = 1/2, as the
@@ -118,6 +109,9 @@ class RNNLayer(FixedPointLayer):
 
     def init_weights(self, init: Any) -> None:
         """Nothing beyond transformers' defaults (normal linear weights, zero biases)."""
+
+    def output_projection(self) -> nn.Linear:
+        return self.out_proj
 
     # ------------------------------------------------------------------------------ no source model to convert
     @classmethod
@@ -141,7 +135,7 @@ class RNNLayer(FixedPointLayer):
             bx = bx * mask[..., None].to(bx.dtype)
         x = acc(x)
         return RNNPrelude(
-            x=x, z=acc(z), x_part=self.mixer.precompute(x), bx=bx, lam=lam,
+            x=x, z=acc(z), x_part=self.channel_mixer.precompute(x), bx=bx, lam=lam,
             y_prev0=acc(state.y_prev) if state is not None else x.new_zeros(b, self.d_inner),
             h0=None if state is None else acc(state.h), mask=mask, dtype=dtype,
         )
@@ -155,12 +149,12 @@ class RNNLayer(FixedPointLayer):
     def map_reads_iterate(self) -> bool:
         """f reads h only through (I - Q_t) h_t and Q_t: not when Q = I (no mixer, or strength c * g = 0). The
         verdict costs one host sync and is kept until the gain changes (its tensor or in-place version counter)."""
-        if self.mixer.proj is None:
+        if self.channel_mixer.proj is None:
             return False
-        key = (id(self.mixer.gain), self.mixer.gain._version)
+        key = (id(self.channel_mixer.gain), self.channel_mixer.gain._version)
         if getattr(self, "_reads_iterate_key", None) != key:
             with torch.no_grad():  # saves nothing for backward: a checkpoint's recompute, which skips this, must match
-                self._reads_iterate = bool(self.mixer.strength() != 0)
+                self._reads_iterate = bool(self.channel_mixer.strength() != 0)
             self._reads_iterate_key = key
         return self._reads_iterate
 
@@ -181,10 +175,11 @@ class RNNLayer(FixedPointLayer):
         O(d^3) per row). The cap and tolerance do not apply (one solve, counted as one evaluation); the residual
         reported is F's at the solution, i.e. the solve's rounding."""
         b, d = pre.y_prev0.shape
-        factors = self.mixer.factors(None if pre.x_part is None else pre.x_part[:, 0], pre.y_prev0)
+        factors = self.channel_mixer.factors(None if pre.x_part is None else pre.x_part[:, 0], pre.y_prev0)
         lam, bx = pre.lam[:, 0], pre.bx[:, 0]
         eye = torch.eye(d, dtype=lam.dtype, device=lam.device)
-        Q = apply_mixer(_per_column(factors), eye.expand(b, d, d)).transpose(-1, -2)  # row j of the stack: Q e_j
+        # A new axis after the batch applies the factors to the d columns of a (b, d, d) stack; its row j is Q e_j.
+        Q = apply_mixer(factors.map(lambda t: t[:, None]), eye.expand(b, d, d)).transpose(-1, -2)
         M = torch.diag_embed(lam) + (1 - lam)[:, :, None] * Q
         rhs = lam * pre.h0 + (1 - lam) * apply_mixer(factors, bx)
         h = torch.linalg.solve_ex(M, rhs)[0]  # a singular M gives non-finite values, caught below

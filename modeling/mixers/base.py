@@ -8,7 +8,7 @@ PyTorch path instead of reaching a kernel that cannot serve it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -21,27 +21,25 @@ Activation = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class MixerFactors:
-    """Q_t for every position in factored form; leading dims (...) match the vectors it is applied to.
-
-    householder/dplr: u (..., r, d) unit vectors, coef (..., r) = c * g * alpha.
-    kronecker: k1 (..., m1, m1), k2 (..., m2, m2), coef (...,) = c * g.
-    none: all None.
-    """
+    """Q_t for every position in factored form: the base of every kind's factor type. `kind` names the kind whose
+    `apply` reads them; a kind with factors declares a dataclass subclass with its own tensor fields, whose leading
+    dims (...) match the vectors they are applied to (e.g. householder's u (..., r, d) and coef (..., r)). The kind
+    "none" (Q = I) has none: the base itself."""
 
     kind: str
-    u: torch.Tensor | None = None
-    coef: torch.Tensor | None = None
-    k1: torch.Tensor | None = None
-    k2: torch.Tensor | None = None
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "MixerFactors":
+        """The same factors with `fn` applied to every tensor field (e.g. a gather of rows, a new axis)."""
+        tensors = {f.name: fn(v) for f in fields(self) if isinstance(v := getattr(self, f.name), torch.Tensor)}
+        return replace(self, **tensors) if tensors else self
 
     def select(self, rows: torch.Tensor) -> "MixerFactors":
         """The factors of the batch rows `rows` (leading dim is the batch; rows: distinct, increasing, as the solver's
         active rows are, so all of them means the whole batch and needs no gather)."""
-        present = [t for t in (self.u, self.coef, self.k1, self.k2) if t is not None]
-        if not present or rows.numel() == present[0].shape[0]:
+        batch = next((v.shape[0] for f in fields(self) if isinstance(v := getattr(self, f.name), torch.Tensor)), None)
+        if batch is None or rows.numel() == batch:
             return self
-        pick = lambda t: None if t is None else t[rows]  # noqa: E731
-        return MixerFactors(self.kind, pick(self.u), pick(self.coef), pick(self.k1), pick(self.k2))
+        return self.map(lambda t: t[rows])
 
 
 class MixerKind:
@@ -49,16 +47,27 @@ class MixerKind:
 
     kernel_code: the kind's code in the Triton kernels (MIX constexpr), None if no kernel implements it.
     kernel_ops: the ops of KERNEL_OPS whose Triton kernel implements it (the others run the PyTorch path).
+    options: the names of the kind's own options (MixerSettings.options; the model config's field `mixer_<name>`),
+    applied by `configured`.
+
+    The contract of a kind (docs/architecture.md, "How to add a mixer"): strength c * g = 0 gives Q = I exactly (a
+    converted model's start and the layers' constant-map shortcut rely on it), and every term of I - Q is a gate in
+    (0, 1) times a matrix of spectral norm <= 1 scaled by the strength, so a single term keeps ||I - Q|| <= c g * gate
+    < 1 at reflection scale c = 1 (the paper's Theorem 3.1 condition for a contractive map). Products of such
+    factors (householder) keep ||Q|| <= 1; sums of several (dplr of rank > 1) and c = 2 (reflections) can break
+    contraction, which the solver's cap and telemetry report. Its tests check the dense Q against its bounds.
     """
 
     name: ClassVar[str]
     kernel_code: ClassVar[int | None] = None
     kernel_ops: ClassVar[frozenset[str]] = frozenset()
+    options: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def configured(cls, **options: Any) -> type["MixerKind"]:
-        """The kind with a layer's mixer options applied (`ChannelMixer`'s `options`, e.g. Kronecker's kron_norm). A
-        kind reads the options it has and ignores the others: every layer passes the same set, whatever its kind."""
+        """The kind with its options applied (exactly the names of `options`; a kind without options has none)."""
+        if options:
+            raise ValueError(f"mixer kind {cls.name!r} takes no options, got {sorted(options)}")
         return cls
 
     @staticmethod

@@ -18,15 +18,15 @@ decides the layout of proj's output, the factors and their application.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..precision import acc
+from ..settings import MixerSettings
 from .base import MixerFactors
-from .registry import mixer_kind
+from .registry import MIXER_INPUTS, mixer_kind
 
 ACTIVATIONS = {"silu": F.silu, "identity": lambda t: t, "tanh": torch.tanh, "relu": F.relu}
 
@@ -39,52 +39,41 @@ def is_plain_linear(module: nn.Module) -> bool:
 
 
 class ChannelMixer(nn.Module):
-    """Produces the factors of Q_t (of the registered kind `kind`) from x_t and the shifted iterate y_{t-1}."""
+    """Produces the factors of Q_t from x_t and the shifted iterate y_{t-1}: the kind, layout and options of
+    `settings` (MixerSettings) for a layer of width d_inner."""
 
-    def __init__(
-        self,
-        kind: str,
-        d_inner: int,
-        input_mode: str = "concat",
-        rank: int = 1,
-        reflection_scale: float = 1.0,
-        activation: str = "silu",
-        alpha_init: float = 0.1,
-        initializer_range: float = 0.02,
-        options: dict[str, Any] | None = None,
-        proj_rank: int = 0,
-    ) -> None:
+    def __init__(self, settings: MixerSettings, d_inner: int) -> None:
         super().__init__()
-        self.spec = mixer_kind(kind).configured(**(options or {}))  # options: the kind's own settings (kron_norm)
-        self.kind = kind
+        kind = mixer_kind(settings.kind)
+        if set(settings.options) != set(kind.options):
+            raise ValueError(f"mixer kind {settings.kind!r} takes the options {kind.options}, got "
+                             f"{tuple(settings.options)}")
+        if settings.input_mode not in MIXER_INPUTS:
+            raise ValueError(f"unknown mixer input {settings.input_mode!r}; choose one of {MIXER_INPUTS}")
+        if settings.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown mixer activation {settings.activation!r}; choose one of {tuple(ACTIVATIONS)}")
+        self.spec = kind.configured(**settings.options)
+        self.kind = settings.kind
         self.d_inner = d_inner
-        self.input_mode = input_mode
-        self.rank = rank
-        self.reflection_scale = float(reflection_scale)
-        self.act = ACTIVATIONS[activation]
-        self.alpha_init = alpha_init
-        self.initializer_range = initializer_range
-        self.split_sizes = self.spec.split_sizes(d_inner, rank)
-        self.proj_rank = proj_rank
+        self.input_mode = settings.input_mode
+        self.rank = settings.rank
+        self.reflection_scale = float(settings.reflection_scale)
+        self.act = ACTIVATIONS[settings.activation]
+        self.alpha_init = settings.alpha_init
+        self.initializer_range = settings.initializer_range
+        self.split_sizes = self.spec.split_sizes(d_inner, settings.rank)
+        self.proj_rank = proj_rank = settings.proj_rank
         self.proj_in = None
         if not self.split_sizes:
             self.proj = None
             return
-        in_dim = 2 * d_inner if input_mode == "concat" else d_inner
+        in_dim = 2 * d_inner if self.input_mode == "concat" else d_inner
         if proj_rank > 0:  # p -> r -> P: proj_in (no bias), then proj (with the bias)
             self.proj_in = nn.Linear(in_dim, proj_rank, bias=False)
             in_dim = proj_rank
         self.proj = nn.Linear(in_dim, sum(self.split_sizes), bias=True)
         self.gain = nn.Parameter(torch.ones(1))  # shape (1,), not (): FSDP2's fully_shard rejects 0-dim parameters
         self.reset_parameters()
-
-    @classmethod
-    def from_config(cls, config: Any, d_inner: int) -> "ChannelMixer":
-        """The mixer of a layer of width d_inner, from the model config's mixer_* fields (FPMambaConfig)."""
-        c = config
-        return cls(c.mixer_type, d_inner, c.mixer_input, c.mixer_rank, c.mixer_reflection_scale, c.mixer_activation,
-                   c.mixer_alpha_init, c.initializer_range, options={"kron_norm": c.mixer_kron_norm},
-                   proj_rank=getattr(c, "mixer_proj_rank", 0))
 
     def projections(self) -> tuple[nn.Module, ...]:
         """The linear maps of p, innermost first: (proj,) or (proj_in, proj); () without a projection."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Activation, MixerFactors, MixerKind
-from .householder import Householder
+from .base import Activation, MixerKind
+from .householder import Householder, RankOneFactors, rank_one_factors
 
 
 class DPLR(MixerKind):
@@ -16,11 +16,10 @@ class DPLR(MixerKind):
     gate_chunks = Householder.gate_chunks
 
     @staticmethod
-    def factors(pre: torch.Tensor, strength: torch.Tensor, act: Activation, d: int, rank: int) -> MixerFactors:
-        f = Householder.factors(pre, strength, act, d, rank)
-        return MixerFactors("dplr", u=f.u, coef=f.coef)
+    def factors(pre: torch.Tensor, strength: torch.Tensor, act: Activation, d: int, rank: int) -> RankOneFactors:
+        return rank_one_factors("dplr", pre, strength, act, d, rank)
 
     @staticmethod
-    def apply(factors: MixerFactors, v: torch.Tensor) -> torch.Tensor:
+    def apply(factors: RankOneFactors, v: torch.Tensor) -> torch.Tensor:
         proj = torch.einsum("...rd,...d->...r", factors.u, v) * factors.coef
         return v - torch.einsum("...r,...rd->...d", proj, factors.u)

@@ -6,10 +6,28 @@ non-abelian state; c = 1 (the paper's parametrisation) keeps every factor's eige
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from .base import Activation, MixerFactors, MixerKind
+
+
+@dataclass
+class RankOneFactors(MixerFactors):
+    """Rank-one terms: u (..., r, d) unit directions, coef (..., r) = c * g * alpha (householder and dplr)."""
+
+    u: torch.Tensor
+    coef: torch.Tensor
+
+
+def rank_one_factors(kind: str, pre: torch.Tensor, strength: torch.Tensor, act: Activation, d: int,
+                     rank: int) -> RankOneFactors:
+    """The rank-one terms of `kind` from proj(p_t) (..., r d + r): directions l2norm(act(.)), gates sigmoid(.)."""
+    u_raw, a_raw = pre.split([rank * d, rank], dim=-1)
+    u = F.normalize(act(u_raw.reshape(*pre.shape[:-1], rank, d)), dim=-1, eps=1e-6)
+    return RankOneFactors(kind, u=u, coef=strength * torch.sigmoid(a_raw))
 
 
 class Householder(MixerKind):
@@ -26,13 +44,11 @@ class Householder(MixerKind):
         return 1
 
     @staticmethod
-    def factors(pre: torch.Tensor, strength: torch.Tensor, act: Activation, d: int, rank: int) -> MixerFactors:
-        u_raw, a_raw = pre.split([rank * d, rank], dim=-1)
-        u = F.normalize(act(u_raw.reshape(*pre.shape[:-1], rank, d)), dim=-1, eps=1e-6)
-        return MixerFactors("householder", u=u, coef=strength * torch.sigmoid(a_raw))
+    def factors(pre: torch.Tensor, strength: torch.Tensor, act: Activation, d: int, rank: int) -> RankOneFactors:
+        return rank_one_factors("householder", pre, strength, act, d, rank)
 
     @staticmethod
-    def apply(factors: MixerFactors, v: torch.Tensor) -> torch.Tensor:
+    def apply(factors: RankOneFactors, v: torch.Tensor) -> torch.Tensor:
         # Q = H_1 ... H_r: apply H_r first.
         for i in reversed(range(factors.u.shape[-2])):
             u = factors.u[..., i, :]

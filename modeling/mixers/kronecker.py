@@ -1,6 +1,7 @@
 """Kronecker mixer: Q = I - c g (K1 (x) K2) with d = m1 * m2 and, per factor n,
 K_n = diag(sigmoid(W_n p + b_n)) S_n / N(S_n),  S_n = P_n P_n^T,  P_n = upper_triangular(act(W'_n p)).
-The normalisation N (config field mixer_kron_norm, `Kronecker.configured`) bounds the spectral norm, so ||K_n|| <= 1:
+The normalisation N (the kind's option kron_norm, config field mixer_kron_norm; `Kronecker.configured`) bounds
+the spectral norm, so ||K_n|| <= 1:
   "frobenius": N(S) = ||S||_F, so ||S / N|| = lambda_max / ||S||_F, between 1 / sqrt(m) and 1;
   "spectral":  N(S) = an upper bound of S's top eigenvalue by the power method on the matrix (the paper's spectral
                normalisation, made a guaranteed bound: see `top_eigenvalue_bound`), so ||S / N|| is near 1.
@@ -10,7 +11,8 @@ No Triton kernel implements it (PyTorch path).
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -53,13 +55,23 @@ def _psd_factor(raw: torch.Tensor, gate: torch.Tensor, act: Activation, norm: st
     return torch.sigmoid(gate)[..., :, None] * S
 
 
+@dataclass
+class KroneckerFactors(MixerFactors):
+    """k1 (..., m1, m1), k2 (..., m2, m2): the gated, normalised factors; coef (...,) = c * g."""
+
+    k1: torch.Tensor
+    k2: torch.Tensor
+    coef: torch.Tensor
+
+
 class Kronecker(MixerKind):
     name = "kronecker"
-    norm: ClassVar[str] = "frobenius"  # the normalisation of S_n (KRONECKER_NORMS)
+    options = ("kron_norm",)  # config field mixer_kron_norm
+    norm: ClassVar[str] = "frobenius"  # the normalisation of S_n (KRONECKER_NORMS), set by `configured`
 
     @classmethod
-    def configured(cls, kron_norm: str = "frobenius", **others: Any) -> type[MixerKind]:
-        """Kronecker with the normalisation `kron_norm` (one of KRONECKER_NORMS); other kinds' options ignored."""
+    def configured(cls, kron_norm: str) -> type[MixerKind]:
+        """Kronecker with the normalisation `kron_norm` (one of KRONECKER_NORMS)."""
         if kron_norm not in KRONECKER_NORMS:
             raise ValueError(f"unknown Kronecker normalisation {kron_norm!r}; choose one of {KRONECKER_NORMS}")
         return KroneckerSpectral if kron_norm == "spectral" else Kronecker
@@ -74,16 +86,17 @@ class Kronecker(MixerKind):
         return 2
 
     @classmethod
-    def factors(cls, pre: torch.Tensor, strength: torch.Tensor, act: Activation, d: int, rank: int) -> MixerFactors:
+    def factors(cls, pre: torch.Tensor, strength: torch.Tensor, act: Activation, d: int,
+                rank: int) -> KroneckerFactors:
         m1, m2 = kronecker_dims(d)
         lead = pre.shape[:-1]
         p1, p2, g1, g2 = pre.split(Kronecker.split_sizes(d, rank), dim=-1)
         k1 = _psd_factor(p1.reshape(*lead, m1, m1), g1, act, cls.norm)
         k2 = _psd_factor(p2.reshape(*lead, m2, m2), g2, act, cls.norm)
-        return MixerFactors("kronecker", k1=k1, k2=k2, coef=strength.expand(lead))
+        return KroneckerFactors("kronecker", k1=k1, k2=k2, coef=strength.expand(lead))
 
     @staticmethod
-    def apply(factors: MixerFactors, v: torch.Tensor) -> torch.Tensor:
+    def apply(factors: KroneckerFactors, v: torch.Tensor) -> torch.Tensor:
         m1, m2 = factors.k1.shape[-1], factors.k2.shape[-1]
         V = v.reshape(*v.shape[:-1], m1, m2)
         # (K1 (x) K2) vec(V) = vec(K1 V K2^T) for row-major vec.

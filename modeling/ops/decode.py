@@ -24,10 +24,9 @@ except ImportError as err:  # ops.kernels_available() turns this into the PyTorc
 
 from ..mixers import kernel_supports, mixer_kind
 from ._triton_utils import pow2_at_least
-from .reference import DecodeResult
 
 if TYPE_CHECKING:
-    from ..fixed_point import SolverSettings
+    from ..fixed_point import DecodeResult, SolverSettings
     from ..mixers import MixerFactors
 
 
@@ -171,7 +170,7 @@ def decode_step_triton(
     (householder/dplr: u (b, r, d), coef (b, r); none). Returns a DecodeResult, all fp32 but the iteration
     counts (int64).
     """
-    from ..fixed_point import check_finite
+    from ..fixed_point import DecodeResult, check_finite
 
     if not kernel_supports(factors.kind, "decode"):
         raise ValueError(f"decode kernel: mixer kind {factors.kind!r} is not supported (use the reference)")

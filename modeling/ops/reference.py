@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..precision import acc
 
 if TYPE_CHECKING:
-    from ..fixed_point import SolverSettings
+    from ..fixed_point import DecodeResult, SolverSettings
     from ..mixers import MixerFactors
 
 
@@ -190,18 +190,6 @@ def gated_rms_norm(
     return acc(weight) * v.reshape(shape)
 
 
-@dataclass
-class DecodeResult:
-    """One decode token of every row: y_out = f(y*) (b, d), y* (b, d), the new recurrent state (fp32), and the
-    inner solve's iterations (b,) and relative residual (b,)."""
-
-    y_out: torch.Tensor
-    y_star: torch.Tensor
-    state: torch.Tensor
-    iterations: torch.Tensor
-    residual: torch.Tensor
-
-
 def decode_step(
     x: torch.Tensor,
     z: torch.Tensor,
@@ -227,7 +215,7 @@ def decode_step(
     each iteration is   x~ = y + Q (x - y);  yhat = RMSNorm((a + g x~) * SiLU(z)).
     Returns a DecodeResult (new state (b, h, p, n)).
     """
-    from ..fixed_point import MapOutput, solve
+    from ..fixed_point import DecodeResult, MapOutput, solve
     from ..mixers import apply_mixer
 
     b, h, p = x.shape

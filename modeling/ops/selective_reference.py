@@ -21,10 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from ..precision import acc
-from .reference import DecodeResult
 
 if TYPE_CHECKING:
-    from ..fixed_point import SolverSettings
+    from ..fixed_point import DecodeResult, SolverSettings
     from ..mixers import MixerFactors
 
 
@@ -160,7 +159,7 @@ def selective_decode_step(
     each iteration is   x~ = y + Q (x - y);  yhat = readout(a + g x~).
     Returns a DecodeResult (new state (b, d, n)).
     """
-    from ..fixed_point import MapOutput, solve
+    from ..fixed_point import DecodeResult, MapOutput, solve
     from ..mixers import apply_mixer
 
     x, dt, B, C = acc(x), acc(dt), acc(B), acc(C)

@@ -34,7 +34,7 @@ import math
 import os
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -296,10 +296,11 @@ def fused_iteration_ok(inp: FusedIterationInputs) -> bool:
 
 # ------------------------------------------------------------------------------------------------------ decode
 def _decode_key(x, z, dt, A, B, C, D, state, factors: MixerFactors, norm_weight, norm_group_size) -> tuple:
-    tensors = (x, z, dt, A, B, C, D, state, factors.u, factors.coef, norm_weight)
+    factor_tensors = [t for f in fields(factors) if isinstance(t := getattr(factors, f.name), torch.Tensor)]
+    tensors = (x, z, dt, A, B, C, D, state, *factor_tensors, norm_weight)
     return (
-        "decode_step", x.device, factors.kind, tuple(None if t is None else t.dtype for t in tensors),
-        None if factors.u is None else factors.u.shape[-2], tuple(x.shape[1:]), tuple(B.shape[1:]), norm_group_size,
+        "decode_step", x.device, factors.kind, tuple(t.dtype for t in tensors),
+        tuple(tuple(t.shape[1:]) for t in factor_tensors), tuple(x.shape[1:]), tuple(B.shape[1:]), norm_group_size,
     )
 
 
@@ -309,22 +310,23 @@ def decode_problem(x, z, dt, A, B, C, D, state, factors: MixerFactors, norm_weig
     (b = 3, row 0 without mixing), solver settings with tol 0 (every row to the cap of 8 evaluations), damping 0.9
     and patience 2."""
     from ..fixed_point import SolverSettings
-    from ..mixers import MixerFactors
+    from ..mixers import MixerFactors, RankOneFactors
 
     rnd = _Random(x.device)
     b = CHECK_ROWS
     _, h, p = x.shape
     g, n = B.shape[1], B.shape[2]
     d = h * p
-    if factors.u is not None:  # rank-one terms (the kinds whose factors are directions u and coefficients)
+    if isinstance(factors, RankOneFactors):  # the kernels' kinds with factors: rank-one terms
         r = factors.u.shape[-2]
         u = F.normalize(rnd.normal(b, r, d), dim=-1).to(factors.u.dtype)
         coef = rnd.uniform(b, r, dtype=factors.coef.dtype)
         coef[0] = 0
-        fac = MixerFactors(factors.kind, u=u, coef=coef)
+        fac = RankOneFactors(factors.kind, u=u, coef=coef)
     else:
         fac = MixerFactors(factors.kind)
-    settings = SolverSettings(max_iter=8, tol=0.0, damping=0.9, damping_patience=2)
+    settings = SolverSettings(max_iter=8, tol=0.0, damping=0.9, damping_decay=0.9, damping_patience=2,
+                              train_quantile=1.0, solver="picard", anderson_m=1, decode_solver="picard")
     return (
         rnd.normal(b, h, p, dtype=x.dtype), rnd.normal(b, d, dtype=z.dtype),
         F.softplus(rnd.normal(b, h, shift=-1.0)).to(dt.dtype), -rnd.uniform(h, dtype=A.dtype, lo=0.2, hi=2.2),

@@ -4,7 +4,7 @@ import json
 
 from benchmarks import bench_cpu
 from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM
-from fpmamba_hf.tasks import get_task
+from fpmamba_lab.tasks import get_task
 
 SHAPE = bench_cpu.Shape(hidden_size=32, layers=2, head_dim=16, state_size=8, chunk_size=8, vocab_size=64, batch=2)
 

@@ -6,7 +6,7 @@ import torch
 
 from benchmarks import implicit_adjoint
 from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM
-from fpmamba_hf.tasks import get_task
+from fpmamba_lab.tasks import get_task
 
 
 def tiny(**overrides) -> FPMambaForCausalLM:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fpmamba_hf.experiments import load_results_csv
+from fpmamba_lab.harness import load_results_csv
 
 ROOT = Path(__file__).resolve().parents[2]
 

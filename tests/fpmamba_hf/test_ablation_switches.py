@@ -1,15 +1,17 @@
 """The paper's ablation switches (issue 11 item 4): B/C hidden dependence, the short conv, the low-rank mixer
 projection and the random Gamma training cap. Each at its default is today's layer; switched, it trains (a gradient
-reaches every parameter), decodes token by token as it computes in parallel, saves and loads; a backbone without
-the part a switch changes refuses it, naming the field."""
+reaches every parameter), decodes token by token as it computes in parallel, saves and loads, on every backbone that
+has the switch (a backbone without it refuses it: test_config_declaration.py)."""
 
 import math
 
 import pytest
 import torch
+from fpmamba_core import BACKBONES
 
 from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM
-from tests.fpmamba_hf.helpers import VOCAB, tiny_config
+from tests.fpmamba_hf.helpers import VOCAB, backbone_has, tiny_config, tiny_model
+from tests.modeling.core import solver_settings
 
 TIGHT = dict(fp_tol=1e-6, fp_max_iter_eval=400)
 
@@ -46,29 +48,20 @@ def test_switch_values_are_checked(field, value):
         tiny_config(**{field: value})
 
 
-# (backbone, switch): every backbone each switch applies to. mamba1 runs at Mamba's init scale with the gate in the
-# loop (its Householder map converges fast enough there for a tight decode comparison; test_mamba1_decode.py).
-BACKBONE = {"mamba2": {}, "mamba1": dict(backbone="mamba1", initializer_range=0.1, mamba1_gate="in_loop"),
-            "rnn": dict(backbone="rnn")}
-CASES = [("mamba2", "bc_hidden_dependence", False), ("mamba1", "bc_hidden_dependence", False),
-         ("mamba2", "use_short_conv", False), ("mamba1", "use_short_conv", False),
-         ("mamba2", "mixer_proj_rank", 4), ("mamba1", "mixer_proj_rank", 4), ("rnn", "mixer_proj_rank", 4)]
+# The switches and the value each is switched to; every backbone that has the switch runs it (BACKBONE_SWITCHES).
+SWITCHED = {"bc_hidden_dependence": False, "use_short_conv": False, "mixer_proj_rank": 4}
+CASES = [(backbone, field, value) for field, value in SWITCHED.items() for backbone in BACKBONES
+         if backbone_has(backbone, {field: value})]
 IDS = [f"{b}-{f}" for b, f, _ in CASES]
 # The parameters a switch removes (-) or adds (+), by the end of their names.
 CHANGED = {"bc_hidden_dependence": ("-", "mixer.bc_y_proj.weight"), "use_short_conv": ("-", "mixer.conv1d."),
-           "mixer_proj_rank": ("+", "mixer.mixer.proj_in.weight")}
+           "mixer_proj_rank": ("+", "mixer.channel_mixer.proj_in.weight")}
 
 
 def _model(backbone, seed=0, **overrides):
-    """A tiny 1-layer model in eval mode whose zero-initialised y-projections are random (std 0.1)."""
+    """The backbone's tiny test model with 1 layer, from `seed` (helpers.tiny_model: the y-projections are random)."""
     torch.manual_seed(seed)
-    model = FPMambaForCausalLM(tiny_config(num_hidden_layers=1, **BACKBONE[backbone], **overrides)).eval()
-    with torch.no_grad():
-        for block in model.backbone.layers:
-            for name in ("bc_y_proj", "dt_y_proj", "gate_y_proj"):
-                if getattr(block.mixer, name, None) is not None:
-                    getattr(block.mixer, name).weight.normal_(std=0.1)
-    return model
+    return tiny_model(backbone, num_hidden_layers=1, **overrides)
 
 
 @pytest.mark.parametrize("backbone, field, value", CASES, ids=IDS)
@@ -101,10 +94,10 @@ def test_low_rank_mixer_is_the_full_rank_layer_with_the_product_weight():
     low = _model("mamba2", mixer_proj_rank=3, fp_tol=1e-8)
     full = _model("mamba2", fp_tol=1e-8)
     state = dict(low.state_dict())
-    prefix = "backbone.layers.0.mixer.mixer."
+    prefix = "backbone.layers.0.mixer.channel_mixer."
     state[prefix + "proj.weight"] = state[prefix + "proj.weight"] @ state.pop(prefix + "proj_in.weight")
     full.load_state_dict(state)
-    mixer = low.backbone.layers[0].mixer.mixer
+    mixer = low.backbone.layers[0].mixer.channel_mixer
     d = mixer.d_inner
     torch.testing.assert_close(mixer.y_weight(), state[prefix + "proj.weight"][:, d:])  # what the fused kernel reads
     with torch.no_grad():
@@ -147,12 +140,6 @@ def test_switched_model_saves_and_loads(backbone, field, value, tmp_path):
         torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("field", ["bc_hidden_dependence", "use_short_conv"])
-def test_rnn_refuses_the_switches_it_has_nothing_for(field):
-    with pytest.raises(ValueError, match=field):
-        tiny_config(backbone="rnn", **{field: False})
-
-
 @pytest.mark.parametrize("field, value", [("bc_hidden_dependence", False), ("use_short_conv", False)])
 def test_conversion_refuses_the_switches(field, value):
     from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
@@ -180,11 +167,12 @@ def test_conversion_with_a_low_rank_mixer_computes_the_source():
     ids = torch.randint(0, 50, (2, 11))
     for convert, source in sources.items():
         model = getattr(FPMambaForCausalLM, convert)(source.eval(), mixer_proj_rank=4).eval()
-        assert model.config.mixer_proj_rank == 4 and model.backbone.layers[0].mixer.mixer.proj_in.out_features == 4
+        assert model.config.mixer_proj_rank == 4
+        assert model.backbone.layers[0].mixer.channel_mixer.proj_in.out_features == 4
         with torch.no_grad():
             assert (model(ids).logits - source(ids).logits).abs().max() < 1e-4
         model.train()(ids, labels=ids).loss.backward()
-        assert model.backbone.layers[0].mixer.mixer.gain.grad is not None
+        assert model.backbone.layers[0].mixer.channel_mixer.gain.grad is not None
 
 
 def test_gamma_cap_under_gradient_checkpointing():
@@ -220,8 +208,8 @@ def test_lora_on_the_low_rank_mixer_takes_part_in_the_iteration():
 def test_harness_flags_pick_the_backbone_and_the_switches():
     from fpmamba_core.backbones import Mamba1Layer
 
-    from fpmamba_hf.cli import build_parser, config_from_args
-    from fpmamba_hf.experiments import build_model
+    from fpmamba_lab.cli import build_parser, config_from_args
+    from fpmamba_lab.harness import build_model
 
     args = build_parser().parse_args(["task", "train", "--task", "S3", "--train-length", "4", "--output-dir", "x",
                                       "--backbone", "mamba1", "--no-use-short-conv", "--no-bc-hidden-dependence",
@@ -232,7 +220,7 @@ def test_harness_flags_pick_the_backbone_and_the_switches():
         layer = model.backbone.layers[0].mixer
         assert isinstance(layer, Mamba1Layer) and layer.conv1d is None and layer.bc_y_proj is None
         assert model.config.fp_max_iter_gamma_shape == 4.0
-    assert build_model("fpmamba", spec, vocab_size=13).backbone.layers[0].mixer.mixer.proj_in.out_features == 2
+    assert build_model("fpmamba", spec, vocab_size=13).backbone.layers[0].mixer.channel_mixer.proj_in.out_features == 2
 
 
 @pytest.mark.parametrize("field, value", [("bc_hidden_dependence", False), ("mixer_proj_rank", 3)])
@@ -240,14 +228,13 @@ def test_fused_iteration_reads_the_switched_layer_as_one_y_weight(field, value, 
     """The fused kernels read one y-weight matrix [mixer's; B's and C's; (dt's)]: without bc_hidden_dependence B's
     and C's rows are exact zeros, a low-rank mixer gives its exact product (the path is faked on the CPU)."""
     import fpmamba_core.backbones.mamba2 as backbone
-    from fpmamba_core.fixed_point import SolverSettings
 
     monkeypatch.setattr(backbone, "fused_iteration_supported", lambda *args: True)
     layer = _model("mamba2", **{field: value}).backbone.layers[0].mixer
     with torch.no_grad():
         pre = layer.prelude(torch.randn(2, 5, 32), None, None)
-        fused = layer.fused_inputs(pre, SolverSettings(max_iter=4, tol=1e-3))
-    mixer, d = layer.mixer, layer.d_inner
+        fused = layer.fused_inputs(pre, solver_settings(4, 1e-3))
+    mixer, d = layer.channel_mixer, layer.d_inner
     P = mixer.proj.out_features
     torch.testing.assert_close(fused.weight_y[:P], mixer.proj.weight @ mixer.projections()[0].weight[:, d:]
                                if value == 3 else mixer.proj.weight[:, d:])

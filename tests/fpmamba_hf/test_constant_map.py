@@ -9,6 +9,7 @@ import torch
 from transformers import Mamba2Config, Mamba2ForCausalLM
 
 from fpmamba_hf import FPMambaForCausalLM
+from fpmamba_hf.core_settings import fixed_point_settings, layer_settings
 
 
 def _converted(mixer_type: str = "householder") -> tuple[FPMambaForCausalLM, Mamba2ForCausalLM]:
@@ -43,10 +44,10 @@ def test_an_edit_of_the_parameters_is_seen():
     ids = torch.randint(0, 40, (2, 9))
     with torch.no_grad():
         assert fp(ids).fp_iterations.eq(1).all()
-        fp.backbone.layers[1].mixer.mixer.gain.fill_(1.0)  # in place: the version counter moves
+        fp.backbone.layers[1].mixer.channel_mixer.gain.fill_(1.0)  # in place: the version counter moves
         its = fp(ids).fp_iterations
         assert its[:, 0].eq(1).all() and its[:, 1].gt(1).all()
-        fp.backbone.layers[1].mixer.mixer.gain.zero_()
+        fp.backbone.layers[1].mixer.channel_mixer.gain.zero_()
         fp.backbone.layers[0].mixer.bc_y_proj.weight[0, 0] = 0.5
         its = fp(ids).fp_iterations
         assert its[:, 0].gt(1).all() and its[:, 1].eq(1).all()
@@ -60,7 +61,7 @@ def test_gradients_are_those_of_the_iterated_solve():
     ids = torch.randint(0, 40, (2, 9))
     fp(ids, labels=ids).loss.backward()
     fast = {n: p.grad.clone() for n, p in fp.named_parameters() if p.grad is not None}
-    assert fp.backbone.layers[0].mixer.mixer.gain.grad.abs() > 0  # the mixer can still leave the identity
+    assert fp.backbone.layers[0].mixer.channel_mixer.gain.grad.abs() > 0  # the mixer can still leave the identity
     fp.zero_grad()
     for block in fp.backbone.layers:
         block.mixer.map_reads_iterate = lambda: True  # the iterated path on the same parameters
@@ -77,8 +78,9 @@ def test_a_mixer_that_reads_only_x_still_makes_the_map_read_y():
     from fpmamba_hf import FPMambaConfig
 
     torch.manual_seed(0)
-    layer = Mamba2Layer(FPMambaConfig(hidden_size=16, state_size=8, head_dim=8, chunk_size=4, mixer_input="x",
-                                      mixer_reflection_scale=2, fp_tol=1e-10, fp_max_iter_eval=200), 0).double()
+    config = FPMambaConfig(hidden_size=16, state_size=8, head_dim=8, chunk_size=4, mixer_input="x",
+                           mixer_reflection_scale=2, fp_tol=1e-10, fp_max_iter_eval=200)
+    layer = Mamba2Layer(layer_settings(config), fixed_point_settings(config), 0).double()
     layer.eval()
     assert not layer.bc_y_proj.weight.any() and layer.map_reads_iterate()
     with torch.no_grad():
@@ -100,7 +102,7 @@ def _frozen_readers(model: FPMambaForCausalLM) -> list[str]:
     """Freeze every parameter through which the map reads y (mixers, y-projections); their names."""
     names = []
     for name, p in model.named_parameters():
-        if ".mixer.mixer." in name or "_y_proj" in name:
+        if ".mixer.channel_mixer." in name or "_y_proj" in name:
             p.requires_grad_(False)
             names.append(name)
     return names

@@ -52,7 +52,7 @@ def test_converted_model_fine_tunes_into_a_dense_rnn():
     ids = torch.randint(0, VOCAB, (2, 12))
     fp(ids, labels=ids).loss.backward()
     layer = fp.backbone.layers[0].mixer
-    assert layer.mixer.gain.grad.abs() > 0  # the mixer can leave the identity
+    assert layer.channel_mixer.gain.grad.abs() > 0  # the mixer can leave the identity
     for proj in (layer.bc_y_proj, layer.dt_y_proj, layer.gate_y_proj):
         assert proj.weight.grad.abs().sum() > 0
 

@@ -31,7 +31,7 @@ def test_converted_model_fine_tunes_into_a_dense_rnn():
     ids = torch.randint(0, 50, (2, 12))
     fp(ids, labels=ids).loss.backward()
     mixer = fp.backbone.layers[0].mixer
-    assert mixer.mixer.gain.grad.abs() > 0  # the mixer can leave the identity
+    assert mixer.channel_mixer.gain.grad.abs() > 0  # the mixer can leave the identity
     assert mixer.bc_y_proj.weight.grad.abs().sum() > 0
 
 

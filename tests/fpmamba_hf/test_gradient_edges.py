@@ -55,7 +55,7 @@ def test_one_token_with_a_cache_under_autograd_has_the_true_gradient():
 
     model.zero_grad()
     loss().backward()
-    for name in ("backbone.layers.0.mixer.in_proj.weight", "backbone.layers.0.mixer.mixer.proj.weight",
+    for name in ("backbone.layers.0.mixer.in_proj.weight", "backbone.layers.0.mixer.channel_mixer.proj.weight",
                  "backbone.layers.1.mixer.bc_y_proj.weight", "backbone.layers.1.mixer.out_proj.weight"):
         param = model.get_parameter(name)
         assert param.grad is not None and bool(param.grad.abs().sum() > 0), name

@@ -6,12 +6,13 @@ import pytest
 import torch
 from fpmamba_core import ops
 from fpmamba_core.backbones import BACKBONES
-from fpmamba_core.fixed_point import MapOutput, SolverSettings, solve
-from fpmamba_core.mixers import MIXERS, MixerFactors
+from fpmamba_core.fixed_point import MapOutput, solve
+from fpmamba_core.mixers import MIXERS, RankOneFactors
 from fpmamba_core.ops import reference
 
 from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM
 from tests.fpmamba_hf.helpers import VOCAB, fp64_model, tiny_config
+from tests.modeling.core import solver_settings
 
 # fp64 and a tight tolerance: "the same fixed point" is checked far below fp32 rounding.
 TIGHT = dict(fp_tol=1e-9, fp_max_iter_eval=600)
@@ -75,8 +76,8 @@ def test_a_row_whose_newton_system_is_singular_takes_the_picard_step():
         return MapOutput(torch.where(translate[rows, None], y + 1, torch.cos(y)))
 
     y0 = torch.zeros(2, 3, dtype=torch.float64)
-    picard = solve(f, y0, SolverSettings(max_iter=200, tol=1e-2))
-    newton = solve(f, y0, SolverSettings(max_iter=200, tol=1e-2, solver="newton"))
+    picard = solve(f, y0, solver_settings(200, 1e-2))
+    newton = solve(f, y0, solver_settings(200, 1e-2, solver="newton"))
     assert int(newton.iterations[0]) == int(picard.iterations[0]) == 100
     assert torch.equal(newton.y_star[0], picard.y_star[0])
     assert int(newton.iterations[1]) < int(picard.iterations[1]) and float(newton.residual[1]) < 1e-2
@@ -97,7 +98,7 @@ def test_a_whole_sequence_solve_keeps_fp_solver_and_refuses_newton():
         return MapOutput(torch.tanh(y + 1))
 
     with pytest.raises(ValueError, match="fp_decode_solver='newton'.*3 tokens per row"):
-        solve(f, torch.zeros(2, 3, 4), SolverSettings(max_iter=5, tol=1e-6, solver="newton"))
+        solve(f, torch.zeros(2, 3, 4), solver_settings(5, 1e-6, solver="newton"))
 
 
 def test_a_bad_decode_solver_is_refused_by_the_config():
@@ -126,16 +127,16 @@ def test_newton_decode_runs_the_reference_step_on_a_kernel_backend(monkeypatch):
     b, h, p, g, n, r = 2, 2, 8, 1, 8, 2
     d = h * p
     u = torch.nn.functional.normalize(torch.randn(b, r, d, generator=gen), dim=-1)
-    factors = MixerFactors("householder", u=u, coef=torch.full((b, r), 2.0))
+    factors = RankOneFactors("householder", u=u, coef=torch.full((b, r), 2.0))
     args = (torch.randn(b, h, p, generator=gen), torch.randn(b, d, generator=gen), torch.rand(b, h, generator=gen),
             -torch.rand(h, generator=gen), torch.randn(b, g, n, generator=gen), torch.randn(b, g, n, generator=gen),
             torch.randn(h, generator=gen), torch.randn(b, h, p, n, generator=gen), factors, torch.ones(d), 1e-5, d)
-    newton = SolverSettings(max_iter=30, tol=1e-5, decode_solver="newton").per_token()
+    newton = solver_settings(30, 1e-5, decode_solver="newton").per_token()
     out, ref = ops.decode_step(*args, newton), reference.decode_step(*args, newton)
     for name in ("y_out", "y_star", "state", "iterations", "residual"):
         assert torch.equal(getattr(out, name), getattr(ref, name)), name
     with pytest.raises(KernelReached):
-        ops.decode_step(*args, SolverSettings(max_iter=30, tol=1e-5))
+        ops.decode_step(*args, solver_settings(30, 1e-5))
 
 
 def test_the_compiled_decode_step_still_traces_as_one_graph_where_it_applies():

@@ -9,8 +9,8 @@ from peft import LoraConfig, get_peft_model
 
 from tests.fpmamba_hf.helpers import VOCAB, tiny_model
 
-WRAPPED = ("in_proj", "out_proj", "mixer.proj", "bc_y_proj", "dt_y_proj")  # per layer; the LM head is left out
-ITERATION_ADAPTERS = ("mixer.proj", "bc_y_proj", "dt_y_proj")
+WRAPPED = ("in_proj", "out_proj", "channel_mixer.proj", "bc_y_proj", "dt_y_proj")  # per layer; the LM head is left out
+ITERATION_ADAPTERS = ("channel_mixer.proj", "bc_y_proj", "dt_y_proj")
 EXACT = dict(fp_max_iter=6, fp_tol=1e-12)  # the same number of iterations on both sides of a comparison
 
 
@@ -74,7 +74,7 @@ def test_merge_and_unload_reproduces_the_adapted_model(mixer_input: str) -> None
     with torch.no_grad():
         adapted, adapted_decoded = model(ids, **EXACT).logits, _decode(model, ids, prefix=5)
         merged = model.merge_and_unload()
-        assert type(merged.backbone.layers[0].mixer.mixer.proj) is nn.Linear  # back on the split fast path
+        assert type(merged.backbone.layers[0].mixer.channel_mixer.proj) is nn.Linear  # back on the split fast path
         torch.testing.assert_close(merged(ids, **EXACT).logits, adapted, atol=1e-5, rtol=0)
         torch.testing.assert_close(_decode(merged, ids, prefix=5), adapted_decoded, atol=1e-5, rtol=0)
 

@@ -1,27 +1,22 @@
-"""backbone="rnn", the vector FP-RNN: the diagonal special case, the exact per-token solve, decode == parallel."""
+"""backbone="rnn", the vector FP-RNN: the diagonal special case, the exact per-token solve. (Decode == parallel, save,
+load and generate: the shared tests, parametrised over every backbone.)"""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from fpmamba_core.backbones import RNNLayer
-from fpmamba_core.fixed_point import SolverSettings, solve
+from fpmamba_core.fixed_point import solve
 from fpmamba_core.mixers import MIXERS
 
-from fpmamba_hf import FPMambaForCausalLM
-from tests.fpmamba_hf.helpers import assert_left_padded_decode_matches_rows_alone, tiny_config
+from fpmamba_hf.core_settings import fixed_point_settings, layer_settings
+from tests.fpmamba_hf.helpers import BACKBONE_SETTINGS, tiny_config
+from tests.modeling.core import solver_settings
 
-# Gates at 0.5: a map far from the identity, that still contracts.
-RNN = dict(backbone="rnn", hidden_size=16, mixer_alpha_init=0.5)
-TIGHT = dict(fp_tol=1e-6, fp_max_iter_eval=400)
+RNN = dict(backbone="rnn", **BACKBONE_SETTINGS["rnn"])
 
 
-def _rnn_model(mixer_type: str, **overrides) -> FPMambaForCausalLM:
-    """A tiny FP-RNN LM in eval mode whose output gate reads h*_{t-1} strongly (c_proj at std 0.3)."""
-    model = FPMambaForCausalLM(tiny_config(mixer_type=mixer_type, **RNN, **overrides)).eval()
-    with torch.no_grad():
-        for block in model.backbone.layers:
-            block.mixer.c_proj.weight.normal_(std=0.3)
-    return model
+def _layer(config) -> RNNLayer:
+    return RNNLayer(layer_settings(config), fixed_point_settings(config), 0)
 
 
 def _diagonal_rnn(layer: RNNLayer, hs: torch.Tensor) -> torch.Tensor:
@@ -43,12 +38,12 @@ def _diagonal_rnn(layer: RNNLayer, hs: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("mixer_type", ["none", "householder"])
 def test_identity_mixer_and_zero_y_projection_is_a_plain_diagonal_rnn(mixer_type):
-    layer = RNNLayer(tiny_config(mixer_type=mixer_type, **RNN), 0).double().eval()
+    layer = _layer(tiny_config(mixer_type=mixer_type, **RNN)).double().eval()
     with torch.no_grad():
         layer.c_proj.weight[:, layer.d_inner:] = 0
         layer.c_proj.weight[:, : layer.d_inner].normal_(std=0.3)
         if mixer_type != "none":
-            layer.mixer.gain.zero_()  # Q = I through the gain
+            layer.channel_mixer.gain.zero_()  # Q = I through the gain
     hs = torch.randn(2, 11, 16, dtype=torch.float64)
     with torch.no_grad():
         out = layer(hs)
@@ -56,27 +51,19 @@ def test_identity_mixer_and_zero_y_projection_is_a_plain_diagonal_rnn(mixer_type
     torch.testing.assert_close(out.out, expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("mixer_type", list(MIXERS))
+@pytest.mark.parametrize("mixer_type", MIXERS)
 def test_exact_token_solve_equals_the_iterated_one(mixer_type):
     """decode_token's direct solve of the linear per-token problem == Picard iteration on the same map (fp64)."""
-    layer = RNNLayer(tiny_config(mixer_type=mixer_type, **RNN), 0).double().eval()
+    layer = _layer(tiny_config(mixer_type=mixer_type, **RNN)).double().eval()
     hs = torch.randn(3, 6, 16, dtype=torch.float64)
-    tight = SolverSettings(max_iter=2000, tol=1e-13)
+    tight = solver_settings(2000, 1e-13)
     with torch.no_grad():
         state = layer(hs[:, :5], return_state=True).state
         pre = layer.prelude(hs[:, 5:], None, state)
         exact = layer.decode_token(pre, tight)
-        factors = layer.mixer.factors(None if pre.x_part is None else pre.x_part[:, 0], pre.y_prev0)
+        factors = layer.channel_mixer.factors(None if pre.x_part is None else pre.x_part[:, 0], pre.y_prev0)
         iterated = solve(layer.token_map(pre, factors), torch.zeros_like(exact.y_star), tight)
     assert int(iterated.iterations.max()) > 2 or mixer_type == "none"  # the iteration had work to do
     assert exact.iterations.tolist() == [1, 1, 1] and float(exact.residual.max()) < 1e-13
     torch.testing.assert_close(exact.y_star, iterated.y_star, rtol=1e-11, atol=1e-11)
     torch.testing.assert_close(exact.state, iterated.y_out, rtol=1e-11, atol=1e-11)
-
-
-@pytest.mark.parametrize("mixer_type", list(MIXERS))
-def test_left_padded_batch_decodes_token_by_token_as_each_row_in_parallel(mixer_type):
-    """Prefill a left-padded batch, decode 4 more tokens through the cache: every row's logits equal that row's own
-    parallel forward over its whole sequence (fp32, tight tolerance)."""
-    model = _rnn_model(mixer_type, **TIGHT)
-    assert_left_padded_decode_matches_rows_alone(model, TIGHT["fp_tol"])

@@ -1,15 +1,58 @@
-"""save_pretrained -> from_pretrained in a fresh process; generate with cache, budgets, sampling and beams."""
+"""save_pretrained -> from_pretrained, in a fresh process too; generate with cache, budgets, sampling and beams; on
+every backbone (`fpmamba_core.BACKBONES`)."""
 
 import json
 import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
+from fpmamba_core import BACKBONES
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
 import fpmamba_hf
-from tests.fpmamba_hf.helpers import VOCAB, tiny_model
+from tests.fpmamba_hf.helpers import VOCAB, backbone_has, tiny_model
+
+# Settings a saved model must keep (each backbone takes those it has): switches away from their defaults, and mamba1's
+# after-loop gate (its default; the tiny model's is in the loop), whose W_zy only that gate has. The generation checks
+# run that gate too: its W_zy reads the previous token's f(y*), which the cache carries.
+SAVED = dict(mixer_type="kronecker", mixer_kron_norm="spectral", mamba1_gate="after_loop", time_step_rank=3)
+GENERATE = dict(mixer_type="kronecker", mamba1_gate="after_loop", fp_tol=1e-5)
+# The backbones whose decode steps solve the per-token problem directly, in one evaluation (the FP-RNN's is linear).
+DIRECT_TOKEN_SOLVE = ("rnn",)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_save_load_gives_identical_logits(backbone, tmp_path):
+    settings = backbone_has(backbone, SAVED)
+    model = tiny_model(backbone, **settings, fp_tol=1e-5)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.backbone == backbone and all(getattr(loaded.config, k) == v for k, v in settings.items())
+    assert {**loaded.config.to_dict(), "_name_or_path": ""} == {**model.config.to_dict(), "_name_or_path": ""}
+    ids = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_generate_with_cache_per_call_budget_and_beams(backbone):
+    """Greedy with the cache equals greedy without it; fp_max_iter=1 caps every solve of that call only; beam search
+    reorders the state (conv window, state, y*_{t-1}, mamba1's after-loop f(y*)_{t-1}). The prefill iterates; a decode
+    step too, unless the backbone solves its token directly."""
+    model = tiny_model(backbone, **backbone_has(backbone, GENERATE))
+    ids = torch.randint(0, VOCAB, (2, 7))
+    free = model.generate(ids, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
+    assert torch.equal(free.sequences, model.generate(ids, max_new_tokens=4, do_sample=False, use_cache=False))
+    prefill, decode = free.fp_iterations[:, 0], free.fp_iterations[:, 1:]
+    assert int(prefill.min()) > 1
+    assert (int(decode.max()) == 1) if backbone in DIRECT_TOKEN_SOLVE else (int(decode.min()) > 1)
+    capped = model.generate(ids, max_new_tokens=4, do_sample=False, fp_max_iter=1, return_dict_in_generate=True)
+    assert capped.fp_iterations.shape == (2, 4, model.config.num_hidden_layers)
+    assert int(capped.fp_iterations.max()) == 1
+    beams = model.generate(ids, max_new_tokens=3, num_beams=2, do_sample=False)
+    assert beams.shape == (2, 10)
 
 
 def test_save_and_load_in_a_fresh_process_gives_identical_logits(tmp_path):

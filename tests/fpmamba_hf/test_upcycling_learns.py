@@ -7,11 +7,12 @@ from fpmamba_core.mixers import ChannelMixer
 from transformers import Mamba2Config, Mamba2ForCausalLM
 
 from fpmamba_hf import FPMambaForCausalLM
+from tests.modeling.core import mixer_settings
 
 
 @pytest.mark.parametrize("raw", [0.0, 1.0, -0.3, -1.0, 0.4, 1.7, 2.5, -3.2])
 def test_gain_in_unit_interval_with_gradient_everywhere(raw: float) -> None:
-    mixer = ChannelMixer("householder", 8)
+    mixer = ChannelMixer(mixer_settings(mixer_rank=1), 8)
     with torch.no_grad():
         mixer.gain.fill_(raw)
     g = mixer.strength()
@@ -22,7 +23,7 @@ def test_gain_in_unit_interval_with_gradient_everywhere(raw: float) -> None:
 
 def test_gain_keeps_its_meaning_on_the_unit_interval() -> None:
     """Stored gains in [0, 1] (every fresh and converted model) mean what they always meant: 0 = Q = I, 1 = paper."""
-    mixer = ChannelMixer("householder", 8, reflection_scale=2.0)
+    mixer = ChannelMixer(mixer_settings(mixer_rank=1, mixer_reflection_scale=2.0), 8)
     for raw in (0.0, 0.25, 1.0):
         with torch.no_grad():
             mixer.gain.fill_(raw)
@@ -35,7 +36,7 @@ def test_converted_mamba2_learns_a_mixer(seed: int) -> None:
     cfg = Mamba2Config(vocab_size=50, hidden_size=32, head_dim=16, num_heads=4, state_size=8, n_groups=1,
                        num_hidden_layers=1, chunk_size=8, expand=2)
     fp = FPMambaForCausalLM.from_mamba2(Mamba2ForCausalLM(cfg)).train()
-    mixer = fp.backbone.layers[0].mixer.mixer
+    mixer = fp.backbone.layers[0].mixer.channel_mixer
     opt = torch.optim.AdamW(fp.parameters(), lr=1e-2)
     ids = torch.randint(0, 50, (4, 16))
     for _ in range(4):

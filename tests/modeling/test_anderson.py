@@ -6,9 +6,10 @@ import pytest
 import torch
 from fpmamba_core.anderson import AndersonHistory
 from fpmamba_core.backbones import Mamba2Layer
-from fpmamba_core.fixed_point import MapOutput, SolverSettings, solve
+from fpmamba_core.fixed_point import MapOutput, solve
+from fpmamba_core.mixers import MIXERS
 
-from fpmamba_hf import FPMambaConfig
+from tests.modeling.core import build_layer, solver_settings
 
 TINY = dict(hidden_size=16, state_size=4, head_dim=8, chunk_size=4, mixer_rank=2, fp_max_iter=400,
             fp_max_iter_eval=400, fp_train_quantile=1.0)
@@ -17,10 +18,10 @@ TINY = dict(hidden_size=16, state_size=4, head_dim=8, chunk_size=4, mixer_rank=2
 def _layers(**overrides) -> dict[str, Mamba2Layer]:
     """A Picard and an Anderson layer with the same fp64 weights (B/C read the iterate)."""
     torch.manual_seed(0)
-    picard = Mamba2Layer(FPMambaConfig(**{**TINY, **overrides}), layer_idx=0).double()
+    picard = build_layer(Mamba2Layer, **{**TINY, **overrides}).double()
     with torch.no_grad():
         picard.bc_y_proj.weight.normal_(std=0.3)
-    anderson = Mamba2Layer(FPMambaConfig(**{**TINY, **overrides, "fp_solver": "anderson"}), 0).double()
+    anderson = build_layer(Mamba2Layer, **{**TINY, **overrides, "fp_solver": "anderson"}).double()
     anderson.load_state_dict(picard.state_dict())
     return {"picard": picard, "anderson": anderson}
 
@@ -43,7 +44,7 @@ def _linear_map(seed: int, b: int, d: int):
 def test_anderson_finds_the_exact_fixed_point_in_fewer_iterations():
     f, exact = _linear_map(0, 3, 24)
     y0 = torch.zeros(3, 24, dtype=torch.float64)
-    runs = {s: solve(f, y0, SolverSettings(max_iter=5000, tol=1e-10, solver=s, anderson_m=8))
+    runs = {s: solve(f, y0, solver_settings(5000, 1e-10, solver=s, anderson_m=8))
             for s in ("picard", "anderson")}
     for res in runs.values():
         torch.testing.assert_close(res.y_star, exact, rtol=1e-8, atol=1e-8)
@@ -54,14 +55,14 @@ def test_anderson_finds_the_exact_fixed_point_in_fewer_iterations():
 def test_non_finite_anderson_step_falls_back_to_picard(monkeypatch):
     f, _ = _linear_map(1, 3, 10)
     y0 = torch.zeros(3, 10, dtype=torch.float64)
-    picard = solve(f, y0, SolverSettings(max_iter=3000, tol=1e-9))
+    picard = solve(f, y0, solver_settings(3000, 1e-9))
     monkeypatch.setattr(AndersonHistory, "_solve", staticmethod(lambda gram, rhs: torch.full_like(rhs, torch.nan)))
-    fallback = solve(f, y0, SolverSettings(max_iter=3000, tol=1e-9, solver="anderson"))
+    fallback = solve(f, y0, solver_settings(3000, 1e-9, solver="anderson"))
     assert torch.equal(fallback.iterations, picard.iterations)
     assert torch.equal(fallback.y_star, picard.y_star)
 
 
-@pytest.mark.parametrize("mixer_type", ["householder", "dplr", "kronecker", "none"])
+@pytest.mark.parametrize("mixer_type", list(MIXERS))
 def test_same_fixed_point_as_picard_with_every_mixer(mixer_type):
     layers = _layers(mixer_type=mixer_type, fp_tol=1e-11)
     x = torch.randn(3, 11, 16, dtype=torch.float64)
@@ -101,8 +102,9 @@ def test_gradients_equal_between_solvers(backward):
         torch.testing.assert_close(grads["anderson"][n], g, rtol=1e-7, atol=1e-9, msg=n)
 
 
-@pytest.mark.parametrize(("field", "value"), [("fp_solver", "newton"), ("fp_anderson_m", 0), ("fp_anderson_m", 2.5)])
+@pytest.mark.parametrize(("field", "value"), [("solver", "newton"), ("anderson_m", 0), ("anderson_m", 2.5)])
 def test_invalid_knobs_raise_naming_the_field(field, value):
+    """The core's settings refuse them (the model's config refuses its fp_* fields too: tests/fpmamba_hf)."""
     with pytest.raises(ValueError, match=field):
-        FPMambaConfig(vocab_size=8, hidden_size=16, head_dim=8, state_size=4, **{field: value})
+        build_layer(Mamba2Layer, **TINY, **{f"fp_{field}": value})
 

@@ -1,36 +1,49 @@
-"""config.fp_compile: every backbone's iteration map compiles without a graph break, a compiled model computes what
-the eager one does (rows stopping at different iterations, so the compiled map sees shrinking batches), and a
-failing compile falls back to the eager map with one warning."""
+"""FixedPointSettings.compile (config.fp_compile): every backbone's iteration map compiles without a graph break, a
+compiled layer computes what the eager one does (rows stopping at different iterations, so the compiled map sees
+shrinking batches), and a failing compile falls back to the eager map with one warning."""
 
+import dataclasses
 import shutil
 import warnings
 
 import pytest
 import torch
 from fpmamba_core import compiled
+from fpmamba_core.backbones import BACKBONES
 from fpmamba_core.compiled import CompileFallbackWarning
+from fpmamba_core.layer import FixedPointLayer
 
-from fpmamba_hf import FPMambaForCausalLM
-from tests.fpmamba_hf.helpers import VOCAB, tiny_config, tiny_model
+from tests.modeling.core import build_layer
 
-BACKBONES = {
-    "mamba2": {},
-    "mamba1": {"backbone": "mamba1", "n_groups": 1},
-    "rnn": {"backbone": "rnn", "n_groups": 1},
-}
+TINY = dict(hidden_size=32, head_dim=16, state_size=8, chunk_size=8, n_groups=1)
 
 
-def _model(backbone: str, **overrides) -> FPMambaForCausalLM:
-    """The tiny test model (Mamba-2: B and C read y); the other backbones as configured."""
-    if backbone == "mamba2":
-        return tiny_model(**overrides)
-    return FPMambaForCausalLM(tiny_config(**BACKBONES[backbone], **overrides)).eval()
+def _layer(backbone: str, **overrides) -> FixedPointLayer:
+    """A tiny eval layer whose map reads y (Mamba backbones: B and C's y-projection drawn away from zero)."""
+    torch.manual_seed(0)
+    layer = build_layer(backbone, **{**TINY, **overrides}).eval()
+    with torch.no_grad():
+        for proj in layer.y_projections():
+            if proj is not None:
+                proj.weight.normal_(std=0.1)
+    return layer
+
+
+def _compiling(layer: FixedPointLayer) -> FixedPointLayer:
+    layer.solver = dataclasses.replace(layer.solver, compile=True)
+    return layer
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    hs = torch.randn(3, 11, TINY["hidden_size"])
+    mask = torch.ones(3, 11, dtype=torch.long)
+    mask[1, :4] = 0  # left padding: the padded row stops at another iteration than the others
+    return hs, mask
 
 
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_every_map_compiles_without_a_graph_break(backbone):
-    model = _model(backbone)
-    layer = model.backbone.layers[0].mixer
+    layer = _layer(backbone)
     with torch.no_grad():
         pre = layer.prelude(torch.randn(3, 13, 32), torch.tensor([[1] * 13, [0] * 4 + [1] * 9, [1] * 13]).bool(),
                             None)
@@ -42,21 +55,17 @@ def test_every_map_compiles_without_a_graph_break(backbone):
 
 
 @pytest.mark.parametrize("backbone", list(BACKBONES))
-def test_compiled_model_computes_the_eager_one(backbone):
-    torch.manual_seed(0)
-    model = _model(backbone, fp_tol=1e-2)
-    ids = torch.randint(0, VOCAB, (3, 11))
-    mask = torch.ones_like(ids)
-    mask[1, :4] = 0  # left padding: the padded row stops at another iteration than the others
+def test_compiled_layer_computes_the_eager_one(backbone):
+    layer = _layer(backbone, fp_tol=1e-2)
+    hs, mask = _inputs()
     with torch.no_grad():
-        eager = model(ids, attention_mask=mask)
-        model.config.fp_compile = True
+        eager = layer(hs, mask)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            compiled_out = model(ids, attention_mask=mask)
-    assert torch.equal(compiled_out.fp_iterations, eager.fp_iterations)
-    assert any(len(set(layer)) > 1 for layer in eager.fp_iterations.T.tolist())  # rows stopped apart
-    assert (compiled_out.logits - eager.logits).abs().max() < 1e-4
+            compiled_out = _compiling(layer)(hs, mask)
+    assert torch.equal(compiled_out.iterations, eager.iterations)
+    assert len(set(eager.iterations.tolist())) > 1  # rows stopped apart
+    assert (compiled_out.out - eager.out).abs().max() < 1e-4
     fell_back = [w for w in caught if issubclass(w.category, CompileFallbackWarning)]
     if shutil.which("c++") or shutil.which("g++"):  # inductor can build its CPU kernels here: no fallback
         assert not fell_back, fell_back[0].message
@@ -70,15 +79,15 @@ def test_a_failing_compile_falls_back_to_the_eager_map_with_one_warning(monkeypa
 
     monkeypatch.setattr(compiled.torch, "compile", broken_compile)
     monkeypatch.setattr(compiled, "_map_calls", {})
-    model = tiny_model(fp_tol=1e-2)
-    ids = torch.randint(0, VOCAB, (2, 9))
+    layer = _layer("mamba2", fp_tol=1e-2)
+    hs, mask = _inputs()
     with torch.no_grad():
-        eager = model(ids)
-        model.config.fp_compile = True
+        eager = layer(hs, mask)
+        _compiling(layer)
         with pytest.warns(CompileFallbackWarning, match="of Mamba2Map failed .*no compiler here") as record:
-            first = model(ids)
+            first = layer(hs, mask)
         with warnings.catch_warnings():
             warnings.simplefilter("error", CompileFallbackWarning)
-            second = model(ids)  # no second warning: the class stays eager
+            second = layer(hs, mask)  # no second warning: the class stays eager
     assert len(record) == 1
-    assert torch.equal(first.logits, eager.logits) and torch.equal(second.logits, eager.logits)
+    assert torch.equal(first.out, eager.out) and torch.equal(second.out, eager.out)

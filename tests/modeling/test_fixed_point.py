@@ -2,10 +2,12 @@
 
 import pytest
 import torch
-from fpmamba_core.fixed_point import MapOutput, SolverSettings, solve
+from fpmamba_core.fixed_point import MapOutput, solve
 from fpmamba_core.precision import all_finite
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from tests.modeling.core import solver_settings
 
 
 def _affine_map(W: torch.Tensor, c: torch.Tensor):
@@ -25,7 +27,7 @@ def test_finds_fixed_point_of_contraction(b, d, lip, seed):
     W = torch.randn(b, d, d, generator=g, dtype=torch.float64)
     W = lip * W / torch.linalg.matrix_norm(W, 2)[:, None, None]
     c = torch.randn(b, d, generator=g, dtype=torch.float64)
-    res = solve(_affine_map(W, c), torch.zeros(b, d, dtype=torch.float64), SolverSettings(max_iter=2000, tol=1e-12))
+    res = solve(_affine_map(W, c), torch.zeros(b, d, dtype=torch.float64), solver_settings(2000, 1e-12))
     exact = torch.linalg.solve(torch.eye(d, dtype=torch.float64) - W, c)
     torch.testing.assert_close(res.y_star, exact, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(res.aux[0], 2 * res.y_out)
@@ -36,7 +38,7 @@ def test_rows_stop_on_their_own_and_do_not_depend_on_the_batch():
     d = 4
     W = torch.stack([0.1 * torch.eye(d), 0.8 * torch.eye(d), 0.5 * torch.eye(d)]).double()
     c = torch.randn(3, d, dtype=torch.float64)
-    s = SolverSettings(max_iter=500, tol=1e-8)
+    s = solver_settings(500, 1e-8)
     together = solve(_affine_map(W, c), torch.zeros(3, d, dtype=torch.float64), s)
     assert together.iterations[0] < together.iterations[2] < together.iterations[1]
     for i in range(3):
@@ -48,7 +50,7 @@ def test_rows_stop_on_their_own_and_do_not_depend_on_the_batch():
 def test_cap_is_respected_and_reported():
     W = 0.99 * torch.eye(3, dtype=torch.float64)[None]
     res = solve(_affine_map(W, torch.ones(1, 3, dtype=torch.float64)), torch.zeros(1, 3, dtype=torch.float64),
-                SolverSettings(max_iter=7, tol=1e-12))
+                solver_settings(7, 1e-12))
     assert res.iterations.tolist() == [7]
     assert res.residual[0] > 1e-12
 
@@ -57,7 +59,7 @@ def test_train_quantile_stops_the_batch_early():
     d = 2
     W = torch.stack([0.01 * torch.eye(d)] * 3 + [0.95 * torch.eye(d)]).double()
     c = torch.ones(4, d, dtype=torch.float64)
-    s = SolverSettings(max_iter=1000, tol=1e-6, train_quantile=0.75)
+    s = solver_settings(1000, 1e-6, train_quantile=0.75)
     res = solve(_affine_map(W, c), torch.zeros(4, d, dtype=torch.float64), s, training=True)
     assert res.iterations.max() == res.iterations[:3].max()  # the slow row was cut with the others
     full = solve(_affine_map(W, c), torch.zeros(4, d, dtype=torch.float64), s, training=False)
@@ -68,7 +70,7 @@ def test_damping_rescues_an_oscillating_map():
     """f(y) = -1.5 y + 1 diverges undamped; damping shrinks after stalls and converges to y* = 0.4."""
     W = torch.full((1, 1, 1), -1.5, dtype=torch.float64)
     c = torch.ones(1, 1, dtype=torch.float64)
-    s = SolverSettings(max_iter=400, tol=1e-8, damping=1.0, damping_decay=0.5, damping_patience=2)
+    s = solver_settings(400, 1e-8, damping=1.0, damping_decay=0.5, damping_patience=2)
     res = solve(_affine_map(W, c), torch.zeros(1, 1, dtype=torch.float64), s)
     torch.testing.assert_close(res.y_star, torch.full((1, 1), 0.4, dtype=torch.float64), rtol=1e-6, atol=1e-6)
 
@@ -78,7 +80,7 @@ def test_non_finite_values_raise_naming_the_layer():
         return MapOutput(y + float("nan"))
 
     with pytest.raises(FloatingPointError, match="layer 3"):
-        solve(f, torch.zeros(2, 3), SolverSettings(max_iter=5, tol=1e-3), layer_idx=3)
+        solve(f, torch.zeros(2, 3), solver_settings(5, 1e-3), layer_idx=3)
 
 
 @pytest.mark.parametrize("value, expected", [(1.0, True), (float("nan"), False), (float("inf"), False),
@@ -98,8 +100,8 @@ def test_a_cap_of_one_is_the_general_rule_without_bookkeeping():
     W = 0.3 * torch.randn(3, 4, 4, dtype=torch.float64)
     f = _affine_map(W, torch.randn(3, 4, dtype=torch.float64))
     y0 = torch.randn(3, 4, dtype=torch.float64)
-    short = solve(f, y0, SolverSettings(max_iter=1, tol=1e-12))
-    looped = solve(f, y0, SolverSettings(max_iter=1, tol=1e-12), sync=lambda go_on: go_on)  # the loop path
+    short = solve(f, y0, solver_settings(1, 1e-12))
+    looped = solve(f, y0, solver_settings(1, 1e-12), sync=lambda go_on: go_on)  # the loop path
     for name in ("y_star", "y_out", "iterations", "residual"):
         torch.testing.assert_close(getattr(short, name), getattr(looped, name), rtol=0, atol=0, msg=name)
     torch.testing.assert_close(short.aux[0], looped.aux[0], rtol=0, atol=0)

@@ -4,13 +4,13 @@ import pytest
 import torch
 from fpmamba_core.backbones import Mamba2Layer
 
-from fpmamba_hf.configuration_fpmamba import FPMambaConfig
+from tests.modeling.core import build_layer
 
 TINY = dict(hidden_size=16, state_size=4, head_dim=8, chunk_size=4, mixer_rank=2)
 
 
 def _layer(**overrides) -> Mamba2Layer:
-    layer = Mamba2Layer(FPMambaConfig(**{**TINY, **overrides}), layer_idx=0).double().train()
+    layer = build_layer(Mamba2Layer, **{**TINY, **overrides}).double().train()
     with torch.no_grad():  # give the hidden-state dependence of B and C some weight
         layer.bc_y_proj.weight.normal_(std=0.1)
     return layer

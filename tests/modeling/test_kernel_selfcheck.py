@@ -29,8 +29,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from fpmamba_core.mixers import MIXERS
 
 from tests.closeness import assert_close, assert_equal
+from tests.modeling.core import build_layer, solver_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_ENV = "FPMAMBA_TEST_SELFCHECK_RESULTS"
@@ -38,15 +40,11 @@ RESULTS_ENV = "FPMAMBA_TEST_SELFCHECK_RESULTS"
 
 # ------------------------------------------------------------------------------------------------------ helpers
 def _layer(seed: int, **overrides):
-    from fpmamba_core.backbones import Mamba2Layer
-
-    from fpmamba_hf.configuration_fpmamba import FPMambaConfig
-
     torch.manual_seed(seed)
     cfg = dict(hidden_size=32, state_size=16, head_dim=8, n_groups=2, chunk_size=16, mixer_rank=2,
                mixer_reflection_scale=2, fp_tol=1e-6, fp_max_iter=2, fp_max_iter_eval=2)
     cfg.update(overrides)
-    layer = Mamba2Layer(FPMambaConfig(**cfg), 0).eval()
+    layer = build_layer("mamba2", **cfg).eval()
     with torch.no_grad():  # y-projections away from zero, so every y-path matters
         layer.bc_y_proj.weight.normal_(0, 0.1)
         if layer.dt_y_proj is not None:
@@ -70,18 +68,17 @@ def _capture_fused(layer, hs, attention_mask=None, state=None):
 
 
 def _decode_args(kind: str, b: int = 2, seed: int = 0):
-    from fpmamba_core.fixed_point import SolverSettings
-    from fpmamba_core.mixers import MixerFactors
+    from fpmamba_core.mixers import MixerFactors, RankOneFactors
 
     gen = torch.Generator().manual_seed(seed)
     rn = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
     h, p, g, n, r = 2, 8, 1, 16, 2
     d = h * p
-    factors = MixerFactors("none") if kind == "none" else MixerFactors(
+    factors = MixerFactors("none") if kind == "none" else RankOneFactors(
         kind, u=torch.nn.functional.normalize(rn(b, r, d), dim=-1), coef=torch.rand(b, r, generator=gen))
     return (rn(b, h, p), rn(b, d), torch.rand(b, h, generator=gen), -torch.rand(h, generator=gen) - 0.2,
             rn(b, g, n), rn(b, g, n), rn(h), rn(b, h, p, n), factors, torch.ones(d), 1e-5, d,
-            SolverSettings(max_iter=5, tol=1e-4))
+            solver_settings(5, 1e-4))
 
 
 class _Counting:
@@ -167,7 +164,7 @@ def test_composed_fused_iteration_equals_layer_map(monkeypatch, kind, masked, wi
         assert_close(f"residual rows {rows.tolist()}", res, relative_residual(ref.detach(), y, 1e-6), 1e-5)
 
 
-@pytest.mark.parametrize("kind", ["householder", "dplr", "none"])
+@pytest.mark.parametrize("kind", [name for name, kind in MIXERS.items() if "decode" in kind.kernel_ops])
 def test_decode_kernel_passing_its_check_is_used(monkeypatch, fresh, kind):
     from fpmamba_core import ops
     from fpmamba_core.ops import decode as dk

@@ -1,12 +1,14 @@
 """mixer_kron_norm="spectral": every Kronecker factor has spectral norm <= 1 (torch.linalg.matrix_norm(ord=2)), near
 1 at open gates; the bound of the top eigenvalue holds where a vector power iteration would fall short."""
 
+import dataclasses
+
 import pytest
 import torch
-from fpmamba_core.backbones import BACKBONES, backbone_layer
+from fpmamba_core.backbones import BACKBONES
 from fpmamba_core.mixers import MIXERS, ChannelMixer, top_eigenvalue_bound
 
-from fpmamba_hf import FPMambaConfig
+from tests.modeling.core import build_layer, mixer_settings
 
 # d_inner (factors m1 x m1 and m2 x m2), mixer input, activation.
 CASES = [(12, "concat", "silu"), (30, "sum", "identity"), (49, "concat", "relu"), (7, "x", "tanh")]
@@ -14,7 +16,9 @@ CASES = [(12, "concat", "silu"), (30, "sum", "identity"), (49, "concat", "relu")
 
 @pytest.mark.parametrize("d, mode, act", CASES, ids=[f"d{c[0]}-{c[1]}-{c[2]}" for c in CASES])
 def test_spectral_factors_have_norm_at_most_one(d, mode, act):
-    mixer = ChannelMixer("kronecker", d, mode, activation=act, options={"kron_norm": "spectral"}).double()
+    settings = mixer_settings(mixer_type="kronecker", mixer_input=mode, mixer_activation=act,
+                              mixer_kron_norm="spectral")
+    mixer = ChannelMixer(settings, d).double()
     with torch.no_grad():
         mixer.proj.weight.normal_(std=1.0)
         mixer.proj.bias[-(mixer.split_sizes[2] + mixer.split_sizes[3]):] = 30.0  # gates at 1: ||K|| = ||S / N||
@@ -42,12 +46,16 @@ def test_the_bound_holds_at_a_near_degenerate_top_and_at_zero():
 
 
 @pytest.mark.parametrize("backbone", list(BACKBONES))
-def test_the_config_switch_reaches_every_backbones_mixer(backbone):
-    """The default keeps today's Frobenius kind (Mamba-2 unchanged); "spectral" reaches the layer's mixer."""
-    small = dict(backbone=backbone, hidden_size=16, head_dim=8, state_size=4, mixer_type="kronecker")
-    default = backbone_layer(backbone)(FPMambaConfig(**small), 0)
-    spectral = backbone_layer(backbone)(FPMambaConfig(**small, mixer_kron_norm="spectral"), 0)
-    assert default.mixer.spec is MIXERS["kronecker"] and default.mixer.spec.norm == "frobenius"
-    assert spectral.mixer.spec.norm == "spectral" and spectral.mixer.spec.name == "kronecker"
-    with pytest.raises(ValueError, match="mixer_kron_norm"):
-        FPMambaConfig(**small, mixer_kron_norm="rowwise")
+def test_the_option_reaches_every_backbones_mixer(backbone):
+    """The default keeps today's Frobenius kind (Mamba-2 unchanged); "spectral" reaches the layer's mixer; an unknown
+    normalisation, or an option of another kind, is refused."""
+    small = dict(hidden_size=16, head_dim=8, state_size=4, mixer_type="kronecker")
+    default = build_layer(backbone, **small)
+    spectral = build_layer(backbone, **small, mixer_kron_norm="spectral")
+    assert default.channel_mixer.spec is MIXERS["kronecker"] and default.channel_mixer.spec.norm == "frobenius"
+    assert spectral.channel_mixer.spec.norm == "spectral" and spectral.channel_mixer.spec.name == "kronecker"
+    with pytest.raises(ValueError, match="Kronecker normalisation 'rowwise'"):
+        build_layer(backbone, **small, mixer_kron_norm="rowwise")
+    householder = mixer_settings(mixer_type="householder")
+    with pytest.raises(ValueError, match="takes the options"):
+        ChannelMixer(dataclasses.replace(householder, options={"kron_norm": "spectral"}), 16)

@@ -5,15 +5,15 @@ import pytest
 import torch
 from fpmamba_core.backbones import Mamba1Layer
 
-from fpmamba_hf.configuration_fpmamba import FPMambaConfig
+from tests.modeling.core import build_layer
 
-TINY = dict(backbone="mamba1", hidden_size=16, state_size=4, mixer_type="kronecker", dt_hidden_dependence=True,
+TINY = dict(hidden_size=16, state_size=4, mixer_type="kronecker", dt_hidden_dependence=True,
             initializer_range=0.1, fp_tol=1e-12, fp_max_iter=400, fp_train_quantile=1.0)
 
 
 def _layer(**overrides) -> Mamba1Layer:
     torch.manual_seed(0)
-    layer = Mamba1Layer(FPMambaConfig(**{**TINY, **overrides}), layer_idx=0).double().train()
+    layer = build_layer(Mamba1Layer, **{**TINY, **overrides}).double().train()
     with torch.no_grad():
         for proj in (layer.bc_y_proj, layer.dt_y_proj, layer.gate_y_proj):
             if proj is not None:

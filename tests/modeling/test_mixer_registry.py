@@ -7,12 +7,12 @@ a kind added to the registry needs nothing else to run in a layer, in parallel a
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import pytest
 import torch
 from fpmamba_core import ops
 from fpmamba_core.backbones import Mamba2Layer
-from fpmamba_core.fixed_point import SolverSettings
 from fpmamba_core.mixers import (
     KERNEL_OPS,
     MIXERS,
@@ -25,7 +25,14 @@ from fpmamba_core.mixers import (
 )
 from fpmamba_core.mixers import registry as mixer_registry
 
-from fpmamba_hf.configuration_fpmamba import FPMambaConfig
+from tests.modeling.core import build_layer, mixer_settings, solver_settings
+
+
+@dataclass
+class _ScaledFactors(MixerFactors):
+    """coef (...,): the strength times the position's gate."""
+
+    coef: torch.Tensor
 
 
 class _Scaled(MixerKind):
@@ -42,11 +49,11 @@ class _Scaled(MixerKind):
         return 0
 
     @staticmethod
-    def factors(pre, strength, act, d, rank) -> MixerFactors:
-        return MixerFactors("scaled", coef=strength * torch.sigmoid(pre[..., 0]))
+    def factors(pre, strength, act, d, rank) -> _ScaledFactors:
+        return _ScaledFactors("scaled", coef=strength * torch.sigmoid(pre[..., 0]))
 
     @staticmethod
-    def apply(factors: MixerFactors, v: torch.Tensor) -> torch.Tensor:
+    def apply(factors: _ScaledFactors, v: torch.Tensor) -> torch.Tensor:
         return v - factors.coef[..., None] * v
 
 
@@ -61,7 +68,7 @@ def test_each_kind_builds_and_is_the_identity_at_gain_zero(kind):
     """The projection has the kind's layout; a zero gain makes Q = I exactly (what a Mamba-2 conversion relies on)."""
     torch.manual_seed(0)
     d = 12
-    mixer = ChannelMixer(kind, d, "concat", rank=2, reflection_scale=2)
+    mixer = ChannelMixer(mixer_settings(mixer_type=kind, mixer_rank=2, mixer_reflection_scale=2), d)
     sizes = mixer_kind(kind).split_sizes(d, 2)
     assert (mixer.proj is None) == (not sizes)
     if mixer.proj is not None:
@@ -98,11 +105,11 @@ def test_a_kind_without_kernels_takes_the_pytorch_path_on_the_triton_backend(mon
     x = torch.randn(2, 4, 16)
     assert not ops.fused_iteration_supported(x, kind)
     b, h, p, n, d = 2, 2, 8, 4, 16
-    mixer = ChannelMixer(kind, d, "concat", rank=1)
+    mixer = ChannelMixer(mixer_settings(mixer_type=kind, mixer_rank=1), d)
     factors = mixer.factors(mixer.precompute(torch.randn(b, d)), torch.randn(b, d))
     args = (torch.randn(b, h, p), torch.randn(b, d), torch.rand(b, h), -torch.rand(h), torch.randn(b, 1, n),
             torch.randn(b, 1, n), torch.randn(h), torch.randn(b, h, p, n), factors, torch.ones(d), 1e-5, d,
-            SolverSettings(max_iter=5, tol=1e-5))
+            solver_settings(5, 1e-5))
     out = ops.decode_step(*args)
     ref = reference.decode_step(*args)
     for field in dataclasses.fields(ref):
@@ -110,15 +117,12 @@ def test_a_kind_without_kernels_takes_the_pytorch_path_on_the_triton_backend(mon
 
 
 def test_a_registered_kind_runs_in_a_layer_parallel_and_token_by_token(scaled_registered):
-    """Adding a mixer is its class plus its registry entry: a Mamba-2 layer with it decodes token by token exactly
-    as its parallel forward (fp64, tight tolerance)."""
+    """Adding a mixer is its class (and its factor type) plus its registry entry: a Mamba-2 layer with it decodes
+    token by token exactly as its parallel forward (fp64, tight tolerance)."""
     assert "scaled" in mixer_registry.MIXERS
     torch.manual_seed(0)
-    config = FPMambaConfig(hidden_size=16, state_size=8, head_dim=8, chunk_size=4, fp_tol=1e-12,
-                                fp_max_iter_eval=200)
-    config.mixer_type = "scaled"  # a registered kind is a valid choice
-    config.check()
-    layer = Mamba2Layer(config, 0).double().eval()
+    layer = build_layer(Mamba2Layer, hidden_size=16, state_size=8, head_dim=8, chunk_size=4, fp_tol=1e-12,
+                        fp_max_iter_eval=200, mixer_type="scaled").double().eval()
     with torch.no_grad():
         layer.bc_y_proj.weight.normal_(0, 0.05)
     hs = torch.randn(2, 6, 16, dtype=torch.float64)

@@ -3,9 +3,19 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from fpmamba_core.mixers import ChannelMixer, MixerFactors, apply_mixer, kronecker_dims
+from fpmamba_core.mixers import (
+    MIXER_INPUTS,
+    MIXERS,
+    ChannelMixer,
+    MixerFactors,
+    RankOneFactors,
+    apply_mixer,
+    kronecker_dims,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from tests.modeling.core import mixer_settings
 
 
 def _dense(factors: MixerFactors, d: int) -> torch.Tensor:
@@ -16,7 +26,7 @@ def _dense(factors: MixerFactors, d: int) -> torch.Tensor:
 
 def _householder(d, r, alpha, scale):
     u = F.normalize(torch.randn(r, d, dtype=torch.float64), dim=-1)
-    return MixerFactors("householder", u=u, coef=scale * alpha), u
+    return RankOneFactors("householder", u=u, coef=scale * alpha), u
 
 
 @settings(max_examples=25, deadline=None)
@@ -37,7 +47,7 @@ def test_householder_contractive_at_paper_scale(d, r, seed):
     Q = _dense(factors, d)
     assert torch.linalg.matrix_norm(Q, 2) <= 1 + 1e-10
     # One reflection with the paper's scale: ||I - Q|| = alpha < 1 (Theorem 3.1's condition).
-    single = MixerFactors("householder", u=u[:1], coef=alpha[:1])
+    single = RankOneFactors("householder", u=u[:1], coef=alpha[:1])
     assert torch.linalg.matrix_norm(torch.eye(d, dtype=torch.float64) - _dense(single, d), 2) <= alpha[0] + 1e-10
 
 
@@ -50,7 +60,7 @@ def test_householder_product_order_and_dplr_match_dense():
     for i in range(r):
         expected = expected @ (eye - alpha[i] * torch.outer(u[i], u[i]))
     torch.testing.assert_close(_dense(factors, d), expected)
-    dplr = MixerFactors("dplr", u=u, coef=alpha)
+    dplr = RankOneFactors("dplr", u=u, coef=alpha)
     expected = eye - sum(alpha[i] * torch.outer(u[i], u[i]) for i in range(r))
     torch.testing.assert_close(_dense(dplr, d), expected)
 
@@ -59,7 +69,7 @@ def test_kronecker_matches_dense_and_is_bounded():
     d = 12
     m1, m2 = kronecker_dims(d)
     assert (m1, m2) == (3, 4)
-    mixer = ChannelMixer("kronecker", d, "concat").double()
+    mixer = ChannelMixer(mixer_settings(mixer_type="kronecker"), d).double()
     factors = mixer.factors(mixer.precompute(torch.randn(d, dtype=torch.float64)), torch.randn(d, dtype=torch.float64))
     K = torch.kron(factors.k1, factors.k2)
     expected = torch.eye(d, dtype=torch.float64) - factors.coef * K
@@ -67,11 +77,11 @@ def test_kronecker_matches_dense_and_is_bounded():
     assert torch.linalg.matrix_norm(K, 2) <= 1 + 1e-9  # so ||I - Q|| <= c * gain
 
 
-@pytest.mark.parametrize("kind", ["householder", "dplr", "kronecker"])
-@pytest.mark.parametrize("mode", ["concat", "sum", "x"])
+@pytest.mark.parametrize("kind", [k for k in MIXERS if k != "none"])
+@pytest.mark.parametrize("mode", MIXER_INPUTS)
 def test_mixer_near_identity_at_init_and_zero_gain_is_identity(kind, mode):
     d = 16
-    mixer = ChannelMixer(kind, d, mode, rank=2, alpha_init=0.05)
+    mixer = ChannelMixer(mixer_settings(mixer_type=kind, mixer_input=mode, mixer_rank=2, mixer_alpha_init=0.05), d)
     x, y = torch.randn(5, d), torch.randn(5, d)
     v = torch.randn(5, d)
     Qv = apply_mixer(mixer.factors(mixer.precompute(x), y), v)
@@ -86,7 +96,7 @@ def test_mixer_input_modes_depend_on_y_as_documented():
     x, y1, y2 = torch.randn(d), torch.randn(d), torch.randn(d)
     v = torch.randn(d)
     for mode, depends in (("concat", True), ("sum", True), ("x", False)):
-        m = ChannelMixer("householder", d, mode, rank=2, alpha_init=0.5)
+        m = ChannelMixer(mixer_settings(mixer_input=mode, mixer_rank=2, mixer_alpha_init=0.5), d)
         a = apply_mixer(m.factors(m.precompute(x), y1), v)
         b = apply_mixer(m.factors(m.precompute(x), y2), v)
         assert (not torch.allclose(a, b)) == depends, mode

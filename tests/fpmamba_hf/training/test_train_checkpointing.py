@@ -1,36 +1,15 @@
-"""Activation checkpointing replays the forward's fixed point: gradients equal those without checkpointing."""
+"""Activation checkpointing replays the forward's fixed point: gradients equal those without checkpointing, with two
+backward steps and where a recompute would stop elsewhere. (Each backbone, each gradient: test_train_backbones.py.)"""
 
 from __future__ import annotations
 
 import fpmamba_core.layer
 import pytest
 import torch
-from train_helpers import enable_checkpointing, tiny_model, token_batch, train_step_grads
+from train_helpers import assert_same_gradients, enable_checkpointing, tiny_model, token_batch, train_step_grads
 
 # A tolerance-based stopping rule that actually stops rows at different iterations, with the batch quantile rule.
 RULE = dict(fp_tol=1e-2, fp_max_iter=12, fp_train_quantile=0.75)
-
-
-def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-7, msg=f"gradient of {name}")
-
-
-@pytest.mark.parametrize("fp_backward", ["one_step", "implicit"])
-@pytest.mark.parametrize("use_reentrant", [False, True])
-def test_checkpointed_gradients_equal_plain(fp_backward: str, use_reentrant: bool) -> None:
-    ids = token_batch(8, 12, seed=1)
-    plain = tiny_model(fp_backward=fp_backward, fp_backward_steps=1, **RULE)
-    ckpt = tiny_model(fp_backward=fp_backward, fp_backward_steps=1, **RULE)
-    enable_checkpointing(ckpt, use_reentrant)
-    loss_p, its_p, grads_p = train_step_grads(plain, ids)
-    loss_c, its_c, grads_c = train_step_grads(ckpt, ids)
-    # The rule is active: rows stopped at different counts, and the quantile stopped some rows early.
-    assert its_p.unique().numel() > 1 and int(its_p.max()) < RULE["fp_max_iter"]
-    assert torch.equal(its_p, its_c)
-    torch.testing.assert_close(loss_c, loss_p, rtol=0, atol=0)
-    _assert_same(grads_c, grads_p)
 
 
 def test_two_backward_steps_under_reentrant_checkpointing() -> None:
@@ -43,7 +22,7 @@ def test_two_backward_steps_under_reentrant_checkpointing() -> None:
     loss_p, _, grads_p = train_step_grads(plain, ids)
     loss_c, _, grads_c = train_step_grads(ckpt, ids)
     torch.testing.assert_close(loss_c, loss_p, rtol=0, atol=0)
-    _assert_same(grads_c, grads_p)
+    assert_same_gradients(grads_c, grads_p)
 
 
 @pytest.mark.parametrize("use_reentrant", [False, True])
@@ -70,4 +49,4 @@ def test_recompute_does_not_solve_again(monkeypatch, use_reentrant: bool) -> Non
     monkeypatch.setattr(fpmamba_core.layer, "solve", drifting_solve)
     _, _, grads_c = train_step_grads(ckpt, ids)
     assert len(calls) == layers
-    _assert_same(grads_c, grads_p)
+    assert_same_gradients(grads_c, grads_p)

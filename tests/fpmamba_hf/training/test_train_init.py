@@ -27,4 +27,4 @@ def test_fresh_model_gets_fp_mamba_init() -> None:
     torch.testing.assert_close(mixer.A_log.detach(), torch.log(torch.arange(1, heads + 1, dtype=torch.float32)))
     assert torch.equal(mixer.D.detach(), torch.ones(heads))
     assert not mixer.bc_y_proj.weight.any()
-    assert torch.equal(mixer.mixer.gain.detach(), torch.ones(1))
+    assert torch.equal(mixer.channel_mixer.gain.detach(), torch.ones(1))

@@ -74,3 +74,10 @@ def train_step_grads(model, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     out = model(ids, labels=ids)
     out.loss.backward()
     return out.loss.detach(), out.fp_iterations, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def assert_same_gradients(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """The same parameters, each gradient equal within fp32 summation-order noise (rtol 1e-5, atol 1e-7)."""
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-7, msg=f"gradient of {name}")

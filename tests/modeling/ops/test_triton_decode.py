@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.closeness import assert_close, assert_equal
+from tests.modeling.core import build_layer, solver_settings
 
 pytestmark = pytest.mark.triton_interpreter
 
@@ -33,8 +34,7 @@ CASES = [
 @pytest.mark.parametrize("kind, b, h, p, g, n, r, norm_groups, max_iter, tol, damping, patience, coef_scale", CASES)
 def test_decode_matches_reference(kind, b, h, p, g, n, r, norm_groups, max_iter, tol, damping, patience, coef_scale):
     """Outputs, new state, per-row iteration counts and residuals agree with `reference.decode_step`."""
-    from fpmamba_core.fixed_point import SolverSettings
-    from fpmamba_core.mixers import MixerFactors
+    from fpmamba_core.mixers import MixerFactors, RankOneFactors
     from fpmamba_core.ops import reference
     from fpmamba_core.ops.decode import decode_step_triton
 
@@ -52,9 +52,9 @@ def test_decode_matches_reference(kind, b, h, p, g, n, r, norm_groups, max_iter,
         factors = MixerFactors("none")
     else:
         u = torch.nn.functional.normalize(rn(b, r, d), dim=-1)
-        factors = MixerFactors(kind, u=u, coef=torch.rand(b, r, generator=gen) * coef_scale)
+        factors = RankOneFactors(kind, u=u, coef=torch.rand(b, r, generator=gen) * coef_scale)
     w = torch.rand(d, generator=gen) + 0.5
-    st = SolverSettings(max_iter=max_iter, tol=tol, damping=damping, damping_patience=patience)
+    st = solver_settings(max_iter, tol, damping=damping, damping_patience=patience)
     args = (x, z, dt, A, B, C, D, state, factors, w, 1e-5, d // norm_groups, st)
     out_t = decode_step_triton(*args)
     out_r = reference.decode_step(*args)
@@ -71,14 +71,9 @@ def test_layer_decode_and_prefill_triton_equal_reference(kind):
     FPMAMBA_KERNELS=triton equal the reference path."""
     import os
 
-    from fpmamba_core.backbones import Mamba2Layer
-
-    from fpmamba_hf.configuration_fpmamba import FPMambaConfig
-
     torch.manual_seed(0)
-    cfg = FPMambaConfig(hidden_size=32, state_size=16, head_dim=16, n_groups=2, chunk_size=16,
-                             mixer_type=kind, fp_tol=1e-5, fp_max_iter_eval=6)
-    layer = Mamba2Layer(cfg, 0).eval()
+    layer = build_layer("mamba2", hidden_size=32, state_size=16, head_dim=16, n_groups=2, chunk_size=16,
+                        mixer_type=kind, fp_tol=1e-5, fp_max_iter_eval=6).eval()
     with torch.no_grad():
         layer.bc_y_proj.weight.normal_(0, 0.02)
     hs = torch.randn(2, 20, 32)
@@ -106,18 +101,17 @@ def test_kronecker_decode_falls_back_to_reference(monkeypatch):
     would fail."""
     import fpmamba_core.ops.decode as dk
     from fpmamba_core import ops
-    from fpmamba_core.fixed_point import SolverSettings
-    from fpmamba_core.mixers import MixerFactors
+    from fpmamba_core.mixers import KroneckerFactors
     from fpmamba_core.ops import reference
 
     monkeypatch.setattr(dk, "decode_step_triton", None)
     b, h, p, n, d = 2, 2, 8, 16, 16
     k1 = torch.rand(b, 4, 4) * 0.1
     k2 = torch.rand(b, 4, 4) * 0.1
-    fac = MixerFactors("kronecker", k1=k1, k2=k2, coef=torch.ones(b))
+    fac = KroneckerFactors("kronecker", k1=k1, k2=k2, coef=torch.ones(b))
     args = (torch.randn(b, h, p), torch.randn(b, d), torch.rand(b, h), -torch.rand(h), torch.randn(b, 1, n),
             torch.randn(b, 1, n), torch.randn(h), torch.randn(b, h, p, n), fac, torch.ones(d), 1e-5, d,
-            SolverSettings(max_iter=5, tol=1e-5))
+            solver_settings(5, 1e-5))
     monkeypatch.setenv("FPMAMBA_KERNELS", "triton")
     out = ops.decode_step(*args)
     ref = reference.decode_step(*args)

@@ -17,20 +17,17 @@ import pytest
 import torch
 
 from tests.closeness import assert_close, assert_equal
+from tests.modeling.core import build_layer
 
 pytestmark = pytest.mark.triton_interpreter
 
 
 def _layer(seed: int, **overrides):
-    from fpmamba_core.backbones import Mamba2Layer
-
-    from fpmamba_hf.configuration_fpmamba import FPMambaConfig
-
     torch.manual_seed(seed)
     cfg = dict(hidden_size=32, state_size=16, head_dim=8, n_groups=2, chunk_size=16, mixer_rank=2,
                mixer_reflection_scale=2, fp_tol=1e-6, fp_max_iter=4, fp_max_iter_eval=4)
     cfg.update(overrides)
-    layer = Mamba2Layer(FPMambaConfig(**cfg), 0)
+    layer = build_layer("mamba2", **cfg)
     with torch.no_grad():  # y-projections away from their zero initialisation, so every y-path matters
         layer.bc_y_proj.weight.normal_(0, 0.1)
         if layer.dt_y_proj is not None:
@@ -81,7 +78,7 @@ def test_fused_map_equals_composed_map(seed, b, T, masked, with_state, overrides
 
     _use("triton")
     layer = _layer(seed, **overrides)
-    hs = torch.randn(b, T, layer.config.hidden_size)
+    hs = torch.randn(b, T, layer.settings.hidden_size)
     mask = None
     if masked:
         mask = torch.ones(b, T, dtype=torch.long)
@@ -114,7 +111,7 @@ def check_layer_solve(seed: int, **overrides) -> None:
     """A whole layer forward (no grad): Triton (fused iterations + scan) == reference, with equal per-row
     iteration counts under a tolerance stop, rows stopping at different iterations."""
     layer = _layer(seed, fp_tol=1e-3, fp_max_iter_eval=40, **overrides).eval()
-    hs = torch.randn(3, 21, layer.config.hidden_size)
+    hs = torch.randn(3, 21, layer.settings.hidden_size)
     hs[1] *= 3.0  # rows of different difficulty
     mask = torch.ones(3, 21, dtype=torch.long)
     mask[2, :4] = 0
@@ -153,7 +150,7 @@ def test_fused_layer_training_step(seed, overrides):
     """Training mode (fused iterations without autograd, then the composed one-step application with it):
     loss gradients on the Triton path equal the reference path's."""
     layer = _layer(seed, **overrides).train()
-    hs = torch.randn(2, 19, layer.config.hidden_size)
+    hs = torch.randn(2, 19, layer.settings.hidden_size)
     grads = {}
     for backend in ("reference", "triton"):
         _use(backend)
