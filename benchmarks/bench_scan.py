@@ -13,7 +13,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from fpmamba_core.ops import reference  # noqa: E402
+from fpmamba_core.ops.ssd_scan_reference import ssd_scan_chunked  # noqa: E402
 from fpmamba_core.ops.ssd_scan_triton import ssd_scan_triton  # noqa: E402
 
 from benchmarks._common import median_ms, report  # noqa: E402
@@ -70,7 +70,7 @@ def main() -> None:
             ours = lambda x, dt, A, B, C, D: ssd_scan_triton(x, dt, A, B, C, D)  # noqa: E731
             row["ours_ms"] = time_scan(ours, ts, bwd)
             if T in args.reference_lengths:
-                ref = lambda x, dt, A, B, C, D: reference.ssd_scan_chunked(x, dt, A, B, C, D)  # noqa: E731
+                ref = lambda x, dt, A, B, C, D: ssd_scan_chunked(x, dt, A, B, C, D)  # noqa: E731
                 row["reference_ms"] = time_scan(ref, ts, bwd)
             if chunk_simple_gla is not None and (not bwd or args.fla_backward):
                 x, dt, A, B, C, D = ts

@@ -115,8 +115,8 @@ def _diag_variants(dtype: torch.dtype) -> None:
 
 
 def _decode_variants() -> None:
+    from fpmamba_core.kernels import decode_step_kernel
     from fpmamba_core.mixers import MixerFactors, RankOneFactors
-    from fpmamba_core.ops.decode import decode_step_triton
 
     from fpmamba_hf.configuration_fpmamba import FPMambaConfig
     from fpmamba_hf.core_settings import fixed_point_settings
@@ -127,7 +127,7 @@ def _decode_variants() -> None:
         factors = MixerFactors("none") if kind == "none" else RankOneFactors(
             kind, u=torch.randn(b, r, d), coef=torch.rand(b, r))
         try:
-            decode_step_triton(torch.randn(b, h, p), torch.randn(b, d), torch.rand(b, h), -torch.rand(h),
+            decode_step_kernel(torch.randn(b, h, p), torch.randn(b, d), torch.rand(b, h), -torch.rand(h),
                                torch.randn(b, g, n), torch.randn(b, g, n), torch.randn(h),
                                torch.randn(b, h, p, n), factors, torch.ones(d), 1e-5, d,
                                fixed_point_settings(FPMambaConfig()).solve_settings(16, 1e-2))

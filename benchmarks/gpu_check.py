@@ -19,7 +19,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from fpmamba_core.ops import reference  # noqa: E402
+from fpmamba_core.ops.ssd_scan_reference import ssd_scan_chunked  # noqa: E402
 from fpmamba_core.ops.ssd_scan_triton import ssd_scan_triton  # noqa: E402
 
 LIMITS = {torch.float32: 1e-4, torch.bfloat16: 5e-3}
@@ -61,7 +61,7 @@ def scan_case(b, T, h, p, g, n, dtype, h0: bool, masked: bool, chunk: int = 64) 
     h0_t = H0.clone().requires_grad_(True) if h0 else None
     h0_r = H0.clone().requires_grad_(True) if h0 else None
     y_t, hT_t = ssd_scan_triton(*leaves_t, h0_t, mask, chunk)
-    y_r, hT_r = reference.ssd_scan_chunked(*leaves_r, h0_r, mask, chunk)
+    y_r, hT_r = ssd_scan_chunked(*leaves_r, h0_r, mask, chunk)
     gy, gh = torch.randn_like(y_r), torch.randn_like(hT_r)
     ins_t = leaves_t + ([h0_t] if h0 else [])
     ins_r = leaves_r + ([h0_r] if h0 else [])
@@ -98,7 +98,7 @@ def _grads(out, final, leaves, gy, gh):
 
 
 def selective_case(b, T, d, n, dtype, h0: bool, masked: bool, chunk: int = 64) -> None:
-    from fpmamba_core.ops.selective_reference import selective_scan_chunked
+    from fpmamba_core.ops.selective_scan_reference import selective_scan_chunked
     from fpmamba_core.ops.selective_scan_triton import selective_scan_triton
 
     gen = torch.Generator(device=DEVICE).manual_seed(T * 5 + d)
@@ -139,7 +139,7 @@ def selective_section(quick: bool) -> None:
 
 
 def diag_case(b, T, d, dtype, h0: bool, masked: bool, chunk: int = 64) -> None:
-    from fpmamba_core.ops.diagonal_scan import diag_scan_chunked
+    from fpmamba_core.ops.diagonal_scan_reference import diag_scan_chunked
     from fpmamba_core.ops.diagonal_scan_triton import diag_scan_triton
 
     gen = torch.Generator(device=DEVICE).manual_seed(T * 3 + d)
@@ -177,12 +177,13 @@ def diag_section(quick: bool) -> None:
 
 def decode_section() -> None:
     try:
-        from fpmamba_core.ops.decode import decode_step_triton
+        from fpmamba_core.kernels import decode_step_kernel
     except ImportError as e:
         print(f"skip decode: {e}")
         return
     from dataclasses import replace
 
+    from fpmamba_core.decode_steps import ssd_decode_step
     from fpmamba_core.mixers import MixerFactors, RankOneFactors
 
     from fpmamba_hf.configuration_fpmamba import FPMambaConfig
@@ -209,14 +210,14 @@ def decode_section() -> None:
             st = replace(fixed_point_settings(FPMambaConfig()).solve_settings(64, 1e-5), damping=0.9,
                          damping_patience=3)
             args = (x, z, dt, A, B, C, D, state, factors, w, 1e-5, d)
-            out_t = decode_step_triton(*args, st)
-            out_r = reference.decode_step(*args, st)
+            out_t = decode_step_kernel(*args, st)
+            out_r = ssd_decode_step(*args, st)
             tag = f"decode {kind} b{b}"
-            for nm, a_, b_ in zip(["y_out", "y_star", "state"], out_t[:3], out_r[:3]):
-                check(f"{tag} {nm}", a_, b_, 1e-4)
-            same_it = bool((out_t[3] == out_r[3]).all())
-            print(f"{'ok  ' if same_it else 'NOTE'} {tag} iterations triton={out_t[3].tolist()[:4]} "
-                  f"reference={out_r[3].tolist()[:4]}", flush=True)
+            for nm in ("y_out", "y_star", "state"):
+                check(f"{tag} {nm}", getattr(out_t, nm), getattr(out_r, nm), 1e-4)
+            same_it = bool((out_t.iterations == out_r.iterations).all())
+            print(f"{'ok  ' if same_it else 'NOTE'} {tag} iterations triton={out_t.iterations.tolist()[:4]} "
+                  f"reference={out_r.iterations.tolist()[:4]}", flush=True)
 
 
 def layer_section() -> None:

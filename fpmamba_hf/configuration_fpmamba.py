@@ -199,14 +199,17 @@ class FPMambaConfig(PreTrainedConfig):
         time_step_rank (`str | int`, *optional*, defaults to `"auto"`):
             Rank of Mamba-1's low-rank time step (x_proj -> time_step_rank -> dt_proj), as MambaConfig: a positive
             int, or "auto" for ceil(hidden_size / 16) (mamba1 only).
-        mamba1_gate (`str`, *optional*, defaults to `"after_loop"`):
-            Where mamba1's SiLU gate acts: "after_loop" (the official code's default: out = out_proj(SiLU(z +
-            W_zy y_out_{t-1}) * y_out), y_out = f(y*), W_zy initialised at zero) or "in_loop" (the paper: every
-            iterate is s * SiLU(z) before the in-loop norm) (mamba1 only).
-        mamba1_norm (`str`, *optional*, defaults to `"layernorm"`):
-            mamba1's normalisation of every iterate: "layernorm" (the paper's in-loop LayerNorm over d_inner,
-            after the in-loop gate) or "none" (no norm: what a model converted from Mamba-1 uses, since then it
-            computes its source exactly) (mamba1 only).
+        mamba1_gate (`str`, *optional*, defaults to `"in_loop"`):
+            Where mamba1's SiLU gate acts: "in_loop" (the paper: every iterate is s * SiLU(z); the default, which
+            learns) or "after_loop" (the official code's default: out = out_proj(SiLU(z + W_zy y_out_{t-1}) *
+            y_out), y_out = f(y*), W_zy initialised at zero; at the defaults otherwise it did not learn S3)
+            (mamba1 only).
+        mamba1_norm (`str`, *optional*, defaults to `"layernorm_after_loop"`):
+            mamba1's LayerNorm over d_inner: "layernorm_after_loop" (once, on f(y*), outside the map: the default,
+            which converges at initialisation), "layernorm" (the paper's and the official code's, on every iterate
+            after the in-loop gate: at a small initialisation it cancels the contraction of I - Q, so Householder
+            and DPLR maps converge slowly and have several fixed points; docs/method.md) or "none" (what a model
+            converted from Mamba-1 uses, since then it computes its source exactly) (mamba1 only).
         fp_max_iter (`int`, *optional*, defaults to `16`):
             Iteration cap of the fixed-point solve in training (the upper bound of the random cap when
             fp_max_iter_gamma_shape > 0).
@@ -228,7 +231,7 @@ class FPMambaConfig(PreTrainedConfig):
             cap drawn. Eval and generation use fp_max_iter_eval as always.
         fp_max_iter_gamma_scale (`float`, *optional*, defaults to `1.0`):
             Scale theta > 0 of the random training cap's Gamma(k, theta) (mean k theta; the official code uses
-            fp_max_iter / 16 + 1).
+            its training length / 16 + 1, e.g. 2 at length 16).
         fp_tol (`float`, *optional*, defaults to `0.01`):
             Tolerance of the stopping rule: a sequence stops when its relative inf-norm residual is below it.
         fp_damping (`float`, *optional*, defaults to `1.0`):
@@ -322,8 +325,8 @@ class FPMambaConfig(PreTrainedConfig):
     bc_norm: bool = True
     dt_hidden_dependence: bool = False
     time_step_rank: str | int = "auto"
-    mamba1_gate: str = "after_loop"
-    mamba1_norm: str = "layernorm"
+    mamba1_gate: str = "in_loop"
+    mamba1_norm: str = "layernorm_after_loop"
     fp_max_iter: int = 16
     fp_max_iter_eval: int = 64
     fp_solve_chunk: int = 0
@@ -505,4 +508,10 @@ def _has_type(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)  # bool, str, NoneType
 
 
-__all__ = ["BACKBONE_SWITCHES", "CHOICES", "FPMambaConfig", "FieldDoc"]
+def switch_applies(name: str, backbone: str) -> bool:
+    """Whether config field `name` means something on `backbone` (every field but the BACKBONE_SWITCHES of other
+    backbones): what a tool rebuilding a config from recorded settings keeps."""
+    return backbone in BACKBONE_SWITCHES.get(name, (backbone,))
+
+
+__all__ = ["BACKBONE_SWITCHES", "CHOICES", "FPMambaConfig", "FieldDoc", "switch_applies"]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM
-from fpmamba_hf.configuration_fpmamba import CHOICES
+from fpmamba_hf.configuration_fpmamba import CHOICES, switch_applies
 
 from .harness import (
     MODEL_KINDS,
@@ -222,10 +222,13 @@ def command_drift(command: str, recorded: dict[str, Any], root: Path) -> Command
 
 
 def _differences(recorded: dict[str, Any], today: dict[str, Any]):
-    """(field, recorded value, today's) for each field of `recorded` (its sections flattened) set otherwise today."""
+    """(field, recorded value, today's) for each field of `recorded` (its sections flattened) set otherwise today;
+    the model's switches that do not apply to its backbone are not compared (they changed nothing)."""
+    backbone = recorded.get("model", {}).get("backbone", FPMambaConfig().backbone)
     for key, value in recorded.items():
         if key in ("model", "training"):
-            yield from ((k, v, today[key].get(k)) for k, v in value.items() if today[key].get(k) != v)
+            yield from ((k, v, today[key].get(k)) for k, v in value.items()
+                        if today[key].get(k) != v and (key != "model" or switch_applies(k, backbone)))
         elif today.get(key) != value:
             yield key, value, today.get(key)
 

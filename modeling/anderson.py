@@ -8,8 +8,8 @@ With gamma = 0 this is the damped Picard step delta f_k + (1 - delta) y_k. The s
 on a Gram matrix updated by one column per iteration, so a step reads the history three times whatever m (the new
 column with the right-hand side, then the two mixes). A row whose mixed step
 is not finite takes the Picard step instead. Rows are independent: no row's step reads another row's history.
-Memory: 2 m + 2 copies of the iterate. The Triton decode kernel (ops/decode.py) runs its own Picard loop, so with
-this solver decode steps take the reference path (`ops.decode_step`).
+Memory: 2 m + 2 copies of the iterate. The Triton decode kernel (ops/decode_triton.py) runs its own Picard loop, so with
+this solver decode steps take the reference path (`kernels.decode_step`).
 """
 
 from __future__ import annotations

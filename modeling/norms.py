@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .ops import gated_rms_norm
+from .ops.readout_reference import gated_rms_norm
 
 
 class GatedRMSNorm(nn.Module):

@@ -21,6 +21,7 @@ from transformers import Mamba2Config, Mamba2ForCausalLM
 from transformers.configuration_utils import PreTrainedConfig
 
 from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM
+from fpmamba_hf.configuration_fpmamba import switch_applies
 
 from .lstm import LSTMConfig, LSTMForCausalLM
 
@@ -89,7 +90,9 @@ def model_config(
     tokens = dict(vocab_size=vocab_size, pad_token_id=pad_token_id, bos_token_id=bos_token_id)
     if kind == "lstm":
         return LSTMConfig(hidden_size=spec.hidden_size, num_hidden_layers=layers, **tokens)
-    knobs = {name: value for name, value in spec.to_dict().items() if name != "num_layers"}
+    # The switches of other backbones are left at their defaults (recorded runs hold every field's value then).
+    knobs = {name: value for name, value in spec.to_dict().items()
+             if name != "num_layers" and switch_applies(name, spec.backbone)}
     if kind == "mamba2":
         sizes = {name: knobs[name] for name in MAMBA2_KNOBS}
         num_heads = spec.expand * spec.hidden_size // spec.head_dim

@@ -37,6 +37,19 @@ class TrainSettings:
     logging_steps: int = 25
     progress_bar: bool = True
 
+    def __post_init__(self) -> None:
+        # Trainer reads max_steps <= 0 as "train by epochs" (3 of them) and one step as 0: refuse, do not reinterpret.
+        for name in ("steps", "batch_size", "logging_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainSettings.{name} must be a positive integer, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"TrainSettings.learning_rate must be > 0, got {self.learning_rate!r}")
+        if not 0 <= self.warmup_fraction < 1 or self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ValueError(f"TrainSettings: warmup_fraction must be in [0, 1), weight_decay and max_grad_norm >= 0 "
+                             f"(0: no clipping), got {self.warmup_fraction!r}, {self.weight_decay!r}, "
+                             f"{self.max_grad_norm!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

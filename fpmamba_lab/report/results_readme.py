@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fpmamba_hf.configuration_fpmamba import switch_applies
+
 from ..harness.budget import budget_table
 from ..harness.evaluation import GENERATED_METRIC, LengthResult
 from ..harness.models import DEFAULT_LAYERS
@@ -112,8 +114,9 @@ def settings_line(run: Run) -> str:
         keys = ("model_dirs", "fp_max_iter", "fp_tol", "eval_examples")
         return "Evaluation of saved models: " + ", ".join(f"{k}={run.payload.get(k)}" for k in keys) + "."
     config = run.config
+    backbone = config["model"].get("backbone", config_defaults()["backbone"])
     model = ", ".join(f"{k}={v}" for k, v in config["model"].items()
-                      if v is not None and not _is_config_default(k, v)) or "-"
+                      if v is not None and not _is_config_default(k, v) and switch_applies(k, backbone)) or "-"
     training = ", ".join(f"{k}={v}" for k, v in config["training"].items() if k not in ("logging_steps",
                                                                                       "progress_bar"))
     evaluation = ", ".join(f"{k}={config[k]}" for k in ("eval_examples", "eval_fp_max_iter", "eval_fp_tol"))

@@ -7,11 +7,14 @@ Whole sequence (prefill / training), iterating on y (batch, T, d_inner) from y^0
     B_t, C_t = l2norm(B^x_t + W_B^y y_{t-1}), l2norm(C^x_t + W_C^y y_{t-1})     (over the state, if bc_norm)
     dt_t     = softplus(dt_proj(dt^x_t [+ W_dt^y y_{t-1}]))      (dt^x_t: the time-step rank part of x_proj(x_t))
     s        = selective_scan(x~, dt, A, B, C) + D x~            (decay exp(dt_t A) per channel and state entry)
-    yhat     = LayerNorm(s [* SiLU(z)])                          (the gate inside the loop; the norm if configured)
-then, with y_out = f(y*):
-    out = out_proj(SiLU(z + W_zy shift(y_out)) * y_out)          gate after the loop (official code's default)
-    out = out_proj(y_out)                                        gate inside the loop
-One decode token (T = 1 with a state): the per-token loop of `ops.selective_decode_step`.
+    yhat     = [LayerNorm](s [* SiLU(z)])                        (the gate inside the loop; mamba1_norm="layernorm")
+then, with y_out = f(y*) and n(y_out) = LayerNorm(y_out) (mamba1_norm="layernorm_after_loop") or y_out:
+    out = out_proj(SiLU(z + W_zy shift(y_out)) * n(y_out))       gate after the loop (official code's default)
+    out = out_proj(n(y_out))                                     gate inside the loop (the default)
+The in-loop LayerNorm (paper, official code) divides out the contraction (I - Q) gives the fed-back iterate, so at a
+small initialisation the map is nearly scale-invariant in y: slow, with several fixed points (docs/method.md). The
+default normalises once, after the loop, where it does not enter the map.
+One decode token (T = 1 with a state): the per-token loop of `decode_steps.selective_decode_step`.
 With Q = I, the y-projections at zero and no in-loop norm the map does not depend on y: the layer IS Mamba-1's.
 """
 
@@ -25,16 +28,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..decode_steps import selective_decode_step
 from ..fixed_point import DecodeResult, MapOutput, SolverSettings
+from ..kernels import selective_scan
 from ..layer import FixedPointLayer
 from ..mixers import ChannelMixer, apply_mixer
-from ..ops import mamba1_readout, selective_decode_step, selective_scan
+from ..ops.readout_reference import mamba1_readout
 from ..precision import acc
 from ..settings import FixedPointSettings, LayerSettings
 from .mamba_init import mamba_init_weights
 
 MAMBA1_GATES = ("after_loop", "in_loop")  # config field mamba1_gate
-MAMBA1_NORMS = ("layernorm", "none")  # config field mamba1_norm
+MAMBA1_NORMS = ("layernorm_after_loop", "layernorm", "none")  # config field mamba1_norm; "layernorm": in the loop
 
 
 @dataclass
@@ -118,10 +123,11 @@ class Mamba1Layer(FixedPointLayer):
         self.A_log = nn.Parameter(torch.empty(d, n))
         self.D = nn.Parameter(torch.empty(d))
         self.out_proj = nn.Linear(d, c.hidden_size, bias=c.use_bias)
-        # FP-Mamba's additions: the channel mixer, the in-loop norm, the hidden-state dependence of B, C (and dt),
-        # and the after-loop gate's dependence on the previous output.
+        # FP-Mamba's additions: the channel mixer, the LayerNorm (in or after the loop), the hidden-state dependence
+        # of B, C (and dt), and the after-loop gate's dependence on the previous output.
         self.channel_mixer = ChannelMixer(c.mixer, d)
-        self.norm = nn.LayerNorm(d, eps=c.layer_norm_epsilon) if c.mamba1_norm == "layernorm" else None
+        self.norm = nn.LayerNorm(d, eps=c.layer_norm_epsilon) if c.mamba1_norm != "none" else None
+        self.norm_in_loop = c.mamba1_norm == "layernorm"
         self.bc_y_proj = nn.Linear(d, 2 * n, bias=False) if c.bc_hidden_dependence else None
         self.dt_y_proj = nn.Linear(d, r, bias=False) if c.dt_hidden_dependence else None
         self.gate_y_proj = None if self.gate_in_loop else nn.Linear(d, d, bias=False)
@@ -178,11 +184,12 @@ class Mamba1Layer(FixedPointLayer):
 
     @torch.no_grad()
     def start_as_source(self) -> None:
-        """Mixer gain 0 (Q = I; its random directions stay, so fine-tuning can grow it), y-projections 0. An in-loop
-        LayerNorm cannot compute Mamba-1's output: refused."""
+        """Mixer gain 0 (Q = I; its random directions stay, so fine-tuning can grow it), y-projections 0. A LayerNorm
+        (in or after the loop) cannot compute Mamba-1's output: refused."""
         if self.norm is not None:
-            raise ValueError("from_mamba: an in-loop LayerNorm (mamba1_norm='layernorm') changes Mamba-1's output, "
-                             "so the converted model would not compute its source; convert with mamba1_norm='none'")
+            raise ValueError(f"from_mamba: a LayerNorm (mamba1_norm={self.settings.mamba1_norm!r}) changes Mamba-1's "
+                             "output, so the converted model would not compute its source; convert with "
+                             "mamba1_norm='none'")
         if self.channel_mixer.proj is not None:
             self.channel_mixer.gain.zero_()
         for proj in (self.bc_y_proj, self.dt_y_proj, self.gate_y_proj):
@@ -213,8 +220,12 @@ class Mamba1Layer(FixedPointLayer):
     def readout(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The map's value (..., d) fp32 from the scan output s and the gate input z (..., d)."""
         gate = F.silu(z) if self.gate_in_loop else None
-        weight, bias = (None, None) if self.norm is None else (self.norm.weight, self.norm.bias)
+        weight, bias = self._in_loop_norm()
         return mamba1_readout(s, gate, weight, bias, self.settings.layer_norm_epsilon)
+
+    def _in_loop_norm(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The LayerNorm's weight and bias where the map applies it, else (None, None)."""
+        return (self.norm.weight, self.norm.bias) if self.norm_in_loop else (None, None)
 
     def _conv(self, x: torch.Tensor, window: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Causal depthwise conv + SiLU over x (b, T, d), continuing from `window` (b, d, k).
@@ -266,25 +277,30 @@ class Mamba1Layer(FixedPointLayer):
         return self.bc_y_proj, self.dt_y_proj
 
     def decode_token(self, pre: Mamba1Prelude, settings: SolverSettings) -> DecodeResult:
-        """One token per row through `ops.selective_decode_step` (inference: no autograd through the inner loop)."""
+        """One token per row through `decode_steps.selective_decode_step` (inference: no autograd through its loop)."""
         y_prev = pre.y_prev0
         factors = self.channel_mixer.factors(None if pre.x_part is None else pre.x_part[:, 0], y_prev)
         B, C = self.bc(pre.Bx[:, 0], pre.Cx[:, 0], y_prev)
         dt = pre.dt[:, 0] if pre.dt is not None else self.dt(pre.dt_low[:, 0], y_prev)
         gate = F.silu(pre.z[:, 0]) if self.gate_in_loop else None
-        weight, bias = (None, None) if self.norm is None else (self.norm.weight, self.norm.bias)
+        weight, bias = self._in_loop_norm()
         return selective_decode_step(pre.x[:, 0], dt, pre.A, B, C, self.D, pre.H0, factors, gate, weight, bias,
                                      self.settings.layer_norm_epsilon, settings, self.layer_idx)
 
     def output(self, y_out: torch.Tensor, prelude: Mamba1Prelude) -> torch.Tensor:
-        """out_proj(y_out), or with the gate after the loop out_proj(SiLU(z + W_zy shift(y_out)) * y_out), where
-        shift(y_out) starts from the previous call's last f(y*)."""
+        """out_proj(n(y_out)), or with the gate after the loop out_proj(SiLU(z + W_zy shift(y_out)) * n(y_out)),
+        where n is the after-loop LayerNorm (or nothing) and shift(y_out) starts from the previous call's last f(y*)
+        (the raw f(y*), as the state carries it)."""
+        normed = y_out
+        if self.norm is not None and not self.norm_in_loop:
+            normed = F.layer_norm(y_out, (self.d_inner,), acc(self.norm.weight), acc(self.norm.bias),
+                                  self.settings.layer_norm_epsilon)
         if self.gate_in_loop:
-            return self.out_proj(y_out.to(prelude.dtype))
+            return self.out_proj(normed.to(prelude.dtype))
         shifted = torch.cat([prelude.y_out_prev0[:, None], y_out[:, :-1]], dim=1)
         w = self.gate_y_proj.weight
         gate = F.silu(prelude.z + acc(self.gate_y_proj(shifted.to(w.dtype))))
-        return self.out_proj((gate * y_out).to(prelude.dtype))
+        return self.out_proj((gate * normed).to(prelude.dtype))
 
     def pack_state(self, state: Mamba1State) -> tuple[torch.Tensor, torch.Tensor]:
         """y*_{t-1} (and f(y*)_{t-1} for the after-loop gate) ride in the recurrent state as extra columns:

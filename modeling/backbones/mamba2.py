@@ -6,7 +6,7 @@ Whole sequence (prefill / training), iterating on y (batch, T, d_inner) from y^0
     B_t, C_t = l2norm(B^x_t + W_B^y y_{t-1}), l2norm(C^x_t + W_C^y y_{t-1})     (per group, if bc_norm)
     dt_t     = softplus(dt^x_t [+ W_dt^y y_{t-1}] + dt_bias)
     yhat     = RMSNorm((SSD_scan(x~, dt, A, B, C) + D x~) * SiLU(z))
-then out = out_proj(f(y*)). One decode token (T = 1 with a state): the per-token loop of `ops.decode_step`.
+then out = out_proj(f(y*)). One decode token (T = 1 with a state): the per-token loop of `kernels.decode_step`.
 With Q = I and the y-projections at zero the map does not depend on y: the layer IS Mamba-2's.
 The prelude (in_proj, conv, the mixer's x-part, A) is computed once per call; the map (`Mamba2Map`) holds it.
 """
@@ -22,11 +22,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..fixed_point import DecodeResult, MapOutput, SolverSettings
+from ..kernels import backend_for, decode_step, fused_iteration, fused_iteration_supported, ssd_scan
 from ..layer import FixedPointLayer
 from ..mixers import ChannelMixer, MixerFactors, apply_mixer, is_plain_linear
 from ..norms import GatedRMSNorm
-from ..ops import backend_for, decode_step, fused_iteration, fused_iteration_supported, ssd_scan
-from ..ops.reference import ScanDecay, ssd_scan_decay
+from ..ops.ssd_scan_reference import ScanDecay, ssd_scan_decay
 from ..precision import acc
 from ..settings import FixedPointSettings, LayerSettings
 from .mamba_init import mamba_init_weights
@@ -285,10 +285,10 @@ class Mamba2Layer(FixedPointLayer):
         return Mamba2Map(self, prelude, fused)
 
     def fused_inputs(self, pre: Mamba2Prelude, settings: SolverSettings) -> "FusedIterationInputs | None":
-        """The per-call inputs of the fused iteration kernels (`ops.fused_iteration`), or None where they cannot
+        """The per-call inputs of the fused iteration kernels (`kernels.fused_iteration`), or None where they cannot
         apply: the backend, dtype or mixer kind is not one the kernels serve, or a projection is wrapped (e.g. a LoRA
         layer, whose weight alone the kernels would read). Whether they passed their self-check in this
-        configuration is `iteration_map`'s question (`ops.fused_iteration_supported`)."""
+        configuration is `iteration_map`'s question (`kernels.fused_iteration_supported`)."""
         c = self.settings
         y_projections = [m for m in (self.bc_y_proj, self.dt_y_proj) if m is not None]
         plain = self.channel_mixer.plain() and all(is_plain_linear(m) for m in y_projections)
@@ -325,7 +325,7 @@ class Mamba2Layer(FixedPointLayer):
         return self.bc_y_proj, self.dt_y_proj
 
     def decode_token(self, pre: Mamba2Prelude, settings: SolverSettings) -> DecodeResult:
-        """One token per row through `ops.decode_step` (inference: no autograd through the inner loop)."""
+        """One token per row through `kernels.decode_step` (inference: no autograd through the inner loop)."""
         b = pre.x.shape[0]
         if self.map_reads_iterate():
             y_prev = pre.y_prev0

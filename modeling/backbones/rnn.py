@@ -23,10 +23,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..fixed_point import DecodeResult, IterationMap, MapOutput, SolverSettings, check_finite, relative_residual
+from ..kernels import diag_scan
 from ..layer import FixedPointLayer
 from ..mixers import ChannelMixer, MixerFactors, apply_mixer
 from ..norms import GatedRMSNorm
-from ..ops import diag_scan
 from ..precision import acc
 from ..settings import FixedPointSettings, LayerSettings
 

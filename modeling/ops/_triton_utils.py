@@ -1,10 +1,14 @@
-"""Small helpers shared by the Triton kernels (interpreter detection, block sizes, dot precision)."""
+"""Small helpers shared by the Triton kernels (interpreter detection, block sizes, dot precision, mixer codes)."""
 
 from __future__ import annotations
 
 import os
 
 import torch
+
+# The mixers the kernels implement, by their MIX constexpr (a mixer kind's `kernel_code`): none, householder
+# (Q = H_1 ... H_R, H_R applied first), dplr (Q = I - sum_i coef_i u_i u_i^T).
+MIXER_CODES = (0, 1, 2)
 
 
 def interpreting() -> bool:

@@ -17,8 +17,9 @@ mixer's x-part, the mask) are indexed by the row list inside the kernels, so fre
 
 This is the no-autograd path: the differentiable application of the map (one_step / implicit backward,
 checkpoint recompute) is the layer's composed PyTorch code, which is also the reference these kernels are
-tested against. Mixers: those whose kind lists "fused_iteration" in its kernel_ops (modeling/mixers); the others
-stay on the composed path.
+tested against. Mixers: by kernel code (MIXER_CODES: none, householder, dplr); `kernels.fused_iteration` calls
+these kernels for the kinds that list "fused_iteration" in their kernel_ops (modeling/mixers), the others stay on
+the composed path.
 """
 
 from __future__ import annotations
@@ -31,12 +32,11 @@ import torch.nn.functional as F
 try:  # the kernels need triton (a CUDA build of torch on Linux brings it; else `pip install fpmamba-hf[triton]`)
     import triton
     import triton.language as tl
-except ImportError as err:  # ops.kernels_available() turns this into the PyTorch path
+except ImportError as err:  # never reached through `kernels`, which imports a kernel only with triton installed
     raise ImportError(f"fpmamba-hf's Triton kernels need triton: {err}") from err
 
-from ..fixed_point import MapOutput
-from ..mixers import kernel_supports, mixer_kind
-from ._triton_utils import pow2_at_least
+from ._triton_utils import MIXER_CODES, pow2_at_least
+from .ssd_scan_triton import ssd_scan_triton
 
 ACT_CODES = {"silu": 0, "identity": 1, "tanh": 2, "relu": 3}
 
@@ -239,16 +239,15 @@ class FusedIterationInputs:
 
 
 def fused_iteration(
-    inp: FusedIterationInputs, y: torch.Tensor, rows: torch.Tensor
-) -> MapOutput:
-    """One iteration of the rows `rows` (LongTensor (r,)) from their iterate y (r, T, d) fp32.
+    inp: FusedIterationInputs, y: torch.Tensor, rows: torch.Tensor, mixer_code: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One iteration of the rows `rows` (LongTensor (r,)) from their iterate y (r, T, d) fp32, the mixer being the
+    one of kernel code `mixer_code` (MIXER_CODES; `inp.mixer_kind` names it).
 
-    Returns MapOutput(yhat (r, T, d) fp32, (final scan state (r, h, p, n) fp32,), residual (r,) fp32), the residual
-    being `fixed_point.relative_residual(yhat, y)` (NaN for a row holding a non-finite value)."""
-    from .ssd_scan_triton import ssd_scan_triton
-
-    if not kernel_supports(inp.mixer_kind, "fused_iteration"):
-        raise ValueError(f"fused iteration: mixer kind {inp.mixer_kind!r} is not supported")
+    Returns (yhat (r, T, d), final scan state (r, h, p, n), residual (r,)), all fp32, the residual being
+    `fixed_point.relative_residual(yhat, y)` (NaN for a row holding a non-finite value)."""
+    if mixer_code not in MIXER_CODES:
+        raise ValueError(f"fused iteration: mixer kernel code {mixer_code!r} is not one of {MIXER_CODES}")
     r, T, d = y.shape
     b = inp.x.shape[0]
     g, n = inp.Bx.shape[2], inp.Bx.shape[3]
@@ -261,7 +260,7 @@ def fused_iteration(
     if r == 0 or T == 0:
         e = y.new_empty(r, T, d)
         H = y.new_zeros(r, nh, inp.head_dim, n) if inp.H0 is None else inp.H0[rows].float()
-        return MapOutput(e, (H,), y.new_zeros(r))
+        return e, H, y.new_zeros(r)
     # 1. All y-projections of every token in one GEMM (input in the weight's dtype, as the composed path).
     W = inp.weight_y
     G_all = F.linear(y.view(r * T, d).to(W.dtype), W)
@@ -271,11 +270,14 @@ def fused_iteration(
     Bn = torch.empty(r, T, g, n, device=dev, dtype=f32)
     Cn = torch.empty(r, T, g, n, device=dev, dtype=f32)
     dt = torch.empty(r, T, nh, device=dev, dtype=f32)
-    mix = mixer_kind(inp.mixer_kind).kernel_code
+    mix = mixer_code
     x, Bx, Cx, dt_raw = inp.x, inp.Bx, inp.Cx, inp.dt_raw
     xp = inp.x_part if mix else x  # unused without a mixer
-    # weight_y stacks the mixer's y-rows (its kind's projection layout) before those of B and C.
-    off_bc = sum(mixer_kind(inp.mixer_kind).split_sizes(d, inp.mixer_rank)) if inp.mixer_reads_y else 0
+    # weight_y stacks the mixer's y-rows (its kind's projection layout) before those of B and C (and dt's after).
+    off_bc = K - 2 * g * n - (nh if inp.dt_reads_y else 0)
+    if off_bc < 0 or (off_bc > 0) != inp.mixer_reads_y:
+        raise ValueError(f"fused iteration: weight_y has {K} rows, which is not the mixer's y-rows (mixer_reads_y "
+                         f"{inp.mixer_reads_y}), then 2 * {g} * {n} of B and C and {nh if inp.dt_reads_y else 0} of dt")
     lo, hi = inp.dt_limit
     clamp = lo > 0.0 or hi != float("inf")
     BD = pow2_at_least(d, 1)
@@ -307,4 +309,4 @@ def fused_iteration(
         HAS_MASK=inp.mask is not None, BG=pow2_at_least(d // gs, 1), BGS=pow2_at_least(gs, 1),
         num_warps=8 if BD >= 2048 else 4,
     )
-    return MapOutput(yhat, (H,), ratio.amax(-1))
+    return yhat, H, ratio.amax(-1)

@@ -23,7 +23,7 @@ import torch
 try:  # the kernels need triton (a CUDA build of torch on Linux brings it; else `pip install fpmamba-hf[triton]`)
     import triton
     import triton.language as tl
-except ImportError as err:  # ops.kernels_available() turns this into the PyTorch path
+except ImportError as err:  # never reached through `kernels`, which imports a kernel only with triton installed
     raise ImportError(f"fpmamba-hf's Triton kernels need triton: {err}") from err
 
 from ._triton_utils import pow2_at_least

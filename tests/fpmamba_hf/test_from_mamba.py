@@ -57,6 +57,7 @@ def test_converted_model_fine_tunes_into_a_dense_rnn():
         assert proj.weight.grad.abs().sum() > 0
 
 
-def test_an_in_loop_layernorm_is_refused():
+@pytest.mark.parametrize("norm", ["layernorm", "layernorm_after_loop"])
+def test_a_layernorm_in_or_after_the_loop_is_refused(norm):
     with pytest.raises(ValueError, match="mamba1_norm='none'"):
-        FPMambaForCausalLM.from_mamba(_mamba(num_hidden_layers=1), mamba1_norm="layernorm")
+        FPMambaForCausalLM.from_mamba(_mamba(num_hidden_layers=1), mamba1_norm=norm)

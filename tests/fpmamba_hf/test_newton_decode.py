@@ -4,11 +4,11 @@ decode step where it applies, and is refused wherever it does not belong (a whol
 
 import pytest
 import torch
-from fpmamba_core import ops
+from fpmamba_core import kernels
 from fpmamba_core.backbones import BACKBONES
+from fpmamba_core.decode_steps import ssd_decode_step
 from fpmamba_core.fixed_point import MapOutput, solve
 from fpmamba_core.mixers import MIXERS, RankOneFactors
-from fpmamba_core.ops import reference
 
 from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM
 from tests.fpmamba_hf.helpers import VOCAB, fp64_model, tiny_config
@@ -111,7 +111,7 @@ def test_a_bad_decode_solver_is_refused_by_the_config():
 
 
 def test_newton_decode_runs_the_reference_step_on_a_kernel_backend(monkeypatch):
-    """ops.decode_step sends the Newton step to the reference even where the kernel would run (it has no Newton):
+    """kernels.decode_step sends the Newton step to the reference even where the kernel would run (it has no Newton):
     with the Triton backend forced, the kernel's self-check (its first use) is never reached, and the result is the
     reference's. With Picard the same call does reach it (so the check is not vacuous)."""
 
@@ -121,8 +121,8 @@ def test_newton_decode_runs_the_reference_step_on_a_kernel_backend(monkeypatch):
     def kernel_reached(*args):
         raise KernelReached
 
-    monkeypatch.setattr(ops, "backend_for", lambda t: "triton")
-    monkeypatch.setattr(ops, "decode_step_ok", kernel_reached)
+    monkeypatch.setattr(kernels, "backend_for", lambda t: "triton")
+    monkeypatch.setattr(kernels, "decode_step_ok", kernel_reached)
     gen = torch.Generator().manual_seed(0)
     b, h, p, g, n, r = 2, 2, 8, 1, 8, 2
     d = h * p
@@ -132,11 +132,11 @@ def test_newton_decode_runs_the_reference_step_on_a_kernel_backend(monkeypatch):
             -torch.rand(h, generator=gen), torch.randn(b, g, n, generator=gen), torch.randn(b, g, n, generator=gen),
             torch.randn(h, generator=gen), torch.randn(b, h, p, n, generator=gen), factors, torch.ones(d), 1e-5, d)
     newton = solver_settings(30, 1e-5, decode_solver="newton").per_token()
-    out, ref = ops.decode_step(*args, newton), reference.decode_step(*args, newton)
+    out, ref = kernels.decode_step(*args, newton), ssd_decode_step(*args, newton)
     for name in ("y_out", "y_star", "state", "iterations", "residual"):
         assert torch.equal(getattr(out, name), getattr(ref, name)), name
     with pytest.raises(KernelReached):
-        ops.decode_step(*args, solver_settings(30, 1e-5))
+        kernels.decode_step(*args, solver_settings(30, 1e-5))
 
 
 def test_the_compiled_decode_step_still_traces_as_one_graph_where_it_applies():

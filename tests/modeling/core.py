@@ -21,8 +21,8 @@ LAYER = dict(
     hidden_size=256, expand=2, state_size=64, head_dim=64, n_groups=1, conv_kernel=4, chunk_size=64,
     use_short_conv=True, use_bias=False, use_conv_bias=True, layer_norm_epsilon=1e-5, norm_per_group=True,
     bc_hidden_dependence=True, dt_hidden_dependence=False, bc_norm=True, time_step_min=0.001, time_step_max=0.1,
-    time_step_floor=1e-4, time_step_limit=(0.0, math.inf), time_step_rank="auto", mamba1_gate="after_loop",
-    mamba1_norm="layernorm",
+    time_step_floor=1e-4, time_step_limit=(0.0, math.inf), time_step_rank="auto", mamba1_gate="in_loop",
+    mamba1_norm="layernorm_after_loop",
 )
 MIXER = dict(mixer_type="householder", mixer_input="concat", mixer_rank=2, mixer_reflection_scale=1.0,
              mixer_activation="silu", mixer_alpha_init=0.1, initializer_range=0.02, mixer_proj_rank=0,

@@ -1,6 +1,6 @@
 """Anderson acceleration (fp_solver="anderson"): the same fixed point as Picard with every mixer, per-row
 independence, unchanged gradients, the Picard fallback, knob validation. On the fused Triton map: the
-"householder-anderson-damped" case of tests/modeling/ops/test_triton_fused_iteration.py."""
+"householder-anderson-damped" case of tests/modeling/ops/test_fused_iteration_triton.py."""
 
 import pytest
 import torch

@@ -54,9 +54,13 @@ def test_every_map_compiles_without_a_graph_break(backbone):
             assert explained.graph_break_count == 0, explained.break_reasons
 
 
+# A tolerance at which the rows of _inputs() stop at different iterations (mamba1's map contracts faster).
+TOL_ROWS_APART = {"mamba1": 1e-3}
+
+
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_compiled_layer_computes_the_eager_one(backbone):
-    layer = _layer(backbone, fp_tol=1e-2)
+    layer = _layer(backbone, fp_tol=TOL_ROWS_APART.get(backbone, 1e-2))
     hs, mask = _inputs()
     with torch.no_grad():
         eager = layer(hs, mask)

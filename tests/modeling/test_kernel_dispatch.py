@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fpmamba_core import ops
+from fpmamba_core import kernels
 
 
 def _scan_args(T: int = 8):
@@ -18,23 +18,23 @@ def _scan_args(T: int = 8):
 def test_an_unsupported_chunk_size_is_refused_by_the_kernels(monkeypatch, chunk_size):
     monkeypatch.setenv("FPMAMBA_KERNELS", "triton")
     with pytest.raises(ValueError, match=f"chunk_size={chunk_size} is not supported by the Triton scan kernels"):
-        ops.ssd_scan(*_scan_args(), chunk_size=chunk_size)
+        kernels.ssd_scan(*_scan_args(), chunk_size=chunk_size)
 
 
 @pytest.mark.parametrize("chunk_size", [8, 48, 100])
 def test_the_pytorch_path_takes_any_chunk_size(monkeypatch, chunk_size):
     monkeypatch.setenv("FPMAMBA_KERNELS", "reference")
     args = _scan_args(T=13)
-    y, H = ops.ssd_scan(*args, chunk_size=chunk_size)
-    y_ref, H_ref = ops.ssd_scan(*args, chunk_size=64)
+    y, H = kernels.ssd_scan(*args, chunk_size=chunk_size)
+    y_ref, H_ref = kernels.ssd_scan(*args, chunk_size=64)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(H, H_ref, rtol=1e-5, atol=1e-5)
 
 
 def test_without_triton_forcing_it_is_refused(monkeypatch):
-    monkeypatch.setattr(ops, "triton_available", lambda: False)
+    monkeypatch.setattr(kernels, "triton_available", lambda: False)
     monkeypatch.setenv("FPMAMBA_KERNELS", "triton")
     with pytest.raises(ValueError, match="triton is not installed"):
-        ops.backend_for(torch.zeros(1))
+        kernels.backend_for(torch.zeros(1))
     monkeypatch.delenv("FPMAMBA_KERNELS")
-    assert ops.backend_for(torch.zeros(1)) == "reference"
+    assert kernels.backend_for(torch.zeros(1)) == "reference"

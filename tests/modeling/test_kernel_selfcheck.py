@@ -1,11 +1,12 @@
-"""Kernels that check themselves (`modeling/ops/selfcheck.py`): the first use of the fused iteration / decode kernel
+"""Kernels that check themselves (`modeling/kernel_selfcheck.py`): the first use of the fused iteration / decode kernel
 in a configuration is compared with the PyTorch path; a disagreement (or a raise) warns once and routes that
 configuration to the PyTorch path for good.
 
 In this process (no Triton kernel runs: the kernel is replaced by the PyTorch path, perturbed, or made to raise):
-the composed map the fused check compares with equals the layer's own composed map; the dispatch of `ops.decode_step`
-and `ops.fused_iteration_supported` (pass -> kernel; disagreement or raise -> one warning, the reference, no re-check;
-FPMAMBA_KERNEL_SELFCHECK=0; one check per key across threads; no check while compiling).
+the composed map the fused check compares with equals the layer's own composed map; the dispatch of
+`kernels.decode_step` and `kernels.fused_iteration_supported` (pass -> kernel; disagreement or raise -> one warning,
+the reference, no re-check; FPMAMBA_KERNEL_SELFCHECK=0; one check per key across threads; no check while
+compiling).
 
 Under Triton's CPU interpreter (one child process with TRITON_INTERPRET=1 and FPMAMBA_KERNELS=triton, see
 `_interpreted`): the real kernels pass their check for householder, dplr and none in fp32 and are then used by a
@@ -82,7 +83,8 @@ def _decode_args(kind: str, b: int = 2, seed: int = 0):
 
 
 class _Counting:
-    """A stand-in kernel: calls `fn`, counts calls, optionally perturbs the first output or raises."""
+    """A stand-in kernel: calls `fn`, counts calls, optionally perturbs the first output or raises (`fn`: an entry
+    point of `kernels`, returning a MapOutput or DecodeResult, or a Triton kernel, returning a tuple)."""
 
     def __init__(self, fn, perturb: float = 0.0, raises: bool = False, delay: float = 0.0):
         self.fn, self.perturb, self.raises, self.delay, self.calls = fn, perturb, raises, delay, 0
@@ -93,7 +95,9 @@ class _Counting:
         if self.raises:
             raise RuntimeError("simulated kernel failure")
         out = self.fn(*args)
-        if self.perturb:  # the first field: yhat of a MapOutput, y_out of a DecodeResult
+        if self.perturb and isinstance(out, tuple):  # a kernel's outputs: yhat or y_out first
+            out = (out[0] * (1 + self.perturb), *out[1:])
+        elif self.perturb:  # the first field: yhat of a MapOutput, y_out of a DecodeResult
             first = dataclasses.fields(out)[0].name
             out = dataclasses.replace(out, **{first: getattr(out, first) * (1 + self.perturb)})
         return out
@@ -102,7 +106,7 @@ class _Counting:
 @pytest.fixture
 def fresh(monkeypatch):
     """Verdicts forgotten before and after; checks on; warnings recorded; FPMAMBA_KERNELS=triton."""
-    from fpmamba_core.ops import selfcheck
+    from fpmamba_core import kernel_selfcheck as selfcheck
 
     selfcheck.reset()
     monkeypatch.delenv(selfcheck.ENV, raising=False)
@@ -112,7 +116,7 @@ def fresh(monkeypatch):
 
 
 def _selfcheck_warnings(record) -> list[str]:
-    from fpmamba_core.ops.selfcheck import KernelSelfCheckWarning
+    from fpmamba_core.kernel_selfcheck import KernelSelfCheckWarning
 
     return [str(w.message) for w in record if issubclass(w.category, KernelSelfCheckWarning)]
 
@@ -135,7 +139,7 @@ def test_composed_fused_iteration_equals_layer_map(monkeypatch, kind, masked, wi
     """The check's reference, written from the fused inputs, is the layer's composed map (all rows and a subset)."""
     from fpmamba_core.backbones import LayerState
     from fpmamba_core.fixed_point import relative_residual
-    from fpmamba_core.ops.selfcheck import composed_fused_iteration
+    from fpmamba_core.kernel_selfcheck import composed_fused_iteration
 
     layer = _layer(1, mixer_type=kind, **overrides)
     b, T = 3, 21
@@ -166,17 +170,16 @@ def test_composed_fused_iteration_equals_layer_map(monkeypatch, kind, masked, wi
 
 @pytest.mark.parametrize("kind", [name for name, kind in MIXERS.items() if "decode" in kind.kernel_ops])
 def test_decode_kernel_passing_its_check_is_used(monkeypatch, fresh, kind):
-    from fpmamba_core import ops
-    from fpmamba_core.ops import decode as dk
-    from fpmamba_core.ops import reference
+    from fpmamba_core import kernels
+    from fpmamba_core.decode_steps import ssd_decode_step
 
-    kernel = _Counting(reference.decode_step)
-    monkeypatch.setattr(dk, "decode_step_triton", kernel)
+    kernel = _Counting(ssd_decode_step)
+    monkeypatch.setattr(kernels, "decode_step_kernel", kernel)
     args = _decode_args(kind)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         for _ in range(3):
-            ops.decode_step(*args)
+            kernels.decode_step(*args)
     assert _selfcheck_warnings(record) == []
     assert kernel.calls == 1 + 3, "one check, then every call on the kernel"
     (verdict,) = fresh.verdicts().values()
@@ -185,18 +188,17 @@ def test_decode_kernel_passing_its_check_is_used(monkeypatch, fresh, kind):
 
 @pytest.mark.parametrize("failure", ["perturbed", "raises"])
 def test_decode_disagreement_warns_once_and_falls_back(monkeypatch, fresh, failure):
-    from fpmamba_core import ops
-    from fpmamba_core.ops import decode as dk
-    from fpmamba_core.ops import reference
+    from fpmamba_core import kernels
+    from fpmamba_core.decode_steps import ssd_decode_step
 
-    kernel = _Counting(reference.decode_step, perturb=1e-2 if failure == "perturbed" else 0.0,
+    kernel = _Counting(ssd_decode_step, perturb=1e-2 if failure == "perturbed" else 0.0,
                        raises=failure == "raises")
-    monkeypatch.setattr(dk, "decode_step_triton", kernel)
+    monkeypatch.setattr(kernels, "decode_step_kernel", kernel)
     args = _decode_args("householder")
-    ref = reference.decode_step(*args)
+    ref = ssd_decode_step(*args)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        outs = [ops.decode_step(*args) for _ in range(3)]
+        outs = [kernels.decode_step(*args) for _ in range(3)]
     (message,) = _selfcheck_warnings(record)
     for part in ("decode_step", "cpu", "torch.float32", "householder", "max relative error"):
         assert part in message, message
@@ -209,16 +211,15 @@ def test_decode_disagreement_warns_once_and_falls_back(monkeypatch, fresh, failu
     assert not verdict.ok
     # Another configuration (another mixer) is a key of its own: checked on its own first use.
     with pytest.warns(fresh.KernelSelfCheckWarning, match="mixer dplr"):
-        ops.decode_step(*_decode_args("dplr"))
+        kernels.decode_step(*_decode_args("dplr"))
     assert kernel.calls == 2 and len(fresh.verdicts()) == 2
 
 
 def test_fused_dispatch_follows_the_verdict(monkeypatch, fresh):
     """fused_iteration_supported(x, kind, inputs): True after a passing check (run once), False for a key whose
     check disagreed (one warning, no re-check), and other keys are judged on their own."""
-    from fpmamba_core import ops
-    from fpmamba_core.ops import fused_iteration_triton as fk
-    from fpmamba_core.ops.selfcheck import composed_fused_iteration
+    from fpmamba_core import kernels
+    from fpmamba_core.kernel_selfcheck import composed_fused_iteration
 
     layer = _layer(2)
     hs = torch.randn(2, 9, 32)
@@ -227,17 +228,17 @@ def test_fused_dispatch_follows_the_verdict(monkeypatch, fresh):
     inputs_masked, _ = _capture_fused(layer, hs, attention_mask=masked)
     x = inputs.x
     good = _Counting(composed_fused_iteration)
-    monkeypatch.setattr(fk, "fused_iteration", good)
+    monkeypatch.setattr(kernels, "fused_iteration", good)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        assert ops.fused_iteration_supported(x, "householder", inputs)
-        assert ops.fused_iteration_supported(x, "householder", inputs)
+        assert kernels.fused_iteration_supported(x, "householder", inputs)
+        assert kernels.fused_iteration_supported(x, "householder", inputs)
         assert good.calls == 2, "one check: all rows and a subset"
         bad = _Counting(composed_fused_iteration, perturb=1e-2)
-        monkeypatch.setattr(fk, "fused_iteration", bad)
-        assert ops.fused_iteration_supported(x, "householder", inputs), "a passed key is not re-checked"
-        assert not ops.fused_iteration_supported(x, "householder", inputs_masked)
-        assert not ops.fused_iteration_supported(x, "householder", inputs_masked)
+        monkeypatch.setattr(kernels, "fused_iteration", bad)
+        assert kernels.fused_iteration_supported(x, "householder", inputs), "a passed key is not re-checked"
+        assert not kernels.fused_iteration_supported(x, "householder", inputs_masked)
+        assert not kernels.fused_iteration_supported(x, "householder", inputs_masked)
     assert bad.calls == 2
     (message,) = _selfcheck_warnings(record)
     for part in ("fused_iteration", "cpu", "torch.float32", "householder", "max relative error", "mask True"):
@@ -246,44 +247,41 @@ def test_fused_dispatch_follows_the_verdict(monkeypatch, fresh):
 
 
 def test_fused_kernel_that_raises_is_not_used(monkeypatch, fresh):
-    from fpmamba_core import ops
-    from fpmamba_core.ops import fused_iteration_triton as fk
+    from fpmamba_core import kernels
 
     inputs, _ = _capture_fused(_layer(3, mixer_type="dplr"), torch.randn(2, 5, 32))
-    monkeypatch.setattr(fk, "fused_iteration", _Counting(None, raises=True))
+    monkeypatch.setattr(kernels, "fused_iteration", _Counting(None, raises=True))
     with pytest.warns(fresh.KernelSelfCheckWarning, match="raised RuntimeError: simulated kernel failure"):
-        assert not ops.fused_iteration_supported(inputs.x, "dplr", inputs)
+        assert not kernels.fused_iteration_supported(inputs.x, "dplr", inputs)
 
 
 def test_env_switch_skips_the_check(monkeypatch, fresh):
-    from fpmamba_core import ops
-    from fpmamba_core.ops import decode as dk
-    from fpmamba_core.ops import reference
+    from fpmamba_core import kernels
+    from fpmamba_core.decode_steps import ssd_decode_step
 
-    kernel = _Counting(reference.decode_step, perturb=1e-2)
-    monkeypatch.setattr(dk, "decode_step_triton", kernel)
+    kernel = _Counting(ssd_decode_step, perturb=1e-2)
+    monkeypatch.setattr(kernels, "decode_step_kernel", kernel)
     monkeypatch.setenv(fresh.ENV, "0")
     args = _decode_args("none")
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        out = ops.decode_step(*args)
+        out = kernels.decode_step(*args)
     assert _selfcheck_warnings(record) == [] and kernel.calls == 1 and fresh.verdicts() == {}
-    assert not torch.equal(out.y_out, reference.decode_step(*args).y_out), "the (perturbed) kernel ran unchecked"
+    assert not torch.equal(out.y_out, ssd_decode_step(*args).y_out), "the (perturbed) kernel ran unchecked"
 
 
 def test_one_check_per_key_across_threads(monkeypatch, fresh):
-    from fpmamba_core import ops
-    from fpmamba_core.ops import decode as dk
-    from fpmamba_core.ops import reference
+    from fpmamba_core import kernels
+    from fpmamba_core.decode_steps import ssd_decode_step
 
-    kernel = _Counting(reference.decode_step, perturb=1e-2, delay=0.2)
-    monkeypatch.setattr(dk, "decode_step_triton", kernel)
+    kernel = _Counting(ssd_decode_step, perturb=1e-2, delay=0.2)
+    monkeypatch.setattr(kernels, "decode_step_kernel", kernel)
     args = _decode_args("dplr")
     results, errors = [], []
 
     def call():
         try:
-            results.append(ops.decode_step(*args))
+            results.append(kernels.decode_step(*args))
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 
@@ -296,21 +294,20 @@ def test_one_check_per_key_across_threads(monkeypatch, fresh):
             t.join()
     assert not errors, errors
     assert kernel.calls == 1 and len(_selfcheck_warnings(record)) == 1
-    ref = reference.decode_step(*args)
+    ref = ssd_decode_step(*args)
     for out in results:
         assert_equal("y_out", out.y_out, ref.y_out)
 
 
 def test_no_check_while_compiling(monkeypatch, fresh):
     """Under torch.compile tracing (or CUDA graph capture) an unchecked key takes the kernel, unchecked, uncached."""
-    from fpmamba_core import ops
-    from fpmamba_core.ops import decode as dk
-    from fpmamba_core.ops import reference
+    from fpmamba_core import kernels
+    from fpmamba_core.decode_steps import ssd_decode_step
 
-    kernel = _Counting(reference.decode_step)
-    monkeypatch.setattr(dk, "decode_step_triton", kernel)
+    kernel = _Counting(ssd_decode_step)
+    monkeypatch.setattr(kernels, "decode_step_kernel", kernel)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    ops.decode_step(*_decode_args("none"))
+    kernels.decode_step(*_decode_args("none"))
     assert kernel.calls == 1 and fresh.verdicts() == {}
 
 
@@ -318,9 +315,9 @@ def test_no_check_while_compiling(monkeypatch, fresh):
 def _interp_real_kernels_pass(kind: str) -> None:
     """The real kernels pass their checks (fp32) and are then used: prefill (fused iterations) and a decode token;
     the results match the reference backend."""
-    from fpmamba_core.ops import decode as dk
+    from fpmamba_core import kernel_selfcheck as selfcheck
+    from fpmamba_core.ops import decode_triton as dk
     from fpmamba_core.ops import fused_iteration_triton as fk
-    from fpmamba_core.ops import selfcheck
 
     selfcheck.reset()
     layer = _layer(4, mixer_type=kind)
@@ -350,9 +347,9 @@ def _interp_real_kernels_pass(kind: str) -> None:
 
 def _interp_perturbed_kernels_fall_back() -> None:
     """A real kernel made to disagree: one warning per op, then the PyTorch path, whose results the layer returns."""
-    from fpmamba_core.ops import decode as dk
+    from fpmamba_core import kernel_selfcheck as selfcheck
+    from fpmamba_core.ops import decode_triton as dk
     from fpmamba_core.ops import fused_iteration_triton as fk
-    from fpmamba_core.ops import selfcheck
 
     selfcheck.reset()
     layer = _layer(5, mixer_type="householder")
@@ -373,7 +370,7 @@ def _interp_perturbed_kernels_fall_back() -> None:
         assert "op fused_iteration on cpu" in messages[0] and "op decode_step on cpu" in messages[1], messages
         assert fused.calls == 2 and decode.calls == 1, "only the checks ran the kernels, once each"
         # The fallback results: the prefill equals the reference backend's (composed map; the scan on Triton), the
-        # decode token is reference.decode_step on the same inputs, exactly the reference backend's token.
+        # decode token is ssd_decode_step on the same inputs, exactly the reference backend's token.
         os.environ["FPMAMBA_KERNELS"] = "reference"
         with torch.no_grad():
             r = layer(hs, return_state=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from fpmamba_core import ops
+from fpmamba_core import kernels
 from fpmamba_core.backbones import Mamba2Layer
 from fpmamba_core.mixers import (
     KERNEL_OPS,
@@ -94,24 +94,24 @@ def test_kernel_support_is_the_kinds_declaration():
 def test_a_kind_without_kernels_takes_the_pytorch_path_on_the_triton_backend(monkeypatch, scaled_registered, kind):
     """FPMAMBA_KERNELS=triton: the fused iteration is not offered and decode_step runs the reference; the kernels
     are replaced by ones that raise, so reaching one fails the test."""
-    from fpmamba_core.ops import decode as decode_kernels
-    from fpmamba_core.ops import reference
+    from fpmamba_core.decode_steps import ssd_decode_step
+    from fpmamba_core.ops import decode_triton
 
     def boom(*args, **kwargs):
         raise AssertionError(f"a Triton kernel ran for mixer {kind!r}")
 
-    monkeypatch.setattr(decode_kernels, "decode_step_triton", boom)
+    monkeypatch.setattr(decode_triton, "decode_step_triton", boom)
     monkeypatch.setenv("FPMAMBA_KERNELS", "triton")
     x = torch.randn(2, 4, 16)
-    assert not ops.fused_iteration_supported(x, kind)
+    assert not kernels.fused_iteration_supported(x, kind)
     b, h, p, n, d = 2, 2, 8, 4, 16
     mixer = ChannelMixer(mixer_settings(mixer_type=kind, mixer_rank=1), d)
     factors = mixer.factors(mixer.precompute(torch.randn(b, d)), torch.randn(b, d))
     args = (torch.randn(b, h, p), torch.randn(b, d), torch.rand(b, h), -torch.rand(h), torch.randn(b, 1, n),
             torch.randn(b, 1, n), torch.randn(h), torch.randn(b, h, p, n), factors, torch.ones(d), 1e-5, d,
             solver_settings(5, 1e-5))
-    out = ops.decode_step(*args)
-    ref = reference.decode_step(*args)
+    out = kernels.decode_step(*args)
+    ref = ssd_decode_step(*args)
     for field in dataclasses.fields(ref):
         torch.testing.assert_close(getattr(out, field.name), getattr(ref, field.name), rtol=0, atol=0)
 

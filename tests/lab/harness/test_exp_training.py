@@ -28,3 +28,12 @@ def test_the_trainer_loss_is_the_aligned_cross_entropy(kind, tmp_path):
     torch.testing.assert_close(loss, aligned)
     torch.testing.assert_close(summed, aligned)
     assert not torch.allclose(loss, shifted)
+
+
+@pytest.mark.parametrize("flag, value", [("--steps", "-1"), ("--steps", "0"), ("--batch-size", "0")])
+def test_a_step_count_or_batch_size_below_one_is_refused_before_training(flag, value, tmp_path):
+    """Trainer would read max_steps -1 as three epochs and 0 as one step: the CLI refuses them instead."""
+    from fpmamba_lab.cli import main
+    with pytest.raises(ValueError, match=f"TrainSettings.{flag[2:].replace('-', '_')} must be a positive integer"):
+        main(["task", "train", "--task", "S3", "--models", "fpmamba", flag, value, "--output-dir", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written

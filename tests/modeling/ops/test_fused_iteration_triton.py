@@ -1,4 +1,4 @@
-"""Fused fixed-point iteration (`ops.fused_iteration`) == the layer's composed map under Triton's interpreter (fp32,
+"""Fused fixed-point iteration (`kernels.fused_iteration`) == the layer's composed map under Triton's interpreter (fp32,
 tiny shapes; see conftest.py): every mixer the kernels cover, every mixer input, hidden-dependent dt, time-step
 limits, no B/C norm, one and several norm groups, left padding, a carried state and y*, strict row subsets (frozen
 rows), T = 1 and lengths across the chunk; whole-layer solves with equal per-row iteration counts (with damping); a

@@ -36,7 +36,7 @@ CASES = [
 @pytest.mark.parametrize("b, T, d, chunk, h0, masked, zeros, final_grad", CASES)
 def test_diag_scan_matches_reference_forward_and_backward(b, T, d, chunk, h0, masked, zeros, final_grad):
     """Outputs and the gradients of lambda, u and the initial state: kernel == chunked == sequential (fp32)."""
-    from fpmamba_core.ops.diagonal_scan import diag_scan_chunked, diag_scan_sequential
+    from fpmamba_core.ops.diagonal_scan_reference import diag_scan_chunked, diag_scan_sequential
     from fpmamba_core.ops.diagonal_scan_triton import diag_scan_triton
 
     gen = torch.Generator().manual_seed(T * 31 + d)
@@ -67,22 +67,22 @@ def test_diag_scan_matches_reference_forward_and_backward(b, T, d, chunk, h0, ma
 
 
 def test_diag_dispatch_uses_triton_when_forced(monkeypatch):
-    """FPMAMBA_KERNELS=triton routes ops.diag_scan to the kernel; fp64 stays on the chunked form; a chunk the
+    """FPMAMBA_KERNELS=triton routes kernels.diag_scan to the kernel; fp64 stays on the chunked form; a chunk the
     kernel does not take is refused."""
     monkeypatch.setenv("FPMAMBA_KERNELS", "triton")
     import fpmamba_core.ops.diagonal_scan_triton as k
-    from fpmamba_core import ops
-    from fpmamba_core.ops.diagonal_scan import diag_scan_sequential
+    from fpmamba_core import kernels
+    from fpmamba_core.ops.diagonal_scan_reference import diag_scan_sequential
 
     calls = []
     orig = k.diag_scan_triton
     monkeypatch.setattr(k, "diag_scan_triton", lambda *a: calls.append(1) or orig(*a))
     lam, u = torch.rand(1, 5, 3), torch.randn(1, 5, 3)
-    h, hT = ops.diag_scan(lam, u, None, None, 16)
-    ops.diag_scan(lam.double(), u.double(), None, None, 16)
-    assert calls == [1] and callable(ops.diag_scan)
+    h, hT = kernels.diag_scan(lam, u, None, None, 16)
+    kernels.diag_scan(lam.double(), u.double(), None, None, 16)
+    assert calls == [1] and callable(kernels.diag_scan)
     with pytest.raises(ValueError, match="chunk_size"):
-        ops.diag_scan(lam, u, None, None, 12)
+        kernels.diag_scan(lam, u, None, None, 12)
     hr, hTr = diag_scan_sequential(lam, u)
     assert_close("h", h, hr, 1e-5, atol=1e-6)
     assert_close("final_state", hT, hTr, 1e-5, atol=1e-6)

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from fpmamba_core.ops import diag_scan
-from fpmamba_core.ops.diagonal_scan import diag_scan_chunked, diag_scan_sequential
+from fpmamba_core.kernels import diag_scan
+from fpmamba_core.ops.diagonal_scan_reference import diag_scan_chunked, diag_scan_sequential
 
 # (batch, T, d, chunk, lambda in (-1, 1), left padding of row 0, initial state): T not a multiple of the chunk,
 # T below it, T = 1, a chunk of 1, a chunk that is not a power of two with negative decays.

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fpmamba_core.ops import selective_scan
-from fpmamba_core.ops.selective_reference import selective_scan_chunked, selective_scan_sequential
+from fpmamba_core.kernels import selective_scan
+from fpmamba_core.ops.selective_scan_reference import selective_scan_chunked, selective_scan_sequential
 
 
 def _case(b, T, d, n, chunk, h0, masked, use_D=True):

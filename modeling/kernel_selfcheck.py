@@ -7,16 +7,17 @@ the PyTorch path it replaces:
   * `fused_iteration`: one iteration on all rows and on a strict subset, against `composed_fused_iteration` (the
     layer's composed map written from the same `FusedIterationInputs`); compared: yhat, the scan's final state and
     the per-row residual;
-  * `decode_step`: one token to the cap (tol 0, damping 0.9 with patience 2), against `reference.decode_step`;
+  * `decode_step`: one token to the cap (tol 0, damping 0.9 with patience 2), against
+    `decode_steps.ssd_decode_step`;
     compared: y_out, y*, the new state and the residual, and the per-row iteration counts exactly.
 Error = max over the compared tensors of max|kernel - reference| / max(max|reference|, 1e-6) (the residuals, already
 relative, on the scale max(max|reference|, 1)). The check passes when the
 kernel returns finite values within TOLERANCE (1e-3; TOLERANCE_TF32 = 2e-2 where fp32 dots run in TF32, i.e.
 `torch.get_float32_matmul_precision() != "highest"`). A larger error or an exception from the kernel fails it: one
 `KernelSelfCheckWarning` names the op, device, dtypes, mixer kind and the measured error, and from then on that key
-takes the PyTorch path (`ops.fused_iteration_supported(...)` is False: the layer iterates its composed map;
-`ops.decode_step` runs `reference.decode_step`). Verdicts are cached per key for the process (thread-safe: one check
-per key, other threads wait for it); `verdicts()` lists them.
+takes the PyTorch path (`kernels.fused_iteration_supported(...)` is False: the layer iterates its composed map;
+`kernels.decode_step` runs `decode_steps.ssd_decode_step`). Verdicts are cached per key for the process
+(thread-safe: one check per key, other threads wait for it); `verdicts()` lists them.
 
 Keys: the op, the device, the dtypes of every tensor the kernel reads, the mixer kind and rank, the dimensions
 (width, heads, head size, groups, state size, norm group size, chunk) and the kernel switches (activation, whether
@@ -40,13 +41,16 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 
-from ..fixed_point import MapOutput
-from ..precision import acc
-from .reference import decode_step, gated_rms_norm, ssd_scan_chunked
+from .decode_steps import ssd_decode_step
+from .fixed_point import MapOutput, SolverSettings, relative_residual
+from .mixers import ACTIVATIONS, MixerFactors, RankOneFactors, apply_mixer, mixer_kind
+from .ops._triton_utils import kernel_chunk_len
+from .ops.readout_reference import gated_rms_norm
+from .ops.ssd_scan_reference import ssd_scan_chunked
+from .precision import acc
 
 if TYPE_CHECKING:
-    from ..mixers import MixerFactors
-    from .fused_iteration_triton import FusedIterationInputs
+    from .ops.fused_iteration_triton import FusedIterationInputs
 
 ENV = "FPMAMBA_KERNEL_SELFCHECK"
 TOLERANCE = 1e-3
@@ -171,10 +175,7 @@ class _Random:
 def composed_fused_iteration(inp: FusedIterationInputs, y: torch.Tensor, rows: torch.Tensor) -> MapOutput:
     """One iteration of the rows `rows` from `inp` in plain PyTorch: the Mamba-2 backbone's composed map
     (`Mamba2Map`) written from the fused inputs, with the y-projections as one GEMM like the kernels. Same returns as
-    `fused_iteration_triton.fused_iteration`: MapOutput(yhat (r, T, d), (final state (r, h, p, n),), residual (r,))."""
-    from ..fixed_point import relative_residual
-    from ..mixers import ACTIVATIONS, apply_mixer, mixer_kind
-
+    `kernels.fused_iteration`: MapOutput(yhat (r, T, d), (final state (r, h, p, n),), residual (r,))."""
     r, T, d = y.shape
     y = acc(y)
     g, n = inp.Bx.shape[2], inp.Bx.shape[3]
@@ -229,8 +230,7 @@ def fused_problem(inp: FusedIterationInputs) -> tuple[FusedIterationInputs, list
     """The check's problem for `inp`'s key: seeded inputs of the same device, dtypes, dimensions and switches (b = 3,
     T = one kernel chunk + 5; x, B, C and z, dt_raw strided views of wider tensors as in the layer; left padding in
     row 1 when masked), and the calls [(y, rows)]: all rows, then rows 0 and 2."""
-    from ._triton_utils import kernel_chunk_len
-    from .fused_iteration_triton import FusedIterationInputs
+    from .ops.fused_iteration_triton import FusedIterationInputs
 
     rnd = _Random(inp.x.device)
     b, T = CHECK_ROWS, kernel_chunk_len(inp.chunk_size) + 5
@@ -270,7 +270,7 @@ def fused_problem(inp: FusedIterationInputs) -> tuple[FusedIterationInputs, list
 
 
 def _check_fused(inp: FusedIterationInputs) -> Verdict:
-    from .fused_iteration_triton import fused_iteration
+    from .kernels import fused_iteration  # looked up per check: the kernels' entry point, as the layers call it
 
     prob, calls = fused_problem(inp)
     pairs = []
@@ -309,9 +309,6 @@ def decode_problem(x, z, dt, A, B, C, D, state, factors: MixerFactors, norm_weig
     """The check's arguments of `decode_step` for this key: seeded values of the same device, dtypes and dimensions
     (b = 3, row 0 without mixing), solver settings with tol 0 (every row to the cap of 8 evaluations), damping 0.9
     and patience 2."""
-    from ..fixed_point import SolverSettings
-    from ..mixers import MixerFactors, RankOneFactors
-
     rnd = _Random(x.device)
     b = CHECK_ROWS
     _, h, p = x.shape
@@ -337,10 +334,10 @@ def decode_problem(x, z, dt, A, B, C, D, state, factors: MixerFactors, norm_weig
 
 
 def _check_decode(args: tuple) -> Verdict:
-    from .decode import decode_step_triton
+    from .kernels import decode_step_kernel  # looked up per check: the kernels' entry point, as the layers call it
 
-    out = decode_step_triton(*args)
-    ref = decode_step(*args)
+    out = decode_step_kernel(*args)
+    ref = ssd_decode_step(*args)
     if not torch.equal(out.iterations.to(ref.iterations.dtype), ref.iterations):
         return Verdict(False, math.inf, tolerance(),
                        f"iteration counts {out.iterations.tolist()} != reference {ref.iterations.tolist()}")
@@ -350,7 +347,7 @@ def _check_decode(args: tuple) -> Verdict:
 
 def decode_step_ok(x, z, dt, A, B, C, D, state, factors: MixerFactors, norm_weight, norm_eps: float,
                    norm_group_size: int) -> bool:
-    """Whether `decode_step_triton` may serve this call (its key's check passed, or checks are off)."""
+    """Whether `kernels.decode_step_kernel` may serve this call (its key's check passed, or checks are off)."""
     key = _decode_key(x, z, dt, A, B, C, D, state, factors, norm_weight, norm_group_size)
 
     def describe() -> str:

@@ -35,7 +35,7 @@ CASES = [
 def test_selective_scan_matches_reference_forward_and_backward(b, T, d, n, chunk, h0, masked, use_D, final_grad):
     """Forward outputs and the gradients of every input: kernel == chunked PyTorch form == sequential reference
     (fp32)."""
-    from fpmamba_core.ops.selective_reference import selective_scan_chunked, selective_scan_sequential
+    from fpmamba_core.ops.selective_scan_reference import selective_scan_chunked, selective_scan_sequential
     from fpmamba_core.ops.selective_scan_triton import selective_scan_triton
 
     gen = torch.Generator().manual_seed(T * 31 + d)
@@ -65,19 +65,19 @@ def test_selective_scan_matches_reference_forward_and_backward(b, T, d, n, chunk
 
 
 def test_dispatch_uses_triton_when_forced(monkeypatch):
-    """FPMAMBA_KERNELS=triton routes ops.selective_scan to the kernel; fp64 stays on the reference."""
+    """FPMAMBA_KERNELS=triton routes kernels.selective_scan to the kernel; fp64 stays on the reference."""
     monkeypatch.setenv("FPMAMBA_KERNELS", "triton")
     import fpmamba_core.ops.selective_scan_triton as k
-    from fpmamba_core import ops
-    from fpmamba_core.ops.selective_reference import selective_scan_sequential
+    from fpmamba_core import kernels
+    from fpmamba_core.ops.selective_scan_reference import selective_scan_sequential
 
     calls = []
     orig = k.selective_scan_triton
     monkeypatch.setattr(k, "selective_scan_triton", lambda *a: calls.append(1) or orig(*a))
     x, dt = torch.randn(1, 5, 3), torch.rand(1, 5, 3)
     A, B = -torch.rand(3, 2), torch.randn(1, 5, 2)
-    y, h = ops.selective_scan(x, dt, A, B, B)
-    ops.selective_scan(x.double(), dt.double(), A.double(), B.double(), B.double())
+    y, h = kernels.selective_scan(x, dt, A, B, B)
+    kernels.selective_scan(x.double(), dt.double(), A.double(), B.double(), B.double())
     assert calls == [1]
     yr, hr = selective_scan_sequential(x, dt, A, B, B)
     assert_close("y", y, yr, 1e-5, atol=1e-5)

@@ -1,7 +1,8 @@
 """Triton decode step: the per-token fixed-point solve of every row, then the single state update.
 
-Same signature, semantics and return values as `reference.decode_step` for the mixers householder, dplr and
-none (kronecker is served by the reference through `ops.decode_step`). Three launches:
+Same semantics as the PyTorch decode step (`decode_steps.ssd_decode_step`) for the mixer kernel codes 0 (none),
+1 (householder) and 2 (dplr); `kernels.decode_step_kernel` calls it in the core's terms, `kernels.decode_step`
+decides when. Three launches:
   1. `_prep_kernel`   (b*h programs): a = C . (exp(dt A) H_{t-1}) per channel, g = dt (C . B) + D per head;
   2. `_solve_kernel`  (b programs): the inner loop of one row, entirely in registers, stopping on its own
      with the rule of `fixed_point.solve` (training=False): relative residual, damping with patience, cap;
@@ -12,22 +13,30 @@ RMSNorm reduces along axis 1 and the mixer's dot products over the whole tile.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 try:  # the kernels need triton (a CUDA build of torch on Linux brings it; else `pip install fpmamba-hf[triton]`)
     import triton
     import triton.language as tl
-except ImportError as err:  # ops.kernels_available() turns this into the PyTorch path
+except ImportError as err:  # never reached through `kernels`, which imports a kernel only with triton installed
     raise ImportError(f"fpmamba-hf's Triton kernels need triton: {err}") from err
 
-from ..mixers import kernel_supports, mixer_kind
-from ._triton_utils import pow2_at_least
+from ._triton_utils import MIXER_CODES, pow2_at_least
 
-if TYPE_CHECKING:
-    from ..fixed_point import DecodeResult, SolverSettings
-    from ..mixers import MixerFactors
+
+class PicardSettings(Protocol):
+    """The solver knobs the inner loop reads (`fixed_point.SolverSettings` has them): the stopping rule of
+    `fixed_point.solve` with training=False, and damping with patience."""
+
+    max_iter: int
+    tol: float
+    damping: float
+    damping_decay: float
+    damping_patience: int
+    min_damping: float
+    eps: float
 
 
 @triton.jit
@@ -157,23 +166,25 @@ def decode_step_triton(
     C: torch.Tensor,
     D: torch.Tensor,
     state: torch.Tensor,
-    factors: "MixerFactors",
+    mixer_code: int,
+    u: torch.Tensor | None,
+    coef: torch.Tensor | None,
     norm_weight: torch.Tensor,
     norm_eps: float,
     norm_group_size: int,
-    settings: "SolverSettings",
-    layer_idx: int | None = None,
-) -> DecodeResult:
-    """One decode token of every row (see `reference.decode_step` for shapes and semantics).
+    settings: PicardSettings,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decode token of every row (see `decode_steps.ssd_decode_step` for shapes and semantics).
 
-    x (b, h, p); z (b, d); dt (b, h); A, D (h,); B, C (b, g, n); state (b, h, p, n) fp32; factors of Q_t
-    (householder/dplr: u (b, r, d), coef (b, r); none). Returns a DecodeResult, all fp32 but the iteration
-    counts (int64).
+    x (b, h, p); z (b, d); dt (b, h); A, D (h,); B, C (b, g, n); state (b, h, p, n) fp32; the mixer Q_t of each
+    row: its kernel code (MIXER_CODES) and, for codes 1 and 2, its rank-one terms u (b, r, d) and coef (b, r)
+    (None for code 0). Returns (y_out (b, d), y* (b, d), new state (b, h, p, n), iterations (b,) int64, residual
+    (b,)), all fp32 but the iteration counts. Non-finite values are returned, not raised (the caller checks).
     """
-    from ..fixed_point import DecodeResult, check_finite
-
-    if not kernel_supports(factors.kind, "decode"):
-        raise ValueError(f"decode kernel: mixer kind {factors.kind!r} is not supported (use the reference)")
+    if mixer_code not in MIXER_CODES:
+        raise ValueError(f"decode kernel: mixer kernel code {mixer_code!r} is not one of {MIXER_CODES}")
+    if mixer_code and (u is None or coef is None):
+        raise ValueError(f"decode kernel: mixer kernel code {mixer_code} needs its rank-one terms u and coef")
     b, h, p = x.shape
     g, n = B.shape[1], B.shape[2]
     d = h * p
@@ -194,13 +205,13 @@ def decode_step_triton(
     BP, BN = pow2_at_least(p), pow2_at_least(n)
     if b == 0:
         e = x.new_empty(0, d)
-        return DecodeResult(e, e, state.clone(), torch.zeros(0, dtype=torch.long, device=dev), x.new_empty(0))
+        return e, e, state.clone(), torch.zeros(0, dtype=torch.long, device=dev), x.new_empty(0)
     _prep_kernel[(b * h,)](state, dt, A, B, C, D, a, gvec, h, g, h // g, p, n, BP=BP, BN=BN, num_warps=4)
 
-    mix = mixer_kind(factors.kind).kernel_code
+    mix = mixer_code
     if mix:
-        u = factors.u.float().contiguous()
-        coef = factors.coef.float().contiguous()
+        u = u.float().contiguous()
+        coef = coef.float().contiguous()
         R = u.shape[-2]
     else:
         u = coef = a  # unused
@@ -220,8 +231,4 @@ def decode_step_triton(
     )
     new_state = torch.empty_like(state)
     _update_kernel[(b * h,)](state, dt, A, B, xt, new_state, h, g, h // g, p, n, BP=BP, BN=BN, num_warps=4)
-    # No silent NaN (one host sync, unless the caller checks the outputs itself): a non-finite iterate shows up in
-    # the residual or the output.
-    if s.raise_non_finite and not bool(torch.isfinite(residual).all() & torch.isfinite(y_out).all()):
-        check_finite(torch.stack([residual.sum(), y_out.sum()]), layer_idx, int(iterations.max()))
-    return DecodeResult(y_out, y_star, new_state, iterations, residual)
+    return y_out, y_star, new_state, iterations, residual

@@ -1,4 +1,5 @@
-"""Pure-PyTorch reference of the Mamba-1 ops (docs/method.md, "Mamba-1 backbone"): the spec and the CPU path.
+"""Pure-PyTorch reference of the Mamba-1 selective scan (docs/method.md, "Mamba-1 backbone"): the spec of
+`selective_scan_triton` and the CPU path.
 
 Shapes (Mamba-1 layout, token-major):
     x      (batch, T, d)          input of the scan (the mixed input x~)
@@ -15,16 +16,11 @@ All accumulation is fp32 (fp64 stays fp64); outputs are fp32.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..precision import acc
-
-if TYPE_CHECKING:
-    from ..fixed_point import DecodeResult, SolverSettings
-    from ..mixers import MixerFactors
 
 
 def _prepare(x, dt, B, C, mask):
@@ -117,62 +113,3 @@ def selective_scan_chunked(
     if D is not None:
         y = y + acc(D) * x[:, :T]
     return y, state
-
-
-def mamba1_readout(
-    s: torch.Tensor,
-    gate: torch.Tensor | None,
-    norm_weight: torch.Tensor | None,
-    norm_bias: torch.Tensor | None,
-    eps: float,
-) -> torch.Tensor:
-    """FP-Mamba1's in-loop readout of the scan output s (..., d): s * gate (the in-loop gate SiLU(z), when given),
-    then LayerNorm over d with norm_weight and norm_bias (d,) when norm_weight is given (else no norm). fp32."""
-    v = acc(s) if gate is None else acc(s) * acc(gate)
-    if norm_weight is None:
-        return v
-    bias = None if norm_bias is None else acc(norm_bias)
-    return F.layer_norm(v, v.shape[-1:], acc(norm_weight), bias, eps)
-
-
-def selective_decode_step(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor,
-    state: torch.Tensor,
-    factors: "MixerFactors",
-    gate: torch.Tensor | None,
-    norm_weight: torch.Tensor | None,
-    norm_bias: torch.Tensor | None,
-    norm_eps: float,
-    settings: "SolverSettings",
-    layer_idx: int | None = None,
-) -> DecodeResult:
-    """One token of every row for the Mamba-1 backbone: the inner fixed-point loop on y_t, then one state update.
-
-    x (b, d) conv'ed input; dt (b, d); B, C (b, n) final B_t, C_t; state (b, d, n) fp32 H_{t-1}; factors: Q_t of
-    each row; gate (b, d) | None: SiLU(z_t) when the gate is inside the loop; norm_*: see `mamba1_readout`.
-    Everything that depends on y_{t-1} is fixed, so with a = C . (exp(dt A) * H_{t-1}) and g = dt (C . B) + D
-    each iteration is   x~ = y + Q (x - y);  yhat = readout(a + g x~).
-    Returns a DecodeResult (new state (b, d, n)).
-    """
-    from ..fixed_point import DecodeResult, MapOutput, solve
-    from ..mixers import apply_mixer
-
-    x, dt, B, C = acc(x), acc(dt), acc(B), acc(C)
-    decayed = torch.exp(dt[..., None] * acc(A)) * acc(state)  # (b, d, n)
-    a = torch.einsum("bdn,bn->bd", decayed, C)
-    g = dt * (B * C).sum(-1, keepdim=True) + acc(D)
-
-    def f(y: torch.Tensor, rows: torch.Tensor) -> MapOutput:
-        xt = y + apply_mixer(factors.select(rows), x[rows] - y)
-        gate_rows = None if gate is None else gate[rows]
-        return MapOutput(mamba1_readout(a[rows] + g[rows] * xt, gate_rows, norm_weight, norm_bias, norm_eps), (xt,))
-
-    res = solve(f, torch.zeros_like(x), settings, training=False, layer_idx=layer_idx)
-    (xt,) = res.aux
-    new_state = decayed + (dt * xt)[..., None] * B[:, None, :]
-    return DecodeResult(res.y_out, res.y_star, new_state, res.iterations, res.residual)

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of every op: the executable spec, and the CPU path.
+"""Pure-PyTorch reference of Mamba-2's SSD scan: the executable spec of `ssd_scan_triton`, and the CPU path.
 
 Shapes (Mamba-2 layout):
     x      (batch, T, heads, head_dim)        input of the scan (the mixed input x~)
@@ -14,16 +14,11 @@ All accumulation is fp32; outputs are fp32.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..precision import acc
-
-if TYPE_CHECKING:
-    from ..fixed_point import DecodeResult, SolverSettings
-    from ..mixers import MixerFactors
 
 
 def _heads_of_groups(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -174,68 +169,3 @@ def ssd_scan_chunked(
     if D is not None:
         y = y + acc(D)[None, None, :, None] * x[:, :T]
     return y, H
-
-
-def gated_rms_norm(
-    s: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float, group_size: int
-) -> torch.Tensor:
-    """Mamba-2's gated RMSNorm: RMSNorm(s * SiLU(z)) over groups of `group_size` channels, fp32 result.
-
-    s, z: (..., d) ; weight: (d,).
-    """
-    v = acc(s) * F.silu(acc(z))
-    shape = v.shape
-    v = v.reshape(*shape[:-1], shape[-1] // group_size, group_size)
-    v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps)
-    return acc(weight) * v.reshape(shape)
-
-
-def decode_step(
-    x: torch.Tensor,
-    z: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor,
-    state: torch.Tensor,
-    factors: "MixerFactors",
-    norm_weight: torch.Tensor,
-    norm_eps: float,
-    norm_group_size: int,
-    settings: "SolverSettings",
-    layer_idx: int | None = None,
-) -> DecodeResult:
-    """One token of every row: the inner fixed-point loop on y_t, then one state update
-    (docs/method.md, "Token-by-token decoding").
-
-    x (b, h, p) conv'ed input; z (b, d) gate; dt (b, h); B, C (b, g, n) final (normalised) B_t, C_t;
-    state (b, h, p, n) fp32 H_{t-1}; factors: Q_t of each row (fixed within the token).
-    Everything that depends on y_{t-1} is fixed, so with a = C . (exp(dt A) H_{t-1}) and g = dt (C . B) + D
-    each iteration is   x~ = y + Q (x - y);  yhat = RMSNorm((a + g x~) * SiLU(z)).
-    Returns a DecodeResult (new state (b, h, p, n)).
-    """
-    from ..fixed_point import DecodeResult, MapOutput, solve
-    from ..mixers import apply_mixer
-
-    b, h, p = x.shape
-    groups, n = B.shape[1], B.shape[2]
-    d, hg = h * p, h // groups
-    x = acc(x).reshape(b, d)
-    dt = acc(dt)
-    Bg, Cg = acc(B)[:, :, None, :], acc(C)[:, :, None, :]  # (b, g, 1, n): a group's B_t, C_t serve its hg heads
-    decayed = torch.exp(dt * acc(A))[:, :, None, None] * acc(state)  # (b, h, p, n)
-    a = (decayed.view(b, groups, hg * p, n) @ Cg.transpose(-1, -2)).view(b, d)
-    g = (dt.view(b, groups, hg) * (Cg * Bg).sum(-1) + acc(D).view(groups, hg)).view(b, h, 1).expand(b, h, p)
-    g = g.reshape(b, d)
-
-    def f(y: torch.Tensor, rows: torch.Tensor):
-        pick = (lambda t: t) if rows.numel() == b else (lambda t: t[rows])  # every row: no gather
-        xt = y + apply_mixer(factors.select(rows), pick(x) - y)
-        return MapOutput(gated_rms_norm(pick(a) + pick(g) * xt, pick(z), norm_weight, norm_eps, norm_group_size), (xt,))
-
-    res = solve(f, x.new_zeros(b, d), settings, training=False, layer_idx=layer_idx)
-    (xt,) = res.aux
-    inputs = (dt[:, :, None] * xt.view(b, h, p)).view(b, groups, hg, p, 1)
-    new_state = decayed + (inputs * Bg[:, :, None]).view(b, h, p, n)
-    return DecodeResult(res.y_out, res.y_star, new_state, res.iterations, res.residual)

@@ -1,7 +1,7 @@
-"""Triton decode step == `reference.decode_step` under Triton's interpreter (fp32, tiny shapes; see conftest.py):
-outputs, new state, per-row iteration counts (rows stop on their own) and residuals, for householder / dplr / none,
-with damping + patience, several norm groups and n_groups > 1; a layer's prefill and decode tokens on both paths;
-the dispatch (kronecker falls back). One case per shape / mixer."""
+"""Triton decode step == `decode_steps.ssd_decode_step` under Triton's interpreter (fp32, tiny shapes; see
+conftest.py): outputs, new state, per-row iteration counts (rows stop on their own) and residuals, for householder /
+dplr / none, with damping + patience, several norm groups and n_groups > 1; a layer's prefill and decode tokens on
+both paths; the dispatch (kronecker falls back). One case per shape / mixer."""
 
 from __future__ import annotations
 
@@ -33,10 +33,11 @@ CASES = [
 
 @pytest.mark.parametrize("kind, b, h, p, g, n, r, norm_groups, max_iter, tol, damping, patience, coef_scale", CASES)
 def test_decode_matches_reference(kind, b, h, p, g, n, r, norm_groups, max_iter, tol, damping, patience, coef_scale):
-    """Outputs, new state, per-row iteration counts and residuals agree with `reference.decode_step`."""
+    """Outputs, new state, per-row iteration counts and residuals agree with `ssd_decode_step`
+    (the kernel called through its entry point `kernels.decode_step_kernel`)."""
+    from fpmamba_core.decode_steps import ssd_decode_step
+    from fpmamba_core.kernels import decode_step_kernel
     from fpmamba_core.mixers import MixerFactors, RankOneFactors
-    from fpmamba_core.ops import reference
-    from fpmamba_core.ops.decode import decode_step_triton
 
     gen = torch.Generator().manual_seed(b * 13 + h + r)
     rn = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
@@ -56,8 +57,8 @@ def test_decode_matches_reference(kind, b, h, p, g, n, r, norm_groups, max_iter,
     w = torch.rand(d, generator=gen) + 0.5
     st = solver_settings(max_iter, tol, damping=damping, damping_patience=patience)
     args = (x, z, dt, A, B, C, D, state, factors, w, 1e-5, d // norm_groups, st)
-    out_t = decode_step_triton(*args)
-    out_r = reference.decode_step(*args)
+    out_t = decode_step_kernel(*args)
+    out_r = ssd_decode_step(*args)
     for name in ("y_out", "y_star", "state"):
         t, ref = getattr(out_t, name), getattr(out_r, name)
         assert_close(name, t, ref, 1e-4, dtype=torch.float32)
@@ -97,12 +98,12 @@ def test_layer_decode_and_prefill_triton_equal_reference(kind):
 
 
 def test_kronecker_decode_falls_back_to_reference(monkeypatch):
-    """ops.decode_step routes a kronecker mixer to the reference (no kernel for it): any use of the kernel
+    """kernels.decode_step routes a kronecker mixer to the reference (no kernel for it): any use of the kernel
     would fail."""
-    import fpmamba_core.ops.decode as dk
-    from fpmamba_core import ops
+    import fpmamba_core.ops.decode_triton as dk
+    from fpmamba_core import kernels
+    from fpmamba_core.decode_steps import ssd_decode_step
     from fpmamba_core.mixers import KroneckerFactors
-    from fpmamba_core.ops import reference
 
     monkeypatch.setattr(dk, "decode_step_triton", None)
     b, h, p, n, d = 2, 2, 8, 16, 16
@@ -113,7 +114,7 @@ def test_kronecker_decode_falls_back_to_reference(monkeypatch):
             torch.randn(b, 1, n), torch.randn(h), torch.randn(b, h, p, n), fac, torch.ones(d), 1e-5, d,
             solver_settings(5, 1e-5))
     monkeypatch.setenv("FPMAMBA_KERNELS", "triton")
-    out = ops.decode_step(*args)
-    ref = reference.decode_step(*args)
+    out = kernels.decode_step(*args)
+    ref = ssd_decode_step(*args)
     for field in dataclasses.fields(ref):
         assert_equal(field.name, getattr(out, field.name), getattr(ref, field.name))

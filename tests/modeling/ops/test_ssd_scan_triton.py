@@ -35,7 +35,7 @@ CASES = [
 @pytest.mark.parametrize("b, T, h, p, g, n, chunk, h0, masked, use_D, final_grad", CASES)
 def test_scan_matches_reference_forward_and_backward(b, T, h, p, g, n, chunk, h0, masked, use_D, final_grad):
     """Forward outputs and the gradients of every input agree with the sequential reference (fp32)."""
-    from fpmamba_core.ops import reference
+    from fpmamba_core.ops.ssd_scan_reference import ssd_scan_sequential
     from fpmamba_core.ops.ssd_scan_triton import ssd_scan_triton
 
     gen = torch.Generator().manual_seed(T * 31 + h * 7 + g)
@@ -55,7 +55,7 @@ def test_scan_matches_reference_forward_and_backward(b, T, h, p, g, n, chunk, h0
     gy = r(b, T, h, p)
     gh = r(b, h, p, n)
     results = []
-    for fn, kw in ((reference.ssd_scan_sequential, {}), (ssd_scan_triton, {"chunk_size": chunk})):
+    for fn, kw in ((ssd_scan_sequential, {}), (ssd_scan_triton, {"chunk_size": chunk})):
         y, hT = fn(x, dt, A, B, C, D, H0, mask, **kw)
         loss = (y * gy).sum() + ((hT * gh).sum() if final_grad else 0.0)
         results.append((y, hT) + torch.autograd.grad(loss, inputs))
@@ -65,11 +65,11 @@ def test_scan_matches_reference_forward_and_backward(b, T, h, p, g, n, chunk, h0
 
 
 def test_dispatch_uses_triton_when_forced(monkeypatch):
-    """FPMAMBA_KERNELS=triton routes ops.ssd_scan to the kernel (and keeps ops.ssd_scan a function)."""
+    """FPMAMBA_KERNELS=triton routes kernels.ssd_scan to the kernel (and keeps kernels.ssd_scan a function)."""
     monkeypatch.setenv("FPMAMBA_KERNELS", "triton")
     import fpmamba_core.ops.ssd_scan_triton as k
-    from fpmamba_core import ops
-    from fpmamba_core.ops import reference
+    from fpmamba_core import kernels
+    from fpmamba_core.ops.ssd_scan_reference import ssd_scan_sequential
 
     calls = []
     orig = k.ssd_scan_triton
@@ -78,9 +78,9 @@ def test_dispatch_uses_triton_when_forced(monkeypatch):
     dt = torch.rand(1, 5, 2)
     A = -torch.rand(2)
     B = torch.randn(1, 5, 1, 16)
-    y, h = ops.ssd_scan(x, dt, A, B, B, None, None, None, 16)
-    y2, h2 = ops.ssd_scan(x, dt, A, B, B, None, None, None, 16)
-    assert calls == [1, 1] and callable(ops.ssd_scan)
-    yr, hr = reference.ssd_scan_sequential(x, dt, A, B, B)
+    y, h = kernels.ssd_scan(x, dt, A, B, B, None, None, None, 16)
+    y2, h2 = kernels.ssd_scan(x, dt, A, B, B, None, None, None, 16)
+    assert calls == [1, 1] and callable(kernels.ssd_scan)
+    yr, hr = ssd_scan_sequential(x, dt, A, B, B)
     assert_close("y", y, yr, 1e-5, atol=1e-5)
     assert_close("final_state", h, hr, 1e-5, atol=1e-5)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from fpmamba_core.ops.reference import ssd_scan_chunked, ssd_scan_decay, ssd_scan_sequential
+from fpmamba_core.ops.ssd_scan_reference import ssd_scan_chunked, ssd_scan_decay, ssd_scan_sequential
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
