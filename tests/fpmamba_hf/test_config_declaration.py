@@ -88,7 +88,7 @@ def test_head_layout_is_checked_for_mamba2_only():
 NON_DEFAULT = {
     "use_short_conv": False, "use_conv_bias": False, "norm_per_group": False, "time_step_min": 0.002,
     "time_step_max": 0.05, "time_step_floor": 1e-3, "time_step_limit": (0.0, 1.0), "bc_hidden_dependence": False,
-    "bc_norm": False, "dt_hidden_dependence": True, "time_step_rank": 3, "mamba1_gate": "in_loop",
+    "bc_norm": False, "dt_hidden_dependence": True, "time_step_rank": 3, "mamba1_gate": "after_loop",
     "mamba1_norm": "none",
 }
 SWITCH_CASES = [(backbone, field) for field in BACKBONE_SWITCHES for backbone in BACKBONES]

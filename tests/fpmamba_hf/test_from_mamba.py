@@ -47,13 +47,16 @@ def test_converts_from_a_saved_checkpoint_path(tmp_path):
         assert (fp(ids).logits - mamba(ids).logits).abs().max() <= 1e-4
 
 
-def test_converted_model_fine_tunes_into_a_dense_rnn():
-    fp = FPMambaForCausalLM.from_mamba(_mamba(num_hidden_layers=1), dt_hidden_dependence=True).train()
+@pytest.mark.parametrize("gate", ["in_loop", "after_loop"])
+def test_converted_model_fine_tunes_into_a_dense_rnn(gate):
+    fp = FPMambaForCausalLM.from_mamba(_mamba(num_hidden_layers=1), dt_hidden_dependence=True, mamba1_gate=gate)
+    fp.train()
     ids = torch.randint(0, VOCAB, (2, 12))
     fp(ids, labels=ids).loss.backward()
     layer = fp.backbone.layers[0].mixer
     assert layer.channel_mixer.gain.grad.abs() > 0  # the mixer can leave the identity
-    for proj in (layer.bc_y_proj, layer.dt_y_proj, layer.gate_y_proj):
+    projections = (layer.bc_y_proj, layer.dt_y_proj) + ((layer.gate_y_proj,) if gate == "after_loop" else ())
+    for proj in projections:
         assert proj.weight.grad.abs().sum() > 0
 
 
