@@ -180,9 +180,10 @@ class FPMambaConfig(PreTrainedConfig):
             Initial value of every mixer gate, in (0, 1): Q_t starts near the identity.
         mixer_proj_rank (`int`, *optional*, defaults to `0`):
             Rank of the mixer's projection of p_t (the official code's `mixer_proj_rank`; every backbone): 0 = a
-            full linear map `mixer.proj` (p -> P); r > 0 factors it through r as `mixer.proj(mixer.proj_in(p))`
-            (p -> r -> P, bias on the outer map), so an iteration projects y_{t-1} at cost r (d + P) instead of
-            d P. The mixer "none" (no projection) ignores it; a model with r > 0 cannot be converted from Mamba.
+            full linear map `channel_mixer.proj` (p -> P); r > 0 factors it as
+            `channel_mixer.proj(channel_mixer.proj_in(p))` (p -> r -> P, bias on the outer map), so an iteration
+            projects y_{t-1} at cost r (d + P) instead of d P. The mixer "none" (no projection) ignores it; a model
+            with r > 0 cannot be converted from Mamba.
         mixer_kron_norm (`str`, *optional*, defaults to `"frobenius"`):
             Normalisation of the PSD factors of the "kronecker" mixer (every backbone; other mixers ignore it):
             "frobenius" (divided by their Frobenius norm) or "spectral" (the paper's FP-RNN: divided by an upper
