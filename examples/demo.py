@@ -76,7 +76,7 @@ def show_generation(model_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     rows = task.build(8, PROMPT_LENGTH, PROMPT_LENGTH, seed=777).with_format("torch")[:]
     prompts = rows["input_ids"]
-    answers = rows["labels"][:, PROMPT_LENGTH]  # the running product after the last prompt element
+    answers = rows["shift_labels"][:, PROMPT_LENGTH]  # the running product after the last prompt element
     print(f"\nReloaded {type(model).__name__} from {model_dir}; 8 prompts of {PROMPT_LENGTH} S3 elements")
     print(f"(fp_max_iter={BUDGETS[0]} is starved on purpose: the 'not reached within the iteration cap' warning it "
           "gives is expected)")

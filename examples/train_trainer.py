@@ -4,8 +4,8 @@
     accelerate launch --config_file examples/accelerate/ddp.yaml examples/train_trainer.py --task S3
     torchrun --nproc_per_node 2 examples/train_trainer.py --task parity --use_cpu
 
-Data come from `fpmamba_lab.tasks` (no download). Their labels are *aligned* (labels[:, i] is the target of position
-i), so the collator (`fpmamba_lab.harness.collate`, the harness's) hands them to the model as `shift_labels`
+Data come from `fpmamba_lab.tasks` (no download). Their targets are *aligned* (shift_labels[:, i] is the target of
+position i), so the collator (`fpmamba_lab.harness.collate`, the harness's) hands them to the model as `shift_labels`
 (transformers' causal-LM loss then uses them as they are) and also as `labels` (Trainer counts `num_items_in_batch`
 from `shift_labels` when a batch has `labels`, which makes gradient accumulation equal to one big batch). Rows are
 right padded: FP-Mamba is causal, so padding after the real tokens cannot change their outputs; the padded positions
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     lo, hi = args.min_len or lo, args.max_len or hi
     width = spec.seq_len(hi)
     train = spec.build(args.train_examples, lo, hi, args.seed, pad_to=width)
-    train = train.remove_columns(["attention_mask", "length"])
+    train = train.remove_columns(["length"])
     evalset = spec.build(args.eval_examples, lo, hi, args.seed + 1, pad_to=width)
 
     torch.manual_seed(args.seed)

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from functools import cache
 from typing import Any, NamedTuple
 
-from fpmamba_core.backbones import BACKBONES, MAMBA1_GATES, MAMBA1_NORMS
+from fpmamba_core.backbones import BACKBONES, MAMBA1_GATES, MAMBA1_NORMS, backbone_layer
 from fpmamba_core.fixed_point import DECODE_SOLVERS, SOLVERS
 from fpmamba_core.layer import FP_BACKWARDS
 from fpmamba_core.mixers import ACTIVATIONS, KRONECKER_NORMS, MIXER_INPUTS, MIXERS
@@ -240,12 +240,15 @@ class FPMambaConfig(PreTrainedConfig):
         fp_damping_decay (`float`, *optional*, defaults to `0.9`):
             Factor in (0, 1] the damping of a sequence is multiplied by when its residual stalls.
         fp_damping_patience (`int`, *optional*, defaults to `5`):
-            Evaluations without a new best residual before the damping decays.
+            Evaluations without a new best residual before the damping decays (with fp_solver "anderson": before
+            the sequence restarts as a Picard one).
         fp_train_quantile (`float`, *optional*, defaults to `0.9`):
             In training, the whole batch stops once this fraction (0, 1] of its sequences converged.
         fp_solver (`str`, *optional*, defaults to `"picard"`):
             Step between evaluations: "picard" (damped fixed-point iteration) or "anderson" (Anderson acceleration
-            over the last fp_anderson_m evaluations per sequence; same stopping rule, caps and gradients).
+            over the last fp_anderson_m evaluations per sequence; same stopping rule, caps and gradients). A
+            sequence whose Anderson steps stall (fp_damping_patience evaluations without a new best residual)
+            restarts from the start as a Picard one, so it ends at Picard's fixed point.
         fp_anderson_m (`int`, *optional*, defaults to `5`):
             Memory of the Anderson solver (evaluations mixed per step).
         fp_decode_solver (`str`, *optional*, defaults to `"picard"`):
@@ -439,6 +442,23 @@ class FPMambaConfig(PreTrainedConfig):
         if self.backbone == "mamba2" and self.num_heads % self.n_groups:
             bad("n_groups", f"must divide the number of heads ({self.num_heads})")
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path: Any,
+                        **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """PreTrainedConfig.get_config_dict (what `from_pretrained` of this config and of every FP-Mamba model reads),
+        refusing the config of another model type: transformers would only warn and build an FP-Mamba from its
+        shared fields, into which the model's weights load by name (Mamba's and Mamba-2's all match) as a different
+        model. A Mamba / Mamba-2 folder converts exactly through its `FPMambaForCausalLM.from_<source>`."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            convert = _converters().get(model_type)
+            how = (f"convert it with FPMambaForCausalLM.{convert}({str(pretrained_model_name_or_path)!r}), which "
+                   "computes the source model exactly" if convert else "no conversion into FP-Mamba exists for it")
+            raise ValueError(f"{pretrained_model_name_or_path} holds a {model_type!r} model (config.json's "
+                             f"model_type), not an FP-Mamba ({cls.model_type!r}): {how}")
+        return config_dict, kwargs
+
     @staticmethod
     def structural_fields() -> tuple[str, ...]:
         """The fields that shape a built model's parameters or their meaning: an edit of one after the model was
@@ -475,6 +495,16 @@ class FPMambaConfig(PreTrainedConfig):
             from .portable import write_portable_code  # imported here: a plain save does not need it
 
             write_portable_code(save_directory)
+
+
+def _converters() -> dict[str, str]:
+    """The transformers model types FP-Mamba converts from, each with its converter's name (the backbones with a
+    `source_model`: "mamba2" -> "from_mamba2", "mamba" -> "from_mamba")."""
+    import transformers
+
+    sources = (getattr(backbone_layer(name), "source_model", None) for name in BACKBONES)
+    return {getattr(transformers, src).config_class.model_type: f"from_{src.removesuffix('ForCausalLM').lower()}"
+            for src in sources if src}
 
 
 def _refuse_misspelled_fields(keywords: Iterable[str]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import math
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,14 +23,14 @@ from fpmamba_core.checkpointing import FixedPointReplay
 from fpmamba_core.fixed_point import ContinueSync
 from fpmamba_core.layer import FixedPointLayer
 from fpmamba_core.mixers import ChannelMixer
-from fpmamba_core.norms import GatedRMSNorm
+from fpmamba_core.norms import GatedRMSNorm, rms_normalize
 from fpmamba_core.precision import acc
 from fpmamba_core.settings import check_call_budget
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
-from transformers.generation import GenerationConfig, GenerationMixin
+from transformers.generation import CompileConfig, GenerationConfig, GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import logging
@@ -41,15 +42,19 @@ from .cache import (
     for_generate,
     has_state,
     read_state,
+    records_past,
     seen_tokens,
     set_seen_tokens,
     write_state,
 )
+from .cache_checks import check_continuation
 from .configuration_fpmamba import FPMambaConfig
 from .core_settings import fixed_point_settings, layer_settings
 from .decoding import DecodeRunner
 from .distributed import training_sync
 from .outputs import FPMambaCausalLMOutput, FPMambaOutput
+from .packing import boundary_inputs, find_documents
+from .rollback import forward_recorded
 from .telemetry import (
     FP_CALL_KEYS,
     StageFlags,
@@ -73,7 +78,8 @@ register_checkpoint_conversion_mapping(
 
 
 class FPMambaRMSNorm(nn.Module):
-    """RMSNorm of the residual stream (as Mamba2RMSNorm), computed in fp32."""
+    """RMSNorm of the residual stream (as Mamba2RMSNorm), computed in fp32; a large finite input (e.g. an embedding
+    of magnitude 1e30, whose square overflows) is normalised too (`rms_normalize`)."""
 
     def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -82,8 +88,7 @@ class FPMambaRMSNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         input_dtype = hidden_states.dtype
-        h = acc(hidden_states)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        h = rms_normalize(acc(hidden_states), self.variance_epsilon)
         return self.weight * h.to(input_dtype)
 
 
@@ -123,20 +128,17 @@ class FPMambaBlock(GradientCheckpointingLayer):
         state = None
         if cache is not None:
             state = read_state(cache, self.layer_idx, hidden_states.shape[0], self.mixer)
-        out = self.mixer(
-            hidden_states,
-            attention_mask=attention_mask,
-            state=state,
-            return_state=cache is not None,
-            fp_max_iter=fp_max_iter,
-            fp_tol=fp_tol,
-            sync=fp_sync,
-            replay=fp_replay,
-            finite_checked=True,  # the model flags this block's output (StageFlags), read once per call
-            fp_solve_chunk=fp_solve_chunk,
-        )
-        if cache is not None:
-            write_state(cache, self.layer_idx, out.state, self.mixer)
+        solve = dict(fp_max_iter=fp_max_iter, fp_tol=fp_tol, sync=fp_sync, replay=fp_replay,
+                     finite_checked=True,  # the model flags this block's output (StageFlags), read once per call
+                     fp_solve_chunk=fp_solve_chunk)
+        if cache is not None and records_past(cache, self.layer_idx):
+            # generate() may roll the cache back (crop): it gets the state after each position (fpmamba_hf/rollback.py)
+            out = forward_recorded(self.mixer, cache, self.layer_idx, hidden_states, attention_mask, state, **solve)
+        else:
+            out = self.mixer(hidden_states, attention_mask=attention_mask, state=state,
+                             return_state=cache is not None, **solve)
+            if cache is not None:
+                write_state(cache, self.layer_idx, out.state, self.mixer)
         # A fresh alias of the telemetry: a reentrant checkpoint marks its float outputs as differentiable in place,
         # and the mixer's residual is also held by the replay, which the recompute returns again.
         return residual + out.out, out.iterations, out.residual.detach()
@@ -170,10 +172,11 @@ class FPMambaPreTrainedModel(PreTrainedModel):
 
 
 def _check_inputs(input_ids, inputs_embeds, attention_mask, config: FPMambaConfig, continuing: bool,
-                  trusted_ids: bool = False):
+                  trusted_ids: bool = False) -> tuple[torch.Tensor | None, bool]:
     """Clear errors for bad input, raised before anything touches the embedding or the cache. `trusted_ids`: the
     ids were generated by this model inside generate() (below the vocabulary by construction), so their range check,
-    a host sync, is skipped."""
+    a host sync, is skipped. Returns the padding mask (b, T) bool (None without padding) and whether a row is padded
+    on the right (its state after the padding is not that of its last real token: no cache may keep it)."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
     for name, t in (("input_ids", input_ids), ("inputs_embeds", inputs_embeds), ("attention_mask", attention_mask)):
@@ -196,7 +199,7 @@ def _check_inputs(input_ids, inputs_embeds, attention_mask, config: FPMambaConfi
                 f"input_ids contain token id {int(input_ids[outside][0])} outside the vocabulary [0, {vocab_size})"
             )
     if attention_mask is None:
-        return None
+        return None, False
     T = ref.shape[1]
     if attention_mask.dim() != 2 or attention_mask.shape[0] != ref.shape[0] or attention_mask.shape[1] < T:
         raise ValueError(
@@ -204,11 +207,15 @@ def _check_inputs(input_ids, inputs_embeds, attention_mask, config: FPMambaConfi
             f"got {tuple(attention_mask.shape)}"
         )
     mask = attention_mask[:, -T:].to(torch.bool)
-    if bool((mask[:, 1:] < mask[:, :-1]).any()):
-        raise ValueError("attention_mask has right padding (a 0 after a 1): FP-Mamba supports left padding only")
-    if continuing and not bool(mask.all()):
+    # A row is padding, real tokens, padding (0* 1* 0*): at most one run of real tokens. One host sync.
+    runs = mask[:, 0].long() + (mask[:, 1:] & ~mask[:, :-1]).sum(1)
+    hole, right, padded = torch.stack([(runs > 1).any(), (mask[:, :-1] & ~mask[:, 1:]).any(), (~mask).any()]).tolist()
+    if hole:
+        raise ValueError("attention_mask has padding inside a sequence (a 0 between 1s, e.g. 1 0 1): padding may "
+                         "only come before (left) or after (right) a row's real tokens")
+    if continuing and padded:
         raise ValueError("padding inside a continued sequence: new tokens fed with a cache must all be real (mask 1)")
-    return None if bool(mask.all()) else mask
+    return (mask if padded else None), right
 
 
 class FPMambaModel(FPMambaPreTrainedModel):
@@ -306,24 +313,45 @@ class FPMambaModel(FPMambaPreTrainedModel):
         fp_max_iter: int | None = None,
         fp_tol: float | None = None,
         fp_solve_chunk: int | None = None,
+        position_ids: torch.LongTensor | None = None,
+        seq_idx: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> tuple | FPMambaOutput:
         r"""
+        attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*): 1 for real tokens, 0
+            for padding, which may come before a row's tokens (left) or after them (right; only without a cache to
+            fill: the state after the padding is not the last real token's). A 0 between 1s raises.
         cache (`DynamicCache`, *optional*): continue the sequences held in this cache (new tokens only); it is read
             and updated in place in every mode. `cache_params` (its name before transformers 5.24) and
-            `past_key_values` are accepted as the same argument, with a deprecation warning.
+            `past_key_values` are accepted as the same argument, with a deprecation warning. A cache of another
+            model (layers, backbone, widths) raises, and so does one from generate() continued without the token
+            it generated last (generate() does not feed it): start the new tokens with `sequences[:, -1:]`.
         fp_max_iter (`int`, *optional*): iteration cap for this call (default: config.fp_max_iter in training,
             config.fp_max_iter_eval otherwise).
         fp_tol (`float`, *optional*): relative residual tolerance for this call (default: config.fp_tol).
         fp_solve_chunk (`int`, *optional*): solve the fixed point chunk by chunk for this call, 0 = the whole
             sequence (default: config.fp_solve_chunk).
+        position_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*): packed documents
+            (`DataCollatorWithFlattening`): a document starts where the ids do not count up by 1 (they restart at 0).
+            Ids that count up through each row (generate()'s) hold one document per row. No other use.
+        seq_idx (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*): packed documents as the
+            document index of each position. `cu_seqlens` (`(documents + 1,)`, *optional*), and flash-attention's
+            `cu_seq_lens_q` / `cu_seq_lens_k` / `max_length_q` / `max_length_k` in kwargs: packed documents as
+            cumulative lengths over the flattened batch. Each document is computed exactly as if alone
+            (fpmamba_hf/packing.py), without a cache; boundaries that disagree raise.
+
+        With `return_dict=False` the output is the tuple (last_hidden_state, cache, hidden_states, fp_iterations,
+        fp_residual) without the entries that are None (as `ModelOutput.to_tuple`): the cache only with use_cache,
+        hidden_states only with output_hidden_states. The order is stable.
         """
         check_call_keywords(kwargs)
         budget = check_call_budget(fp_max_iter, fp_tol, fp_solve_chunk)
+        boundaries = boundary_inputs(position_ids, seq_idx, cu_seqlens, kwargs)
         outer = _OUTER_CALL.get()
         stages, trusted_ids = outer if outer is not None else (StageFlags(), False)
         outputs = self.run(input_ids, inputs_embeds, cache, use_cache, output_hidden_states, attention_mask, budget,
-                           stages, trusted_ids)
+                           stages, trusted_ids, boundaries)
         if outer is None:  # called on its own: this is the end of the call
             tol = budget[1] if budget[1] is not None else self.config.fp_tol
             check_forward(self, stages, outputs.fp_residual, tol, warn=not self.training)
@@ -345,12 +373,15 @@ class FPMambaModel(FPMambaPreTrainedModel):
         budget: tuple[int | None, float | None, int | None],
         stages: StageFlags,
         trusted_ids: bool = False,
+        boundaries: dict[str, Any] | None = None,
     ) -> FPMambaOutput:
         """The forward without its end-of-call check: `budget` (fp_max_iter, fp_tol, fp_solve_chunk) already
         validated; every stage's output is flagged in `stages`, which whoever ends the call reads (forward() itself,
         or the causal LM / generate()'s decode runner that called forward(); see _OUTER_CALL). `trusted_ids`: the
         ids were generated by this model inside generate() (below the vocabulary by construction), so their range
-        check, a host sync, is skipped."""
+        check, a host sync, is skipped. `boundaries`: the packed documents' boundary inputs (`boundary_inputs`);
+        the blocks then run the documents as a left-padded batch, and their outputs and telemetry come back in the
+        packed layout (fp_iterations / fp_residual: per packed row, its slowest document's)."""
         fp_max_iter, fp_tol, fp_solve_chunk = budget
         self._check_live_config()
         output_hidden_states = (
@@ -364,10 +395,18 @@ class FPMambaModel(FPMambaPreTrainedModel):
                 raise ValueError("a cache cannot be used with gradient checkpointing in training (the recompute "
                                  "would read the cache after the forward updated it)")
             use_cache = True
+        cache_asked = use_cache  # True: a cache was passed or asked for; None: the config's default
         use_cache = use_cache if use_cache is not None else (self.config.use_cache if not self.training else False)
         continuing = cache is not None and has_state(cache)
-        mask = _check_inputs(input_ids, inputs_embeds, attention_mask, self.config, continuing,
-                             trusted_ids=trusted_ids)
+        mask, right_padded = _check_inputs(input_ids, inputs_embeds, attention_mask, self.config, continuing,
+                                           trusted_ids=trusted_ids)
+        ref = input_ids if input_ids is not None else inputs_embeds
+        documents = find_documents(boundaries or {}, tuple(ref.shape[:2]), mask, ref.device)
+        if documents is not None or right_padded:
+            # A cache would hold one document's state (packed) or the state after the padding (right padding).
+            if cache_asked:
+                raise ValueError(_PACKED_CACHE_ERROR if documents is not None else _RIGHT_PADDED_CACHE_ERROR)
+            use_cache = False
         if self.gradient_checkpointing and self.training and use_cache:
             logger.warning_once("use_cache=True is incompatible with gradient checkpointing in training: no cache")
             use_cache = False
@@ -377,13 +416,21 @@ class FPMambaModel(FPMambaPreTrainedModel):
             cache = DynamicCache(config=self.config)
         if not use_cache:
             cache = None
+        check_continuation(cache, self._built_fields, input_ids, inputs_embeds, self.embeddings)
         seen = None if cache is None else seen_tokens(cache)
 
         hidden_states = inputs_embeds
         stages.add("the embeddings" if input_ids is not None else "inputs_embeds", hidden_states)
+        if documents is not None:  # one row per document, left-padded (fpmamba_hf/packing.py)
+            hidden_states, mask = documents.gather(hidden_states), documents.mask
         sync = training_sync(self.config.fp_sync_ranks, self.training, hidden_states.device)
         hidden_states, all_hidden_states, fp_iterations, fp_residual = self.run_blocks(
             hidden_states, cache, mask, fp_max_iter, fp_tol, stages, output_hidden_states, sync, fp_solve_chunk)
+        if documents is not None:  # norm_f is per position: scattering after it is the same as before
+            hidden_states = documents.scatter(hidden_states)
+            if all_hidden_states is not None:
+                all_hidden_states = tuple(documents.scatter(h) for h in all_hidden_states)
+            fp_iterations, fp_residual = documents.per_row(fp_iterations), documents.per_row(fp_residual)
         if cache is not None:
             set_seen_tokens(cache, None if seen is None else seen + hidden_states.shape[1])
         return expose_cache(FPMambaOutput(
@@ -395,6 +442,26 @@ class FPMambaModel(FPMambaPreTrainedModel):
         ))
 
 
+_PACKED_CACHE_ERROR = (
+    "packed sequences (document boundaries in position_ids / seq_idx / cu_seqlens) cannot use a cache: it would "
+    "hold the state of one document of a row, not the row's. Run them without one (use_cache unset or False); "
+    "to generate, give one prompt per row (left padding)")
+def _refuse_packed_generation(boundaries: dict[str, Any], ref: torch.Tensor, attention_mask: torch.Tensor | None
+                              ) -> None:
+    """Raise if the boundary inputs of a generate() step pack several documents into a row (a step has a cache).
+    ref: the step's input ids or embeddings (b, T, ...)."""
+    T = ref.shape[1]
+    mask = None if attention_mask is None else attention_mask[:, -T:].to(torch.bool)
+    if find_documents(boundaries, tuple(ref.shape[:2]), mask, ref.device) is not None:
+        raise ValueError(_PACKED_CACHE_ERROR)
+
+
+_RIGHT_PADDED_CACHE_ERROR = (
+    "a right-padded batch (attention_mask with a 0 after a 1) cannot fill a cache: its state would be the one after "
+    "the padding, not after the last real token. Pad on the left to generate or to continue (tokenizer.padding_side "
+    "= \"left\"); a forward without a cache (use_cache unset or False) takes right padding")
+
+
 # The ablation switches a conversion refuses at a non-default value: the source model has the conv (its weights would
 # go unused) and B, C's projections. (The mixer is an added part: a low-rank mixer_proj_rank converts exactly too.)
 CONVERSION_KEEPS_DEFAULT = ("use_short_conv", "bc_hidden_dependence")
@@ -402,6 +469,11 @@ CONVERSION_KEEPS_DEFAULT = ("use_short_conv", "bc_hidden_dependence")
 
 class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
+    # What transformers compiles in generate() (for a compilable cache, e.g. cache_implementation="static") is
+    # this model's decode step (`get_compiled_call`), as one graph where its solve takes no host sync, else eagerly
+    # after one warning: never a graph in pieces. forward() itself is not one graph (it checks on the host), nor is
+    # FPMambaModel's, which keeps the default False.
+    _can_compile_fullgraph = True
 
     def __init__(self, config: FPMambaConfig) -> None:
         super().__init__(config)
@@ -430,6 +502,9 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         fp_max_iter: int | None = None,
         fp_tol: float | None = None,
         fp_solve_chunk: int | None = None,
+        position_ids: torch.LongTensor | None = None,
+        seq_idx: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> tuple | FPMambaCausalLMOutput:
         r"""
@@ -437,18 +512,29 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
             are shifted inside the model (labels = input_ids works), -100 is ignored.
         shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*, in kwargs): targets
             already aligned with the logits (used instead of shifting `labels`), e.g. `fpmamba_lab.tasks` labels.
-        cache (or cache_params / past_key_values, deprecated), fp_max_iter, fp_tol, fp_solve_chunk: see
-            FPMambaModel.forward.
+        cache (or cache_params / past_key_values, deprecated), attention_mask, fp_max_iter, fp_tol, fp_solve_chunk,
+            and the packed documents' boundaries position_ids, seq_idx, cu_seqlens (flash-attention's
+            cu_seq_lens_q / cu_seq_lens_k / max_length_q / max_length_k in kwargs): see FPMambaModel.forward.
+
+        With `return_dict=False` the output is the tuple (loss, logits, cache, hidden_states, fp_iterations,
+        fp_residual) without the entries that are None (as `ModelOutput.to_tuple`): loss only with labels, the cache
+        only with use_cache, hidden_states only with output_hidden_states; fp_iterations and fp_residual always
+        come last. Mamba2ForCausalLM's tuple is (loss, logits, cache_params, hidden_states) the same way, so the
+        first entries match it; the order is stable.
         """
+        boundaries = boundary_inputs(position_ids, seq_idx, cu_seqlens, kwargs)
         runner = DecodeRunner.serving(self)
         if runner is not None:  # a step of a generate() call in progress: its decode runner runs and records it
+            if boundaries:  # generate() passes the position_ids it counts: one document per row, else refused
+                _refuse_packed_generation(boundaries, input_ids if input_ids is not None else inputs_embeds,
+                                          attention_mask)
             return runner(input_ids, inputs_embeds, cache, use_cache, attention_mask, logits_to_keep,
                           output_hidden_states, labels=labels, fp_max_iter=fp_max_iter, fp_tol=fp_tol,
                           fp_solve_chunk=fp_solve_chunk, **kwargs)
         check_call_keywords(kwargs)
         budget = check_call_budget(fp_max_iter, fp_tol, fp_solve_chunk)
         outputs, stages = self.run_causal_lm(input_ids, inputs_embeds, cache, use_cache, output_hidden_states,
-                                             attention_mask, logits_to_keep, budget)
+                                             attention_mask, logits_to_keep, budget, boundaries=boundaries)
         tol = budget[1] if budget[1] is not None else self.config.fp_tol
         check_forward(self, stages, outputs.fp_residual, tol, warn=not self.training)
         if labels is not None or kwargs.get("shift_labels") is not None:
@@ -475,9 +561,11 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor,
         budget: tuple[int | None, float | None, int | None],
         trusted_ids: bool = False,
+        boundaries: dict[str, Any] | None = None,
     ) -> tuple[FPMambaCausalLMOutput, StageFlags]:
-        """The forward without its loss and end-of-call check (see `FPMambaModel.run`): the output (no loss) and
-        the finiteness flags of every stage, which the caller reads."""
+        """The forward without its loss and end-of-call check (see `FPMambaModel.run`; `boundaries`: the packed
+        documents' boundary inputs): the output (no loss) and the finiteness flags of every stage, which the caller
+        reads."""
         stages = StageFlags()
         # Through the module call (hooks, FSDP and accelerate wrappers see it), the stage flags collected for this
         # caller, which checks them when its call ends.
@@ -486,7 +574,7 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
             outputs = self.backbone(input_ids=input_ids, inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
                                     output_hidden_states=output_hidden_states, attention_mask=attention_mask,
                                     fp_max_iter=budget[0], fp_tol=budget[1], fp_solve_chunk=budget[2],
-                                    return_dict=True)
+                                    return_dict=True, **(boundaries or {}))
         finally:
             _OUTER_CALL.reset(outer)
         hidden_states = outputs.last_hidden_state
@@ -578,10 +666,28 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         search, where rows follow the beams of each step, not the returned sequences), and the cache as `cache` on
         every transformers version (before 5.24 also as `past_key_values`). A returned cache continues with `cache=`
         and the full sequence: previous sequences followed by the new tokens. Non-finite values raise and
-        unconverged steps warn once, when the call ends (no host sync per token)."""
+        unconverged steps warn once, when the call ends (no host sync per token). The cache is a DynamicCache, or a
+        StaticCache with `cache_implementation="static"` (the same tensors; transformers then compiles the decode
+        steps: `get_compiled_call`)."""
         with DecodeRunner.for_generate(self, kwargs, generation_config) as runner:
             output = super().generate(inputs, generation_config, **for_generate(kwargs))
         return runner.finish(output)
+
+    def get_compiled_call(self, compile_config: CompileConfig | None) -> Callable:
+        """The forward of generate()'s decode loop where transformers compiles it (a compilable cache, e.g.
+        `cache_implementation="static"`, on an accelerator or with `compile_config._compile_all_devices`): the
+        forward itself, whose plain decode steps the call's runner runs through `torch.compile` of `decode_step`
+        with `compile_config`'s options (default `CompileConfig()`), always fullgraph (fpmamba_hf/decoding.py).
+        Where the step cannot compile whole (a per-token solve that decides on the host when to stop), one
+        `CompileFallbackWarning` and the eager step. Only inside generate(): FP-Mamba's forward checks its inputs and
+        telemetry on the host, so it is never compiled whole."""
+        runner = DecodeRunner.current(self)
+        if runner is None:
+            raise RuntimeError("FP-Mamba compiles generate()'s decode step, not its whole forward (which checks its "
+                               "inputs and telemetry on the host): get_compiled_call works only inside generate(); "
+                               "use generate(cache_implementation='static', compile_config=...) or config.fp_compile")
+        runner.compile_with(compile_config or CompileConfig())
+        return self.__call__
 
     def save_pretrained(self, *args: Any, **kwargs: Any):
         """PreTrainedModel.save_pretrained; fp_* defaults set on generation_config are kept in the file."""

@@ -24,45 +24,36 @@ import shlex
 import sys
 import time
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fpmamba_hf import FPMambaConfig, FPMambaForCausalLM
-from fpmamba_hf.configuration_fpmamba import CHOICES, switch_applies
+# The model library, the harness (Trainer, peft) and the tasks (datasets) take seconds to import: they are imported
+# where a command needs them, so that `fpmamba --help`, `fpmamba task --help` and their argument errors are instant.
+if TYPE_CHECKING:
+    from .harness import ExperimentConfig
+    from .report import CommandDrift, Run
 
-from .harness import (
-    MODEL_KINDS,
-    ExperimentConfig,
-    ModelSpec,
-    TrainSettings,
-    config_from_dict,
-    load_config,
-    run_evaluation,
-    run_experiment,
-)
-from .harness.budget import budget_study, budget_table, write_budget
-from .harness.defaults import task_defaults
-from .harness.reporting import write_run_metadata
-from .report import (
-    CommandDrift,
-    Run,
-    load_budget_studies,
-    load_runs,
-    render_card,
-    render_headline,
-    render_model_index,
-    render_results_readme,
-    write_plots,
-)
-from .tasks import TASKS, get_task
 
-# Flags that map onto ExperimentConfig / ModelSpec / TrainSettings fields (dest name == field name).
-_TOP = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"model", "training"}
-_MODEL = {f.name for f in dataclasses.fields(ModelSpec)}
-_TRAINING = {f.name for f in dataclasses.fields(TrainSettings)}
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser that adds its flags (`add_flags`) the first time it parses or prints its help: only
+    the command that runs imports what its flags are made from (the model config, the tasks)."""
+
+    def __init__(self, *args: Any, add_flags: Callable[[argparse.ArgumentParser], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._add_flags = add_flags
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._add_flags is not None:
+            add_flags, self._add_flags = self._add_flags, None
+            add_flags(self)
+        return super().parse_known_args(args, namespace)
 
 
 def _add_common_eval_flags(p: argparse.ArgumentParser) -> None:
+    from .tasks import TASKS
+
     p.add_argument("--task", help="task name: " + ", ".join(TASKS) + ", or a group such as S3, A4, Z7")
     p.add_argument("--train-length", dest="train_length", type=int, help="longest training length (marked on plots)")
     p.add_argument("--output-dir", dest="output_dir", help="where results and plots go")
@@ -75,6 +66,8 @@ def _add_common_eval_flags(p: argparse.ArgumentParser) -> None:
 
 def _value_kwargs(name: str, hint: Any) -> dict[str, Any]:
     """How argparse reads a value of a config knob of type `hint` (its choices from the config's CHOICES)."""
+    from fpmamba_hf.configuration_fpmamba import CHOICES
+
     if hint is bool:
         return {"action": argparse.BooleanOptionalAction}
     if typing.get_origin(hint) is tuple:  # a fixed-length tuple of one type, e.g. time_step_limit
@@ -96,6 +89,10 @@ def _int_or_word(text: str) -> int | str:
 def add_model_flags(train: argparse.ArgumentParser) -> None:
     """One flag per ModelSpec field: the FPMambaConfig knobs, typed and documented as the config declares them,
     defaulting to the harness's values (fpmamba_lab.harness.models.HARNESS_DEFAULTS, else the config's)."""
+    from fpmamba_hf import FPMambaConfig
+
+    from .harness import ModelSpec
+
     group = train.add_argument_group("model", "FPMambaConfig knobs; each model kind uses those that apply to it "
                                      "(fpmamba_lab/harness/models.py); given flags override the recipe")
     group.add_argument("--num-layers", dest="num_layers", type=int, help="default: the kind's own (1; mamba2: 2)")
@@ -109,6 +106,10 @@ def add_model_flags(train: argparse.ArgumentParser) -> None:
 
 def _add_train_flags(train: argparse.ArgumentParser) -> None:
     """`task train`'s flags: a recipe, the evaluation, the harness, one per model knob, the training."""
+    from fpmamba_hf.configuration_fpmamba import CHOICES
+
+    from .harness import MODEL_KINDS
+
     train.add_argument("--config", help="JSON recipe (examples/recipes/*.json); explicit flags override it")
     _add_common_eval_flags(train)
     train.add_argument("--models", nargs="+", choices=MODEL_KINDS, help="model kinds to train (default: fpmamba)")
@@ -118,7 +119,9 @@ def _add_train_flags(train: argparse.ArgumentParser) -> None:
                        help="length curriculum: the longest training length grows from --curriculum-start-length to "
                             "--train-length over this fraction of the steps (0: off)")
     train.add_argument("--curriculum-start-length", dest="curriculum_start_length", type=int)
-    train.add_argument("--eval-fp-max-iter", dest="eval_fp_max_iter", type=int)
+    train.add_argument("--eval-fp-max-iter", dest="eval_fp_max_iter", type=int,
+                       help="FP-Mamba's evaluation iteration cap (not the diagonal ablation's: its one iteration is "
+                            "part of that model)")
     train.add_argument("--eval-fp-tol", dest="eval_fp_tol", type=float)
     train.add_argument("--eval-fp-solve-chunk", dest="eval_fp_solve_chunk", type=int,
                        help="evaluate (and save) the trained FP-Mamba with this fp_solve_chunk (default: as trained)")
@@ -133,26 +136,22 @@ def _add_train_flags(train: argparse.ArgumentParser) -> None:
     train.add_argument("--seed", type=int)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fpmamba", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    groups = parser.add_subparsers(dest="group", required=True)
-    task = groups.add_parser("task", help="synthetic tasks: list, train, eval")
-    commands = task.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="list the registered tasks")
-
-    _add_train_flags(commands.add_parser("train", help="train models with Trainer and evaluate length "
-                                                      "generalisation"))
-
-    evaluate = commands.add_parser("eval", help="evaluate saved models (save_pretrained directories)")
+def _add_eval_flags(evaluate: argparse.ArgumentParser) -> None:
     _add_common_eval_flags(evaluate)
     evaluate.add_argument("--model-dir", dest="model_dirs", nargs="+", required=True)
-    evaluate.add_argument("--fp-max-iter", dest="fp_max_iter", type=int, help="FP-Mamba iteration cap")
+    evaluate.add_argument("--fp-max-iter", dest="fp_max_iter", type=int,
+                          help="FP-Mamba iteration cap (not the diagonal ablation's: its one iteration is part of "
+                               "that model)")
     evaluate.add_argument("--fp-tol", dest="fp_tol", type=float)
 
-    budget = commands.add_parser("budget", help="one saved FP-Mamba at each length x iteration cap x solver")
+
+def _add_budget_flags(budget: argparse.ArgumentParser) -> None:
+    from fpmamba_hf.configuration_fpmamba import CHOICES
+
     budget.add_argument("--task", required=True)
-    budget.add_argument("--model-dir", dest="model_dir", type=Path, required=True)
+    budget.add_argument("--model-dir", dest="model_dir", type=Path, required=True,
+                        help="a saved FP-Mamba (not its diagonal ablation, Mamba-2 or the LSTM: they have no cap and "
+                             "solver to vary)")
     budget.add_argument("--lengths", type=int, nargs="+", required=True)
     budget.add_argument("--caps", type=int, nargs="+", required=True)
     budget.add_argument("--solvers", nargs="+", choices=CHOICES["fp_solver"], default=["picard"])
@@ -160,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=200)
     budget.add_argument("--output-dir", dest="output_dir", type=Path, required=True)
 
-    report_cmd = commands.add_parser("report", help="rebuild the results README, the model card's headline table "
-                                                    "and the plots")
+
+def _add_report_flags(report_cmd: argparse.ArgumentParser) -> None:
     report_cmd.add_argument("--results-dir", dest="results_dir", type=Path, default=Path("docs/results"),
                             help="every folder below holding a results.json is one run; its README.md is rewritten")
     report_cmd.add_argument("--card", type=Path, default=Path("MODEL_CARD.md"),
@@ -169,12 +168,36 @@ def build_parser() -> argparse.ArgumentParser:
     report_cmd.add_argument("--check", action="store_true",
                             help="write nothing; exit 1 (printing the diff) if the README or the card differs from "
                                  "the results")
+
+
+# `fpmamba task`'s subcommands: help line, flags.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None]] = {
+    "list": ("list the registered tasks", None),
+    "train": ("train models with Trainer and evaluate length generalisation", _add_train_flags),
+    "eval": ("evaluate saved models (save_pretrained directories)", _add_eval_flags),
+    "budget": ("one saved FP-Mamba at each length x iteration cap x solver", _add_budget_flags),
+    "report": ("rebuild the results README, the model card's headline table and the plots", _add_report_flags),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fpmamba", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = parser.add_subparsers(dest="group", required=True)
+    task = groups.add_parser("task", help="synthetic tasks: " + ", ".join(COMMANDS))
+    commands = task.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
+    for name, (text, add_flags) in COMMANDS.items():
+        commands.add_parser(name, help=text, add_flags=add_flags)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """The recipe, or without one the task family's defaults (harness.defaults), with every explicitly given
     flag applied on top."""
+    from .harness import ExperimentConfig, ModelSpec, TrainSettings, config_from_dict, load_config
+    from .harness.defaults import task_defaults
+    from .tasks import get_task
+
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("group", "command", "config")}
     if args.config:
         config = load_config(args.config)
@@ -185,9 +208,12 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
             raise SystemExit("fpmamba task train: give --config, or --task with --output-dir")
         named = {k: given[k] for k in ("task", "output_dir")}
         config = config_from_dict({"models": ["fpmamba"], **task_defaults(get_task(given["task"])), **named})
-    top = {k: v for k, v in given.items() if k in _TOP}
-    model = dataclasses.replace(config.model, **{k: v for k, v in given.items() if k in _MODEL})
-    training = dataclasses.replace(config.training, **{k: v for k, v in given.items() if k in _TRAINING})
+    # Flags whose dest is an ExperimentConfig / ModelSpec / TrainSettings field name set that field.
+    fields = {section: {f.name for f in dataclasses.fields(cls)}
+              for section, cls in (("top", ExperimentConfig), ("model", ModelSpec), ("training", TrainSettings))}
+    top = {k: v for k, v in given.items() if k in fields["top"] - {"model", "training"}}
+    model = dataclasses.replace(config.model, **{k: v for k, v in given.items() if k in fields["model"]})
+    training = dataclasses.replace(config.training, **{k: v for k, v in given.items() if k in fields["training"]})
     return dataclasses.replace(config, model=model, training=training, **top)
 
 
@@ -195,6 +221,8 @@ def command_drift(command: str, recorded: dict[str, Any], root: Path) -> Command
     """What `command`, a run's recorded `fpmamba task train` call, builds today (a --config recipe read below
     `root`) against `recorded`, the configuration in the run's results.json: None where it builds the same (fields
     added since the run are left out) or is not a `task train` call."""
+    from .report import CommandDrift
+
     words = shlex.split(command)
     start = words.index("fpmamba") + 1 if "fpmamba" in words else len(words)
     if words[start:start + 2] != ["task", "train"]:
@@ -224,6 +252,9 @@ def command_drift(command: str, recorded: dict[str, Any], root: Path) -> Command
 def _differences(recorded: dict[str, Any], today: dict[str, Any]):
     """(field, recorded value, today's) for each field of `recorded` (its sections flattened) set otherwise today;
     the model's switches that do not apply to its backbone are not compared (they changed nothing)."""
+    from fpmamba_hf import FPMambaConfig
+    from fpmamba_hf.configuration_fpmamba import switch_applies
+
     backbone = recorded.get("model", {}).get("backbone", FPMambaConfig().backbone)
     for key, value in recorded.items():
         if key in ("model", "training"):
@@ -257,6 +288,16 @@ def report(results_dir: Path, card: Path, check: bool) -> int:
     folders; with `check`, only compare: 1 and the diffs when the README or the card is out of date. Each run's
     command is rebuilt against its recorded configuration (recipes read below the card's folder), and the README
     says what to add where they differ."""
+    from .report import (
+        load_budget_studies,
+        load_runs,
+        render_card,
+        render_headline,
+        render_model_index,
+        render_results_readme,
+        write_plots,
+    )
+
     runs = [_with_drift(run, card.parent) for run in load_runs(results_dir)]
     if not runs:
         raise SystemExit(f"fpmamba task report: no results.json under {results_dir}")
@@ -286,6 +327,8 @@ def report(results_dir: Path, card: Path, check: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    from .tasks import TASKS, get_task
+
     if args.command == "list":
         for name, spec in TASKS.items():
             print(f"{name:20s} vocab {spec.vocab_size:4d}  paper train lengths {spec.train_lengths}, "
@@ -294,10 +337,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "report":
         return report(args.results_dir, args.card, check=args.check)
+    from .harness import run_evaluation, run_experiment
+    from .harness.budget import budget_study, budget_table, load_budget_model, write_budget
+    from .harness.reporting import write_run_metadata
+
     start = time.perf_counter()
     if args.command == "budget":
-        model = FPMambaForCausalLM.from_pretrained(args.model_dir)
-        rows = budget_study(model, get_task(args.task), args.lengths, args.caps, args.solvers, args.eval_examples,
+        task = get_task(args.task)
+        model = load_budget_model(args.model_dir)
+        rows = budget_study(model, task, args.lengths, args.caps, args.solvers, args.eval_examples,
                             args.eval_batch_size)
         payload = {"task": args.task, "model_dir": str(args.model_dir), "eval_examples": args.eval_examples,
                    "fp_tol": model.config.fp_tol, "fp_anderson_m": model.config.fp_anderson_m}

@@ -7,7 +7,8 @@ with g = f(y) - y, and replaces the damped Picard step by the mixed one:
 With gamma = 0 this is the damped Picard step delta f_k + (1 - delta) y_k. The small (m, m) least squares run in fp64
 on a Gram matrix updated by one column per iteration, so a step reads the history three times whatever m (the new
 column with the right-hand side, then the two mixes). A row whose mixed step
-is not finite takes the Picard step instead. Rows are independent: no row's step reads another row's history.
+is not finite takes the Picard step instead, and a row that stalls restarts as a Picard row (`fixed_point.solve`,
+`stop`). Rows are independent: no row's step reads another row's history.
 Memory: 2 m + 2 copies of the iterate. The Triton decode kernel (ops/decode_triton.py) runs its own Picard loop, so with
 this solver decode steps take the reference path (`kernels.decode_step`).
 """
@@ -37,7 +38,12 @@ class AndersonHistory:
         self.f_prev = y0.new_zeros(batch, n)
         self.g_prev = y0.new_zeros(batch, n)
         self.gram = torch.zeros(batch, m, m, dtype=torch.float64, device=y0.device)
+        self.mixing = torch.ones(batch, dtype=torch.bool, device=y0.device)  # False: the row takes Picard steps
         self.count = 0
+
+    def stop(self, rows: torch.Tensor, which: torch.Tensor) -> None:
+        """Rows `rows` (r,) where `which` (r,) bool is True take Picard steps from now on (no host sync)."""
+        self.mixing[rows] = self.mixing[rows] & ~which
 
     def step(
         self, rows: torch.Tensor, y: torch.Tensor, f: torch.Tensor, delta: torch.Tensor, picard: torch.Tensor
@@ -71,7 +77,7 @@ class AndersonHistory:
         mixed_f = f - torch.bmm(gamma, dF)[:, 0]
         mixed_g = g - torch.bmm(gamma, dG)[:, 0]
         step = mixed_f - (1 - delta[:, None]) * mixed_g
-        ok = torch.isfinite(step).all(-1, keepdim=True)
+        ok = torch.isfinite(step).all(-1, keepdim=True) & self._take(self.mixing, rows, full)[:, None]
         return torch.where(ok, step, picard.reshape(r, -1)).view(picard.shape)
 
     @staticmethod

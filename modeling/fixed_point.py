@@ -239,12 +239,24 @@ def solve(
         best[active] = torch.where(improved, r, best[active])
         st = torch.where(improved, torch.zeros_like(stall[active]), stall[active] + 1)
         shrink = st >= settings.damping_patience
+        restart = torch.zeros_like(shrink)
+        if anderson is not None:
+            # A stalled Anderson row has failed (it can stagnate, or head for another fixed point, where Picard
+            # iteration converges): it restarts from y0 as a Picard row, its damping schedule from the start, and
+            # so ends where Picard iteration does.
+            restart = shrink & anderson.mixing[active]
+            shrink = shrink & ~restart
+            best[active] = torch.where(restart, torch.inf, best[active])
+            d = torch.where(restart, float(settings.damping), d)
         delta[active] = torch.where(shrink, (d * settings.damping_decay).clamp_min(settings.min_damping), d)
-        stall[active] = torch.where(shrink, torch.zeros_like(st), st)
+        stall[active] = torch.where(shrink | restart, torch.zeros_like(st), st)
         dd = d.view(-1, *([1] * (yhat.dim() - 1)))
         stepped = dd * yhat + (1 - dd) * y_act
         if anderson is not None:
             stepped = anderson.step(active, y_act, yhat, d, stepped)
+            anderson.stop(active, restart)
+            start = y0 if active.numel() == batch else y0[active]
+            stepped = torch.where(restart.view(-1, *([1] * (yhat.dim() - 1))), start, stepped)
         elif settings.solver == "newton" and k > NEWTON_AFTER:
             stepped = newton_step(f, active, y_act, yhat, d, stepped)
         if active.numel() == batch:

@@ -265,9 +265,10 @@ class FixedPointLayer(nn.Module):
         finite_checked: bool = False,
         fp_solve_chunk: int | None = None,
     ) -> LayerOutput:
-        """hidden_states (b, T, hidden); attention_mask (b, T) with 1 for real tokens (left padding only);
-        state: the previous call's (continues the sequence). T = 1 with a state and no autograd is a decode step;
-        a token that needs gradients takes the parallel path, which handles T = 1 with a state exactly.
+        """hidden_states (b, T, hidden); attention_mask (b, T) with 1 for real tokens (padding before and/or after
+        a row's real tokens: masked positions leave the state untouched); state: the previous call's (continues the
+        sequence). T = 1 with a state and no autograd is a decode step; a token that needs
+        gradients takes the parallel path, which handles T = 1 with a state exactly.
         sync: makes data-parallel ranks agree to continue each iteration (see fixed_point.solve).
         replay: activation checkpointing; an empty one records y*, a filled one is applied instead of solving.
         finite_checked: the caller checks the output's finiteness itself (the model's stage flags), so a solve with no

@@ -1,11 +1,14 @@
-"""Norms used inside the fixed-point map."""
+"""Norms used inside the fixed-point map; `rms_normalize` is every RMSNorm's normalisation (large finite inputs
+included)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from .ops.readout_reference import gated_rms_norm
+from .ops.readout_reference import gated_rms_norm, rms_normalize
+
+__all__ = ["GatedRMSNorm", "rms_normalize"]
 
 
 class GatedRMSNorm(nn.Module):

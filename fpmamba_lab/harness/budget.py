@@ -8,16 +8,51 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fpmamba_core.settings import check_call_budget
+from transformers import AutoConfig
+from transformers.configuration_utils import PreTrainedConfig
+
 from fpmamba_hf import FPMambaForCausalLM
+from fpmamba_hf.configuration_fpmamba import CHOICES
 
 from ..tasks import TaskSpec
-from .evaluation import evaluate_lengths
+from .data import require_positive_int
+from .evaluation import check_evaluation, evaluate_lengths
+from .models import model_kind
+
+
+def check_budget_model(config: PreTrainedConfig, where: str) -> None:
+    """Refuse a model the study does not apply to, naming its kind (`where` says whose config it is): only an
+    FP-Mamba has a cap and a solver to vary (the diagonal ablation's one iteration is part of that model; Mamba-2
+    and the LSTM have no solver)."""
+    kind = model_kind(config)
+    if kind == "diagonal":
+        raise ValueError(f"{where}: FP-Mamba's diagonal ablation, whose one iteration is part of the model; an "
+                         "iteration-cap and solver study does not apply to it")
+    if kind != "fpmamba":
+        raise ValueError(f"{where}: a {kind!r} model (model_type {config.model_type!r}), which has no fixed-point "
+                         "solver; the budget study needs an FP-Mamba")
+
+
+def load_budget_model(model_dir: str | Path) -> FPMambaForCausalLM:
+    """The saved FP-Mamba in `model_dir`, its config checked (`check_budget_model`) before any weights are read."""
+    check_budget_model(AutoConfig.from_pretrained(model_dir), str(model_dir))
+    return FPMambaForCausalLM.from_pretrained(model_dir)
 
 
 def budget_study(model: FPMambaForCausalLM, task: TaskSpec, lengths: list[int], caps: list[int], solvers: list[str],
                  num_examples: int, batch_size: int, progress_bar: bool = False) -> list[dict]:
     """One row per (solver, cap, length): the same rows of the task at every setting (seeded per length). The
-    model's fp_solver is restored afterwards."""
+    model's fp_solver is restored afterwards. Every setting is checked before the first evaluation."""
+    check_budget_model(model.config, "budget_study's model")
+    check_evaluation(num_examples, batch_size)
+    for length in lengths:
+        require_positive_int("each length", length)
+    for cap in caps:
+        check_call_budget(cap, None)
+    unknown = [s for s in solvers if s not in CHOICES["fp_solver"]]
+    if unknown:
+        raise ValueError(f"unknown solvers {unknown}; choose from {CHOICES['fp_solver']}")
     rows = []
     original = model.config.fp_solver
     try:
@@ -58,4 +93,4 @@ def write_budget(output_dir: Path, payload: dict, rows: list[dict]) -> dict[str,
     return files
 
 
-__all__ = ["budget_study", "budget_table", "write_budget"]
+__all__ = ["budget_study", "budget_table", "check_budget_model", "load_budget_model", "write_budget"]

@@ -14,26 +14,36 @@ if TYPE_CHECKING:
 
 
 def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack task rows into `input_ids`, `labels` and `shift_labels` (LongTensor (batch, T)).
+    """Stack task rows into `input_ids`, `shift_labels` and `labels` (LongTensor (batch, T)).
 
-    Task labels are aligned (labels[:, i] is the target of the output at position i), so they go to the models'
-    causal-LM loss (transformers' ForCausalLMLoss) as `shift_labels`, which it uses as they are instead of shifting
-    `labels`. `labels` (the same tensor) is there because Trainer and transformers' Mamba2 compute a loss only when
-    it is; Trainer counts the targets (`num_items_in_batch`) on `shift_labels`.
-    The attention mask is left out on purpose: task rows are right padded, FP-Mamba accepts left padding only, and
-    in a causal model trailing padding cannot change the outputs at the real positions before it.
+    The rows' `shift_labels` are aligned (shift_labels[:, i] is the target of the output at position i), which is
+    how the models' causal-LM loss (transformers' ForCausalLMLoss) takes them. `labels` (the same tensor) is added
+    because transformers' Mamba2 computes a loss only when it is given, and Trainer counts the targets of a batch
+    (`num_items_in_batch`, which weighs every target equally under gradient accumulation) only when a batch has
+    it; the loss itself uses `shift_labels` and never shifts `labels`. With transformers' default collator instead
+    (no `labels`), FP-Mamba and the LSTM train the same (docs/tasks.md, "Training on the task datasets").
+    Task rows are right padded and carry no attention mask: in a causal model trailing padding cannot change the
+    outputs at the real positions before it.
     """
-    labels = torch.as_tensor(np.stack([np.asarray(r["labels"]) for r in rows]), dtype=torch.long)
+    shift_labels = torch.as_tensor(np.stack([np.asarray(r["shift_labels"]) for r in rows]), dtype=torch.long)
     return {
         "input_ids": torch.as_tensor(np.stack([np.asarray(r["input_ids"]) for r in rows]), dtype=torch.long),
-        "labels": labels,
-        "shift_labels": labels,
+        "shift_labels": shift_labels,
+        "labels": shift_labels,
     }
+
+
+def require_positive_int(name: str, value: Any) -> None:
+    """A ValueError naming `name` unless `value` is a positive int (a bool is refused: True would count as 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def eval_lengths(train_length: int, factor: int = 4, max_points: int = 32) -> list[int]:
     """Lengths from 2 to `factor` x `train_length`, evenly stepped (at most about `max_points`), always including
-    the training length and the longest length."""
+    the training length and the longest length. Each argument must be a positive integer (a ValueError names it)."""
+    for name, value in (("train_length", train_length), ("eval_factor", factor), ("eval_points", max_points)):
+        require_positive_int(name, value)
     longest = factor * train_length
     step = max(1, -(-(longest - 2) // max_points))
     lengths = set(range(2, longest + 1, step)) | {train_length, longest}
@@ -68,4 +78,4 @@ def curriculum_rows(task: TaskSpec, caps: list[int], batch_size: int, min_length
     ])
 
 
-__all__ = ["collate", "curriculum_caps", "curriculum_rows", "eval_lengths"]
+__all__ = ["collate", "curriculum_caps", "curriculum_rows", "eval_lengths", "require_positive_int"]

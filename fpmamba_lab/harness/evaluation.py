@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
+from fpmamba_core.settings import check_call_budget
 from tqdm.auto import tqdm
 
 from fpmamba_hf import FPMambaForCausalLM
 
 from ..tasks import TaskSpec, copying
-from .data import collate
+from .data import collate, require_positive_int
+from .models import model_kind
 
 # The headline metric of each task family, first match wins: word problems, copy, modular arithmetic (the paper's
 # scaled accuracy, 0 at chance), parity.
@@ -47,6 +50,29 @@ def primary_metric(metrics: dict[str, float]) -> str:
         if name in metrics:
             return name
     raise KeyError(f"none of {PRIMARY_METRICS} among the metrics {sorted(metrics)}")
+
+
+def evaluation_budget(model: nn.Module, fp_max_iter: int | None, fp_tol: float | None) -> dict[str, float | int]:
+    """The per-call solver overrides `model` is evaluated with: both for an FP-Mamba; for its diagonal ablation only
+    fp_tol, since its one iteration is part of that model (more would make it another model, and change its
+    logits), so a cap given for a whole run leaves it alone (with a warning); none for models without a solver."""
+    if not isinstance(model, FPMambaForCausalLM):
+        return {}
+    if fp_max_iter is not None and model_kind(model.config) == "diagonal":
+        warnings.warn(f"fp_max_iter={fp_max_iter} is not applied to the diagonal ablation: its one iteration is part "
+                      "of the model", stacklevel=2)
+        fp_max_iter = None
+    return {k: v for k, v in (("fp_max_iter", fp_max_iter), ("fp_tol", fp_tol)) if v is not None}
+
+
+def check_evaluation(num_examples: int, batch_size: int, fp_max_iter: int | None = None,
+                     fp_tol: float | None = None) -> None:
+    """Refuse evaluation settings that would fail or mean nothing, before any model is trained or loaded (a
+    ValueError names the setting): rows per length and batch size positive integers, the solver overrides as
+    forward() takes them (`fpmamba_core.settings.check_call_budget`). The lengths are `data.eval_lengths`'s."""
+    require_positive_int("eval_examples", num_examples)
+    require_positive_int("eval_batch_size", batch_size)
+    check_call_budget(fp_max_iter, fp_tol)
 
 
 @torch.no_grad()
@@ -86,11 +112,9 @@ def evaluate_length(
     fp_max_iter: int | None = None, fp_tol: float | None = None,
 ) -> LengthResult:
     """Evaluate on `num_examples` fresh rows of exactly `length` (seeded per length, so every model sees the
-    same rows). fp_max_iter / fp_tol override an FP-Mamba's evaluation budget for this call."""
+    same rows). fp_max_iter / fp_tol override an FP-Mamba's evaluation budget for this call (`evaluation_budget`)."""
     dataset = task.build(num_examples, length, length, seed + length)
-    fp_kwargs = {}
-    if isinstance(model, FPMambaForCausalLM):
-        fp_kwargs = {k: v for k, v in (("fp_max_iter", fp_max_iter), ("fp_tol", fp_tol)) if v is not None}
+    fp_kwargs = evaluation_budget(model, fp_max_iter, fp_tol)
     device = next(model.parameters()).device
     tol = fp_tol if fp_tol is not None else getattr(getattr(model, "config", None), "fp_tol", None)
     preds, labels, iterations, unconverged = [], [], [], []
@@ -98,7 +122,7 @@ def evaluate_length(
         batch = collate(dataset.select(range(start, min(start + batch_size, num_examples))))
         out = model(input_ids=batch["input_ids"].to(device), **fp_kwargs)
         preds.append(out.logits.argmax(-1).cpu())
-        labels.append(batch["labels"])
+        labels.append(batch["shift_labels"])
         its = getattr(out, "fp_iterations", None)
         if its is not None:
             iterations.append(its.float().mean(dim=1).cpu())  # per sequence, averaged over layers
@@ -140,8 +164,10 @@ __all__ = [
     "GENERATED_PREFIX",
     "PRIMARY_METRICS",
     "autoregressive_copy_metrics",
+    "check_evaluation",
     "evaluate_length",
     "evaluate_lengths",
+    "evaluation_budget",
     "greedy_continuations",
     "primary_metric",
 ]

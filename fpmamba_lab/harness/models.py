@@ -111,6 +111,14 @@ def build_model(
     return model_class(config)
 
 
+def model_kind(config: PreTrainedConfig) -> str:
+    """Which of MODEL_KINDS a model of `config` is (a saved model's, e.g.); another model's `model_type` as it is.
+    The diagonal ablation is the FP-Mamba whose config holds DIAGONAL's settings."""
+    if isinstance(config, FPMambaConfig):
+        return "diagonal" if all(getattr(config, k) == v for k, v in DIAGONAL.items()) else "fpmamba"
+    return {LSTMConfig.model_type: "lstm", Mamba2Config.model_type: "mamba2"}.get(config.model_type, config.model_type)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -118,5 +126,5 @@ def count_parameters(model: nn.Module) -> int:
 
 __all__ = [
     "DEFAULT_LAYERS", "DIAGONAL", "HARNESS_DEFAULTS", "MAMBA2_KNOBS", "MODEL_KINDS", "ModelSpec", "SET_BY_RUN",
-    "build_model", "count_parameters", "model_config",
+    "build_model", "count_parameters", "model_config", "model_kind",
 ]

@@ -16,7 +16,7 @@ from fpmamba_hf import FPMambaConfig
 
 from ..tasks import get_task
 from .data import curriculum_caps, curriculum_rows, eval_lengths
-from .evaluation import LengthResult, evaluate_lengths
+from .evaluation import LengthResult, check_evaluation, evaluate_lengths
 from .models import ModelSpec, build_model, count_parameters
 from .reporting import format_table, plot_results, write_results
 from .training import TrainSettings, train
@@ -29,10 +29,11 @@ class ExperimentConfig:
     longest training length grows from curriculum_start_length to train_length over that fraction of the steps
     (`data.curriculum_caps`; rows in that order, one pass). Evaluation covers 2 .. eval_factor x train_length (at
     most eval_points lengths) with eval_examples fresh rows per length. eval_fp_max_iter / eval_fp_tol override an
-    FP-Mamba's budget per evaluation call; eval_fp_solve_chunk / eval_fp_solver (None: as trained) are set on a
-    trained FP-Mamba's config before its evaluation, so it is evaluated, saved and generates with them (e.g. trained
-    with whole-sequence solves, evaluated chunk by chunk with Anderson steps: docs/method.md, "How many
-    iterations")."""
+    FP-Mamba's budget per evaluation call (the diagonal ablation keeps its one iteration, part of that model);
+    eval_fp_solve_chunk / eval_fp_solver (None: as trained) are set on a trained FP-Mamba's config before its
+    evaluation, so it is evaluated, saved and generates with them (e.g. trained with whole-sequence solves, evaluated
+    chunk by chunk with Anderson steps: docs/method.md, "How many iterations"). Every evaluation setting is checked
+    before training."""
 
     task: str
     models: list[str]
@@ -102,10 +103,12 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
     """Train and evaluate every model of `config`, then write results.json, results.csv, table.txt and plots."""
     task = get_task(config.task)
     out_dir = Path(config.output_dir)
-    set_evaluation_solve(FPMambaConfig(), config.eval_fp_solve_chunk, config.eval_fp_solver)  # refused before training
+    # Every evaluation setting is refused before training, not after it.
+    lengths = eval_lengths(config.train_length, config.eval_factor, config.eval_points)
+    check_evaluation(config.eval_examples, config.eval_batch_size, config.eval_fp_max_iter, config.eval_fp_tol)
+    set_evaluation_solve(FPMambaConfig(), config.eval_fp_solve_chunk, config.eval_fp_solver)
     min_len = task.shortest_training_row(config.train_length, config.min_train_length)
     train_rows = _training_rows(config, task, min_len)
-    lengths = eval_lengths(config.train_length, config.eval_factor, config.eval_points)
 
     results: dict[str, list[LengthResult]] = {}
     summaries: dict[str, dict] = {}
@@ -153,9 +156,12 @@ def run_evaluation(
     fp_max_iter: int | None = None, fp_tol: float | None = None, progress_bar: bool = True,
 ) -> ExperimentResult:
     """Evaluate saved models (any AutoModelForCausalLM directory: FP-Mamba, Mamba2, the LSTM) on one task and
-    write the same files as run_experiment; models are named by their directory name."""
+    write the same files as run_experiment; models are named by their directory name. fp_max_iter / fp_tol apply
+    to the FP-Mamba models (the diagonal ablation keeps its one iteration: `evaluation.evaluation_budget`); every
+    setting is checked before a model is loaded."""
     task = get_task(task_name)
     lengths = eval_lengths(train_length, eval_factor, eval_points)
+    check_evaluation(eval_examples, eval_batch_size, fp_max_iter, fp_tol)
     results: dict[str, list[LengthResult]] = {}
     models: dict[str, nn.Module] = {}
     for model_dir in map(Path, model_dirs):

@@ -20,7 +20,7 @@ from transformers import Trainer, TrainingArguments
 
 from fpmamba_hf import FixedPointLogCallback
 
-from .data import collate
+from .data import collate, require_positive_int
 
 
 @dataclass
@@ -40,9 +40,7 @@ class TrainSettings:
     def __post_init__(self) -> None:
         # Trainer reads max_steps <= 0 as "train by epochs" (3 of them) and one step as 0: refuse, do not reinterpret.
         for name in ("steps", "batch_size", "logging_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainSettings.{name} must be a positive integer, got {value!r}")
+            require_positive_int(f"TrainSettings.{name}", getattr(self, name))
         if not self.learning_rate > 0:
             raise ValueError(f"TrainSettings.learning_rate must be > 0, got {self.learning_rate!r}")
         if not 0 <= self.warmup_fraction < 1 or self.weight_decay < 0 or self.max_grad_norm < 0:

@@ -2,16 +2,20 @@
 
 Every task yields rows with the same columns, all generated locally from a seed:
 
-* ``input_ids``, ``labels``, ``attention_mask``: equal-width int rows, *right*
-  padded with the task's PAD id (labels ``-100`` and mask 0 on padding), so
-  any batch of rows stacks without a collate function;
+* ``input_ids``, ``shift_labels``: equal-width int rows, *right* padded with the
+  task's PAD id (``shift_labels`` ``-100`` on padding and on unsupervised
+  positions), so any batch of rows stacks without a collate function;
 * ``length``: the task-level length (word / string / expression / bit count).
 
-Labels are **aligned**: ``labels[:, i]`` is the target of the model output at
-position ``i`` (no next-token shift). Train with
-``cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)``,
-or pass the labels as ``shift_labels`` to transformers' ``ForCausalLMLoss``.
-Metrics take ``pred_ids = logits.argmax(-1)`` and ``labels`` of the same shape.
+Targets are **aligned**: ``shift_labels[:, i]`` is the target of the model output
+at position ``i`` (no next-token shift). That is what transformers' causal-LM
+loss (``ForCausalLMLoss``) takes under the name ``shift_labels``, so FP-Mamba and
+the lab's LSTM score them as they are, and transformers' ``Trainer`` with its
+default collator trains on them given ``TrainingArguments(label_names=
+["shift_labels"])`` (docs/tasks.md, "Training on the task datasets"). Elsewhere,
+train with ``cross_entropy(logits.flatten(0, 1), shift_labels.flatten(),
+ignore_index=-100)``. Metrics take ``pred_ids = logits.argmax(-1)`` and the
+aligned targets of the same shape.
 
 Use :func:`get_task` for a uniform :class:`TaskSpec`; the task modules hold
 the details (token layouts, supervision, metric definitions).
@@ -46,7 +50,7 @@ class TaskSpec:
         eos_token_id: id that ends the target (stop token for ``generate()``), or ``None``.
         train_lengths: paper's ``(min_len, max_len)`` for training.
         eval_lengths: paper's ``(min_len, max_len)`` for evaluation.
-        supervises_prefixes: whether a row's labels hold the answer after every token (word problems), so that
+        supervises_prefixes: whether a row's targets hold the answer after every token (word problems), so that
             training on length ``L`` also trains every shorter length; otherwise only whole rows are supervised.
         build: ``build(num_examples, min_len, max_len, seed, pad_to=None, cache_dir=None)``.
         metrics: ``metrics(pred_ids, labels) -> dict[str, float]`` on aligned ``(N, T)`` arrays.

@@ -1,10 +1,14 @@
 """Shared helpers: padded dataset assembly, on-disk caching and array conversion.
 
-Label convention used by every task: ``labels[i]`` is the target for the model
-output at position ``i`` (logits ``[:, i]``), *without* the next-token shift that
-Hugging Face causal-LM losses apply; ``IGNORE_INDEX`` marks unsupervised
-positions. All datasets are right-padded to a fixed width, so rows stack into
-batches directly (``attention_mask`` is 1 on real tokens, 0 on padding).
+Target convention used by every task: ``shift_labels[i]`` is the target for the
+model output at position ``i`` (logits ``[:, i]``), *without* the next-token shift
+that Hugging Face causal-LM losses apply to ``labels``; ``IGNORE_INDEX`` marks
+unsupervised positions. The column is named ``shift_labels`` because that is the
+name under which transformers' causal-LM loss takes targets that are already
+aligned (a ``labels`` column would be shifted once more inside the model). All
+datasets are right-padded to a fixed width, so rows stack into batches directly.
+There is no ``attention_mask`` column: trailing padding cannot change a causal
+model's outputs before it, and FP-Mamba is not given a right-padded mask.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 IGNORE_INDEX = -100
 
 # Bump when the generated content of any task changes, so stale caches are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: aligned targets under `shift_labels`, no attention_mask
 
 
 def row_width(min_length: int, max_length: int, longest: int, pad_to: int | None) -> int:
@@ -48,21 +52,13 @@ def pad_rows(
     return out
 
 
-def make_dataset(
-    input_ids: np.ndarray, labels: np.ndarray, real_tokens: np.ndarray, length: np.ndarray
-) -> datasets.Dataset:
-    """Assemble the standard columns from ``(N, T)`` arrays.
-
-    ``real_tokens[n]`` is the number of non-padding tokens of row ``n``; ``length``
-    is the task-level length (word length, string length, ...) kept for metrics.
-    """
-    width = input_ids.shape[1]
-    attention_mask = (np.arange(width)[None, :] < np.asarray(real_tokens)[:, None]).astype(np.int8)
+def make_dataset(input_ids: np.ndarray, shift_labels: np.ndarray, length: np.ndarray) -> datasets.Dataset:
+    """Assemble the standard columns: ``input_ids`` and aligned ``shift_labels`` ``(N, T)``, and ``length`` ``(N,)``,
+    the task-level length (word length, string length, ...) kept for metrics."""
     return datasets.Dataset.from_dict(
         {
             "input_ids": input_ids.astype(np.int32),
-            "labels": labels.astype(np.int32),
-            "attention_mask": attention_mask,
+            "shift_labels": shift_labels.astype(np.int32),
             "length": np.asarray(length, dtype=np.int32),
         }
     )

@@ -10,11 +10,11 @@ letters from id 4 (``a`` = 4, ``b`` = 5, ...). The default 25 letters give the
 paper's vocabulary size 29; how the paper's 29 splits into letters and symbols
 is uncertain (docs/method.md, "Copying"), so ``num_letters`` is a parameter.
 
-Rows (aligned labels, right padding), for ``s = x_1 .. x_n``::
+Rows (aligned targets, right padding), for ``s = x_1 .. x_n``::
 
-    input_ids = [$,    x_1,  ..., x_n,  |,   x_1, ..., x_n, .,    PAD, ...]
-    labels    = [-100, -100, ..., -100, x_1, x_2, ..., .,   -100, -100, ...]
-    length    = n
+    input_ids    = [$,    x_1,  ..., x_n,  |,   x_1, ..., x_n, .,    PAD, ...]
+    shift_labels = [-100, -100, ..., -100, x_1, x_2, ..., .,   -100, -100, ...]
+    length       = n
 
 This module pads rows to a fixed width; it does not pack examples into windows.
 """
@@ -86,7 +86,7 @@ def copy_dataset(
         # Output at position j predicts token j+1, supervised for the copy and the ".".
         next_tokens = np.concatenate([input_ids[:, 1:], np.full((num_examples, 1), PAD_ID)], axis=1)
         labels = np.where((j >= n + 1) & (j <= 2 * n + 1), next_tokens, IGNORE_INDEX)
-        return make_dataset(input_ids, labels, 2 * n[:, 0] + 3, n[:, 0])
+        return make_dataset(input_ids, labels, n[:, 0])
 
     params = {"n": num_examples, "min_length": min_length, "max_length": max_length,
               "seed": seed, "num_letters": num_letters, "pad_to": width}

@@ -15,11 +15,11 @@ binds tighter than binary ``+``/``-``, binary operators are left-associative,
 and the result is taken mod 5 in ``0..4``. Since reduction mod 5 is a ring
 homomorphism, reducing at every step gives the same result as reducing once.
 
-Rows (aligned labels, right padding), for an expression ``e_1 .. e_L`` with value ``r``::
+Rows (aligned targets, right padding), for an expression ``e_1 .. e_L`` with value ``r``::
 
-    input_ids = [e_1,  ..., e_L,  =,    r,    PAD, ...]
-    labels    = [-100, ..., -100, r,    -100, -100, ...]   # only the output at "=" is supervised
-    length    = L   (expression tokens; the sequence has L + 2 real tokens)
+    input_ids    = [e_1,  ..., e_L,  =,    r,    PAD, ...]
+    shift_labels = [-100, ..., -100, r,    -100, -100, ...]   # only the output at "=" is supervised
+    length       = L   (expression tokens; the sequence has L + 2 real tokens)
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def modular_arithmetic_dataset(
         lengths_arr = np.array(lengths, dtype=np.int64)
         input_ids = pad_rows(rows, width, PAD_ID)
         labels = pad_rows(label_rows, width, IGNORE_INDEX)
-        return make_dataset(input_ids, labels, lengths_arr + 2, lengths_arr)
+        return make_dataset(input_ids, labels, lengths_arr)
 
     params = {"n": num_examples, "min_length": min_length, "max_length": max_length,
               "seed": seed, "pad_to": width}

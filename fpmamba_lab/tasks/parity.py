@@ -8,11 +8,11 @@ form of the task (Deletang et al. 2023). Per-position running parity would be
 a denser, easier signal; we keep the harder end-only version so that the metric
 is "is the whole string's parity right".
 
-Rows (aligned labels, right padding), for bits ``b_1 .. b_n``::
+Rows (aligned targets, right padding), for bits ``b_1 .. b_n``::
 
-    input_ids = [b_1,  ..., b_{n-1}, b_n,            PAD, ...]
-    labels    = [-100, ..., -100,    sum(b) mod 2,   -100, ...]
-    length    = n
+    input_ids    = [b_1,  ..., b_{n-1}, b_n,            PAD, ...]
+    shift_labels = [-100, ..., -100,    sum(b) mod 2,   -100, ...]
+    length       = n
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def parity_dataset(
         input_ids = np.where(j < n[:, None], bits, PAD_ID)
         parity = np.where(j < n[:, None], bits, 0).sum(axis=1) % 2
         labels = np.where(j == n[:, None] - 1, parity[:, None], IGNORE_INDEX)
-        return make_dataset(input_ids, labels, n, n)
+        return make_dataset(input_ids, labels, n)
 
     params = {"n": num_examples, "min_length": min_length, "max_length": max_length,
               "seed": seed, "pad_to": width}

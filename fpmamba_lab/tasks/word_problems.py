@@ -11,12 +11,11 @@ Token layout for a group of order ``n``:
 * ids ``n + 2 .. n + 6`` are reserved and never produced, so that the vocabulary
   is ``n + 7`` as in the paper (67 for A5, 127 for S5).
 
-Rows (aligned labels, right padding)::
+Rows (aligned targets, right padding)::
 
-    input_ids      = [BOS, g_1, ..., g_k, PAD, ...]
-    labels         = [-100, p_1, ..., p_k, -100, ...]   # p_t = g_1 * ... * g_t
-    attention_mask = [1,    1,   ..., 1,   0,    ...]
-    length         = k
+    input_ids    = [BOS, g_1, ..., g_k, PAD, ...]
+    shift_labels = [-100, p_1, ..., p_k, -100, ...]   # p_t = g_1 * ... * g_t
+    length       = k
 """
 
 from __future__ import annotations
@@ -85,7 +84,7 @@ def word_problem_dataset(
         input_ids[:, 0] = bos_id(group.order)
         input_ids[:, 1 : length + 1] = np.where(real, words, pad_id(group.order))
         labels[:, 1 : length + 1] = np.where(real, prefix, IGNORE_INDEX)
-        return make_dataset(input_ids, labels, lengths + 1, lengths)
+        return make_dataset(input_ids, labels, lengths)
 
     params = {"group": group.name, "n": num_examples, "length": length, "seed": seed,
               "min_length": min_length, "pad_to": width}

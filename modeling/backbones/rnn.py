@@ -151,6 +151,8 @@ class RNNLayer(FixedPointLayer):
         verdict costs one host sync and is kept until the gain changes (its tensor or in-place version counter)."""
         if self.channel_mixer.proj is None:
             return False
+        if torch.compiler.is_compiling():  # a traced step keeps the eager verdict (no sync, no version counter)
+            return getattr(self, "_reads_iterate", True)
         key = (id(self.channel_mixer.gain), self.channel_mixer.gain._version)
         if getattr(self, "_reads_iterate_key", None) != key:
             with torch.no_grad():  # saves nothing for backward: a checkpoint's recompute, which skips this, must match

@@ -73,6 +73,7 @@ class ChannelMixer(nn.Module):
             in_dim = proj_rank
         self.proj = nn.Linear(in_dim, sum(self.split_sizes), bias=True)
         self.gain = nn.Parameter(torch.ones(1))  # shape (1,), not (): FSDP2's fully_shard rejects 0-dim parameters
+        self._finite_gain: tuple[int, int] | None = None  # the gain (tensor, version) last checked finite
         self.reset_parameters()
 
     def projections(self) -> tuple[nn.Module, ...]:
@@ -145,8 +146,25 @@ class ChannelMixer(nn.Module):
         instead of freezing it where a clamp's gradient is zero.
         """
         raw = acc(self.gain[0])
+        self._check_finite_gain(raw)
         folded = torch.remainder(torch.where(raw >= 0, raw, -raw), 2.0)
         return torch.where(folded <= 1.0, folded, 2.0 - folded)
+
+    def _check_finite_gain(self, raw: torch.Tensor) -> None:
+        """Raise FloatingPointError for a NaN or infinite gain. Its fold would be NaN, which the layers' test for
+        Q = I (strength > 0) reads as a zero strength: the mixer would silently drop out. One host sync per change of
+        the gain (its tensor or in-place version), none in a traced step (the eager call before it checked)."""
+        if torch.compiler.is_compiling():
+            return
+        key = (id(self.gain), self.gain._version)
+        if key == self._finite_gain:
+            return
+        if not bool(torch.isfinite(raw)):
+            raise FloatingPointError(
+                f"the channel mixer's gain is {raw.item()} (a non-finite parameter): the weights are broken; load "
+                "finite ones (a diverged training step, or a bad checkpoint)"
+            )
+        self._finite_gain = key
 
     def strength(self) -> torch.Tensor:
         """c * g: the factor in front of every term of Q - I, a () tensor."""

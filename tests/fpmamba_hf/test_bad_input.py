@@ -24,10 +24,10 @@ def test_empty_sequence(model):
         model(torch.zeros(2, 0, dtype=torch.long))
 
 
-def test_right_padded_mask(model):
+def test_padding_inside_a_sequence(model):
     ids = torch.randint(0, VOCAB, (2, 5))
-    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    with pytest.raises(ValueError, match="right padding"):
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 0, 1, 0]])  # right padding alone is accepted (test_right_padding.py)
+    with pytest.raises(ValueError, match="padding inside a sequence"):
         model(ids, attention_mask=mask)
 
 

@@ -14,7 +14,8 @@ from fpmamba_hf.decoding import _ACTIVE, DecodeRunner
 from tests.fpmamba_hf.helpers import VOCAB, tiny_model
 
 PUBLIC = {"self", "input_ids", "inputs_embeds", "cache", "use_cache", "output_hidden_states", "return_dict",
-          "attention_mask", "fp_max_iter", "fp_tol", "fp_solve_chunk", "kwargs"}
+          "attention_mask", "fp_max_iter", "fp_tol", "fp_solve_chunk", "kwargs",
+          "position_ids", "seq_idx", "cu_seqlens"}  # the packed documents' boundaries (fpmamba_hf/packing.py)
 
 
 @pytest.mark.parametrize("cls, extra", [(FPMambaModel, set()), (FPMambaForCausalLM, {"labels", "logits_to_keep"})])

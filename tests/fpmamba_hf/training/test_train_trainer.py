@@ -26,7 +26,7 @@ def _aligned_dataset(rows: int, length: int, seed: int) -> datasets.Dataset:
     targets = token_batch(rows, length, seed + 1)
     keep = torch.arange(length)[None, :] < (1 + (torch.arange(rows) * 5) % length)[:, None]
     labels = torch.where(keep, targets, torch.full_like(targets, -100))
-    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
+    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "shift_labels": labels.tolist()})
 
 
 def _args(out, **overrides) -> TrainingArguments:
@@ -40,7 +40,7 @@ def test_shift_labels_loss_is_aligned_cross_entropy() -> None:
     """shift_labels are used as given (no shift); num_items_in_batch turns the mean into sum / items."""
     model = tiny_model().eval()
     data = _aligned_dataset(4, 10, seed=5)
-    ids, labels = torch.tensor(data["input_ids"]), torch.tensor(data["labels"])
+    ids, labels = torch.tensor(data["input_ids"]), torch.tensor(data["shift_labels"])
     with torch.no_grad():
         out = model(ids, shift_labels=labels)
         summed = model(ids, labels=labels, shift_labels=labels, num_items_in_batch=torch.tensor(1000)).loss

@@ -30,12 +30,12 @@ def test_vocab():
 def test_layout_and_supervision():
     ds = copy_dataset(40, min_length=5, max_length=12, seed=0)
     for row in ds:
-        n, ids, labels = row["length"], row["input_ids"], row["labels"]
+        n, ids, labels = row["length"], row["input_ids"], row["shift_labels"]
         assert 5 <= n <= 12 and len(ids) == 2 * 12 + 3
         text = decode(ids)
         match = re.fullmatch(r"\$([a-y]+)\|([a-y]+)\.(_*)", text)
         assert match and match.group(1) == match.group(2) and len(match.group(1)) == n
-        assert row["attention_mask"] == [1] * (2 * n + 3) + [0] * (len(ids) - 2 * n - 3)
+        assert ids[2 * n + 3 :] == [PAD_ID] * (len(ids) - 2 * n - 3)
         supervised = [i for i, t in enumerate(labels) if t != IGNORE_INDEX]
         # Outputs at "|" and at each copied letter, predicting the next token.
         assert supervised == list(range(n + 1, 2 * n + 2))
@@ -70,7 +70,7 @@ def test_copy_accuracy_hand_made():
 
 def test_copy_metrics_teacher_forced():
     ds = copy_dataset(6, 3, 4, seed=1)
-    labels = np.array(ds["labels"])
+    labels = np.array(ds["shift_labels"])
     perfect = np.where(labels == IGNORE_INDEX, 0, labels)
     metrics = copy_metrics(perfect, labels)
     assert metrics["string_acc"] == metrics["char_acc"] == 1.0

@@ -75,16 +75,15 @@ def test_evaluator_rejects_malformed(bad):
 
 def test_dataset_layout_and_supervision():
     ds = modular_arithmetic_dataset(60, min_length=3, max_length=40, seed=0)
-    assert ds.column_names == ["input_ids", "labels", "attention_mask", "length"]
+    assert ds.column_names == ["input_ids", "shift_labels", "length"]
     for row in ds:
-        n, ids, labels = row["length"], row["input_ids"], row["labels"]
+        n, ids, labels = row["length"], row["input_ids"], row["shift_labels"]
         assert 3 <= n <= 40 and len(ids) == 42
         value = python_value(decode(ids[:n]))
         assert ids[n] == EQUALS_ID and ids[n + 1] == value
         assert ids[n + 2 :] == [PAD_ID] * (40 - n)
         assert [i for i, t in enumerate(labels) if t != IGNORE_INDEX] == [n]
         assert labels[n] == value
-        assert row["attention_mask"] == [1] * (n + 2) + [0] * (40 - n)
     assert len(set(ds["length"])) > 10
 
 

@@ -10,13 +10,12 @@ def test_layout_and_label():
     assert VOCAB_SIZE == 3
     ds = parity_dataset(50, min_length=3, max_length=40, seed=0)
     for row in ds:
-        n, ids, labels = row["length"], row["input_ids"], row["labels"]
+        n, ids, labels = row["length"], row["input_ids"], row["shift_labels"]
         assert 3 <= n <= 40 and len(ids) == 40
         assert set(ids[:n]) <= {0, 1} and ids[n:] == [PAD_ID] * (40 - n)
         assert [i for i, t in enumerate(labels) if t != IGNORE_INDEX] == [n - 1]
         assert labels[n - 1] == sum(ids[:n]) % 2
-        assert row["attention_mask"] == [1] * n + [0] * (40 - n)
-    assert set(ds["labels"][i][ds["length"][i] - 1] for i in range(50)) == {0, 1}
+    assert set(ds["shift_labels"][i][ds["length"][i] - 1] for i in range(50)) == {0, 1}
 
 
 def test_deterministic_and_independent_of_padding():

@@ -14,13 +14,15 @@ def test_uniform_interface(name):
     assert spec.name == name
     min_len, max_len = spec.train_lengths
     ds = spec.build(16, min_len, max_len, 0)
-    assert ds.column_names == ["input_ids", "labels", "attention_mask", "length"]
+    assert ds.column_names == ["input_ids", "shift_labels", "length"]
     batch = ds.with_format("torch")[:]
-    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
-    assert ids.shape == labels.shape == mask.shape == (16, spec.seq_len(max_len))
+    ids, labels = batch["input_ids"], batch["shift_labels"]
+    assert ids.shape == labels.shape == (16, spec.seq_len(max_len))
     assert ids.dtype == labels.dtype == torch.int64
     assert ((ids >= 0) & (ids < spec.vocab_size)).all()
-    assert (ids[mask == 0] == spec.pad_token_id).all() and (labels[mask == 0] == IGNORE_INDEX).all()
+    padding = ids == spec.pad_token_id  # no task uses its PAD id inside a row
+    assert (labels[padding] == IGNORE_INDEX).all()
+    assert (padding.int().diff(dim=1) >= 0).all()  # right padding: no real token after a PAD
     supervised = labels[labels != IGNORE_INDEX]
     assert supervised.numel() > 0 and ((supervised >= 0) & (supervised < spec.vocab_size)).all()
     if spec.bos_token_id is not None:
@@ -68,7 +70,7 @@ def test_the_shortest_trained_length_of_a_task(task, train_length, min_train_len
 def test_supervises_prefixes_says_whether_a_row_has_an_answer_per_element(name):
     spec = get_task(name)
     row = spec.build(4, 6, 6, 0)[0]
-    per_element = sum(label != IGNORE_INDEX for label in row["labels"]) == row["length"]
+    per_element = sum(label != IGNORE_INDEX for label in row["shift_labels"]) == row["length"]
     assert spec.supervises_prefixes == per_element
 
 

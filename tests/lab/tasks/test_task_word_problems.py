@@ -28,14 +28,13 @@ def direct_prefix_products(group, word):
 def test_fixed_length_layout_and_labels(name):
     g = get_group(name)
     ds = word_problem_dataset(name, num_examples=20, length=16, seed=0)
-    assert ds.column_names == ["input_ids", "labels", "attention_mask", "length"]
+    assert ds.column_names == ["input_ids", "shift_labels", "length"]
     for row in ds:
-        ids, labels = row["input_ids"], row["labels"]
+        ids, labels = row["input_ids"], row["shift_labels"]
         assert len(ids) == len(labels) == 17 and row["length"] == 16
         assert ids[0] == bos_id(g.order) == g.order and labels[0] == IGNORE_INDEX
         assert all(0 <= t < g.order for t in ids[1:])
         assert labels[1:] == direct_prefix_products(g, ids[1:])
-        assert row["attention_mask"] == [1] * 17
 
 
 def test_vocab_sizes_match_paper():
@@ -51,10 +50,9 @@ def test_variable_length_padding():
         k = row["length"]
         lengths.add(k)
         assert 2 <= k <= 12 and len(row["input_ids"]) == 20
-        assert row["attention_mask"] == [1] * (k + 1) + [0] * (19 - k)
         assert row["input_ids"][k + 1 :] == [pad_id(g.order)] * (19 - k)
-        assert [i for i, t in enumerate(row["labels"]) if t != IGNORE_INDEX] == list(range(1, k + 1))
-        assert row["labels"][1 : k + 1] == direct_prefix_products(g, row["input_ids"][1 : k + 1])
+        assert [i for i, t in enumerate(row["shift_labels"]) if t != IGNORE_INDEX] == list(range(1, k + 1))
+        assert row["shift_labels"][1 : k + 1] == direct_prefix_products(g, row["input_ids"][1 : k + 1])
     assert len(lengths) > 3
 
 
@@ -62,7 +60,7 @@ def test_deterministic_per_seed():
     a = word_problem_dataset("A5", 30, 10, seed=1)
     b = word_problem_dataset("A5", 30, 10, seed=1)
     c = word_problem_dataset("A5", 30, 10, seed=2)
-    assert a["input_ids"] == b["input_ids"] and a["labels"] == b["labels"]
+    assert a["input_ids"] == b["input_ids"] and a["shift_labels"] == b["shift_labels"]
     assert a["input_ids"] != c["input_ids"]
 
 
@@ -78,7 +76,7 @@ def test_cache_roundtrip(tmp_path):
 def test_torch_batches_stack():
     ds = word_problem_dataset("A5", 8, 6, seed=0, min_length=3).with_format("torch")
     batch = ds[:8]
-    assert batch["input_ids"].shape == (8, 7) and batch["labels"].dtype == torch.int64
+    assert batch["input_ids"].shape == (8, 7) and batch["shift_labels"].dtype == torch.int64
 
 
 def test_sequence_accuracy_by_length_hand_made():
