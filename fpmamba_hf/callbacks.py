@@ -5,6 +5,7 @@ and `fp_residual` are ignored at inference (`FPMambaConfig.keys_to_ignore_at_inf
 `compute_metrics` sees plain logits. This callback puts them back into the logs: a forward hook on the model
 accumulates them on the device (no host sync per step), and each training or evaluation log gains
     fp_iterations_mean, fp_iterations_max, fp_residual_max       (prefixed "eval_" for evaluation logs)
+    fp_jacobian_penalty                                          (training with fp_jacobian_reg > 0: its mean)
 over the forwards since the previous log of the same kind.
 
     trainer = Trainer(model=model, args=args, ..., callbacks=[FixedPointLogCallback()])
@@ -34,8 +35,9 @@ class _Totals:
         self.iterations_sum: torch.Tensor | None = None
         self.iterations_max: torch.Tensor | None = None
         self.residual_max: torch.Tensor | None = None
+        self.penalty_sum: torch.Tensor | None = None
 
-    def add(self, iterations: torch.Tensor, residual: torch.Tensor | None) -> None:
+    def add(self, iterations: torch.Tensor, residual: torch.Tensor | None, penalty: torch.Tensor | None) -> None:
         it = iterations.detach().float()
         mean, top = it.mean(), it.max()
         self.iterations_sum = mean if self.iterations_sum is None else self.iterations_sum + mean
@@ -43,6 +45,9 @@ class _Totals:
         if residual is not None:
             r = residual.detach().float().max()
             self.residual_max = r if self.residual_max is None else torch.maximum(self.residual_max, r)
+        if penalty is not None:
+            p = penalty.detach().float()
+            self.penalty_sum = p if self.penalty_sum is None else self.penalty_sum + p
         self.forwards += 1
 
     def pop(self, prefix: str) -> dict[str, float]:
@@ -53,6 +58,8 @@ class _Totals:
                   f"{prefix}fp_iterations_max": float(self.iterations_max)}
         if self.residual_max is not None:
             values[f"{prefix}fp_residual_max"] = float(self.residual_max)
+        if self.penalty_sum is not None:
+            values[f"{prefix}fp_jacobian_penalty"] = float(self.penalty_sum) / self.forwards
         self.__init__()
         return values
 
@@ -83,7 +90,7 @@ class FixedPointLogCallback(TrainerCallback):
         iterations = getattr(output, "fp_iterations", None)
         if iterations is not None:
             totals = self._train if module.training else self._eval
-            totals.add(iterations, getattr(output, "fp_residual", None))
+            totals.add(iterations, getattr(output, "fp_residual", None), getattr(output, "fp_jacobian_penalty", None))
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         self._hook(model)

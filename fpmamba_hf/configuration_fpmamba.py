@@ -51,7 +51,7 @@ _POSITIVE_INTS = (
 _POSITIVE_FINITE = (
     "layer_norm_epsilon", "time_step_min", "time_step_max", "fp_tol", "fp_backward_tol", "fp_max_iter_gamma_scale",
 )
-_NON_NEGATIVE_FINITE = ("time_step_floor", "initializer_range", "fp_max_iter_gamma_shape")
+_NON_NEGATIVE_FINITE = ("time_step_floor", "initializer_range", "fp_max_iter_gamma_shape", "fp_jacobian_reg")
 # The switches only some backbones have, each with the backbones that have it (names in BACKBONES). Any other
 # backbone refuses a non-default value rather than ignoring it, which would let a run claim a change that did not
 # happen; the default, which every saved config holds, is accepted. A backbone added to the registry refuses them
@@ -223,6 +223,13 @@ class FPMambaConfig(PreTrainedConfig):
             caps apply per chunk (docs/method.md, "How many iterations"). 0 solves the whole sequence at once. The
             same fixed point either way; in training the chunks find it without autograd and one whole-sequence
             application differentiates it. forward() and generate() take `fp_solve_chunk` per call too.
+        fp_jacobian_reg (`float`, *optional*, defaults to `0.0`):
+            Weight of the Jacobian penalty in training (0 = off): each layer's training forward adds a Hutchinson
+            estimate of ||J_f(y*)||_F^2 / n (one vector-Jacobian product at the fixed point, differentiated through
+            the map a second time) and the causal LM adds fp_jacobian_reg x its mean over rows and layers to the loss
+            (`fp_jacobian_penalty` in the output). It keeps the map contractive, so the fixed point takes fewer
+            iterations (docs/method.md, "How many iterations"). PyTorch path only: the Triton kernels have no
+            second derivative, and a CUDA model with the kernels refuses it.
         fp_max_iter_gamma_shape (`float`, *optional*, defaults to `0.0`):
             Shape k of a random training cap (the paper's Fig. 6: l_max ~ Gamma(4, 1)); 0 = off, the cap is
             fp_max_iter. With k > 0 every training call of every layer draws its own cap min(fp_max_iter,
@@ -293,7 +300,8 @@ class FPMambaConfig(PreTrainedConfig):
     model_type = "fp_mamba"
     # Trainer's predictions keep the logits only: the cache and the telemetry are not predictions (see
     # fpmamba_hf.callbacks.FixedPointLogCallback for telemetry in the logs).
-    keys_to_ignore_at_inference = ["cache", "cache_params", "past_key_values", "fp_iterations", "fp_residual"]
+    keys_to_ignore_at_inference = ["cache", "cache_params", "past_key_values", "fp_iterations", "fp_residual",
+                                   "fp_jacobian_penalty"]
 
     backbone: str = "mamba2"
     vocab_size: int = 32000
@@ -334,6 +342,7 @@ class FPMambaConfig(PreTrainedConfig):
     fp_max_iter: int = 16
     fp_max_iter_eval: int = 64
     fp_solve_chunk: int = 0
+    fp_jacobian_reg: float = 0.0
     fp_max_iter_gamma_shape: float = 0.0
     fp_max_iter_gamma_scale: float = 1.0
     fp_tol: float = 1e-2

@@ -94,7 +94,8 @@ class FPMambaRMSNorm(nn.Module):
 
 class FPMambaBlock(GradientCheckpointingLayer):
     """Pre-norm residual block around one fixed-point layer (its backbone's FixedPointLayer). Returns (hidden_states,
-    iterations (batch,), residual (batch,)): the fixed-point iterations and the relative residual each row stopped at.
+    iterations (batch,), residual (batch,), jacobian_penalty (batch,) or None): the fixed-point iterations and the
+    relative residual each row stopped at, and the layer's Jacobian penalty (training with fp_jacobian_reg > 0).
 
     The whole fixed-point loop runs inside this block, which is the unit of activation checkpointing and of FSDP
     sharding (`_no_split_modules`): one parameter all-gather per block forward, whatever the iteration count.
@@ -120,7 +121,7 @@ class FPMambaBlock(GradientCheckpointingLayer):
         fp_replay: FixedPointReplay | None = None,
         fp_solve_chunk: int | None = None,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         residual = hidden_states
         hidden_states = self.norm(hidden_states.to(dtype=self.norm.weight.dtype))
         if self.config.residual_in_fp32:
@@ -141,7 +142,7 @@ class FPMambaBlock(GradientCheckpointingLayer):
                 write_state(cache, self.layer_idx, out.state, self.mixer)
         # A fresh alias of the telemetry: a reentrant checkpoint marks its float outputs as differentiable in place,
         # and the mixer's residual is also held by the replay, which the recompute returns again.
-        return residual + out.out, out.iterations, out.residual.detach()
+        return residual + out.out, out.iterations, out.residual.detach(), out.jacobian_penalty
 
 
 class FPMambaPreTrainedModel(PreTrainedModel):
@@ -246,18 +247,19 @@ class FPMambaModel(FPMambaPreTrainedModel):
         output_hidden_states: bool = False,
         sync: ContinueSync | None = None,
         fp_solve_chunk: int | None = None,
-    ) -> tuple[torch.Tensor, tuple | None, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, tuple | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The decoder blocks and norm_f on embedded inputs (b, T, hidden), reading and updating `cache` (if
         any) in place; each stage's output is flagged in `stages`. Returns (hidden states after norm_f, the hidden
         states after each block and after norm_f if asked (else None), fp_iterations (b, layers), fp_residual
-        (b, layers) fp32). No host sync of its own: the caller reads `stages` and the telemetry."""
+        (b, layers) fp32, the Jacobian penalty (b, layers) when the layers computed one (else None)). No host sync
+        of its own: the caller reads `stages` and the telemetry."""
         all_hidden_states = () if output_hidden_states else None
-        iterations, residuals = [], []
+        iterations, residuals, penalties = [], [], []
         for i, block in enumerate(self.layers):
             # A checkpointed block's recompute replays the fixed point its forward found (modeling/checkpointing.py).
             replay = FixedPointReplay() if block.gradient_checkpointing and block.training else None
             try:
-                hidden_states, its, res = block(
+                hidden_states, its, res, penalty = block(
                     hidden_states, cache=cache, attention_mask=mask, fp_max_iter=fp_max_iter,
                     fp_tol=fp_tol, fp_sync=sync, fp_replay=replay, fp_solve_chunk=fp_solve_chunk,
                 )
@@ -268,13 +270,17 @@ class FPMambaModel(FPMambaPreTrainedModel):
             stages.add(f"layer {i} (after its fixed point: out_proj or the residual)", hidden_states)
             iterations.append(its)
             residuals.append(res)
+            if penalty is not None:
+                penalties.append(penalty)
             if output_hidden_states:
                 all_hidden_states = all_hidden_states + (hidden_states,)
         hidden_states = self.norm_f(hidden_states)
         stages.add("the final norm (norm_f)", hidden_states)
         if output_hidden_states:
             all_hidden_states = all_hidden_states + (hidden_states,)
-        return hidden_states, all_hidden_states, torch.stack(iterations, dim=1), torch.stack(residuals, dim=1).float()
+        penalty = torch.stack(penalties, dim=1) if penalties else None
+        return (hidden_states, all_hidden_states, torch.stack(iterations, dim=1), torch.stack(residuals, dim=1).float(),
+                penalty)
 
     def _check_live_config(self) -> None:
         """An edit of the fp_* solver settings takes effect at the next call: the layers' FixedPointSettings are rebuilt
@@ -342,8 +348,9 @@ class FPMambaModel(FPMambaPreTrainedModel):
             (fpmamba_hf/packing.py), without a cache; boundaries that disagree raise.
 
         With `return_dict=False` the output is the tuple (last_hidden_state, cache, hidden_states, fp_iterations,
-        fp_residual) without the entries that are None (as `ModelOutput.to_tuple`): the cache only with use_cache,
-        hidden_states only with output_hidden_states. The order is stable.
+        fp_residual, fp_jacobian_penalty) without the entries that are None (as `ModelOutput.to_tuple`): the cache
+        only with use_cache, hidden_states only with output_hidden_states, the penalty only in training with
+        fp_jacobian_reg > 0. The order is stable.
         """
         check_call_keywords(kwargs)
         budget = check_call_budget(fp_max_iter, fp_tol, fp_solve_chunk)
@@ -358,7 +365,7 @@ class FPMambaModel(FPMambaPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if not return_dict:
             fields = (outputs.last_hidden_state, outputs.cache, outputs.hidden_states, outputs.fp_iterations,
-                      outputs.fp_residual)
+                      outputs.fp_residual, outputs.fp_jacobian_penalty)
             return tuple(v for v in fields if v is not None)
         return outputs
 
@@ -424,7 +431,7 @@ class FPMambaModel(FPMambaPreTrainedModel):
         if documents is not None:  # one row per document, left-padded (fpmamba_hf/packing.py)
             hidden_states, mask = documents.gather(hidden_states), documents.mask
         sync = training_sync(self.config.fp_sync_ranks, self.training, hidden_states.device)
-        hidden_states, all_hidden_states, fp_iterations, fp_residual = self.run_blocks(
+        hidden_states, all_hidden_states, fp_iterations, fp_residual, penalty = self.run_blocks(
             hidden_states, cache, mask, fp_max_iter, fp_tol, stages, output_hidden_states, sync, fp_solve_chunk)
         if documents is not None:  # norm_f is per position: scattering after it is the same as before
             hidden_states = documents.scatter(hidden_states)
@@ -439,6 +446,7 @@ class FPMambaModel(FPMambaPreTrainedModel):
             hidden_states=all_hidden_states,
             fp_iterations=fp_iterations,
             fp_residual=fp_residual,
+            fp_jacobian_penalty=None if penalty is None else penalty.mean(),
         ))
 
 
@@ -511,16 +519,18 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*): next-token targets; they
             are shifted inside the model (labels = input_ids works), -100 is ignored.
         shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*, in kwargs): targets
-            already aligned with the logits (used instead of shifting `labels`), e.g. `fpmamba_lab.tasks` labels.
+            already aligned with the logits (used instead of shifting `labels`), e.g. the `shift_labels` of
+            `fpmamba_lab.tasks` rows.
         cache (or cache_params / past_key_values, deprecated), attention_mask, fp_max_iter, fp_tol, fp_solve_chunk,
             and the packed documents' boundaries position_ids, seq_idx, cu_seqlens (flash-attention's
             cu_seq_lens_q / cu_seq_lens_k / max_length_q / max_length_k in kwargs): see FPMambaModel.forward.
 
         With `return_dict=False` the output is the tuple (loss, logits, cache, hidden_states, fp_iterations,
-        fp_residual) without the entries that are None (as `ModelOutput.to_tuple`): loss only with labels, the cache
-        only with use_cache, hidden_states only with output_hidden_states; fp_iterations and fp_residual always
-        come last. Mamba2ForCausalLM's tuple is (loss, logits, cache_params, hidden_states) the same way, so the
-        first entries match it; the order is stable.
+        fp_residual, fp_jacobian_penalty) without the entries that are None (as `ModelOutput.to_tuple`): loss only
+        with labels, the cache only with use_cache, hidden_states only with output_hidden_states, the penalty only in
+        training with fp_jacobian_reg > 0; fp_iterations and fp_residual always come after the others.
+        Mamba2ForCausalLM's tuple is (loss, logits, cache_params, hidden_states) the same way, so the first entries
+        match it; the order is stable.
         """
         boundaries = boundary_inputs(position_ids, seq_idx, cu_seqlens, kwargs)
         runner = DecodeRunner.serving(self)
@@ -543,10 +553,12 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
             # accumulation) turns the mean into sum / items so accumulated micro-batches equal one big batch.
             outputs.loss = self.loss_function(logits=outputs.logits, labels=labels,
                                               vocab_size=self.config.vocab_size, **kwargs)
+            if outputs.fp_jacobian_penalty is not None:  # training with fp_jacobian_reg > 0
+                outputs.loss = outputs.loss + self.config.fp_jacobian_reg * outputs.fp_jacobian_penalty
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if not return_dict:
             fields = (outputs.loss, outputs.logits, outputs.cache, outputs.hidden_states, outputs.fp_iterations,
-                      outputs.fp_residual)
+                      outputs.fp_residual, outputs.fp_jacobian_penalty)
             return tuple(v for v in fields if v is not None)
         return outputs
 
@@ -590,6 +602,7 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             fp_iterations=outputs.fp_iterations,
             fp_residual=outputs.fp_residual,
+            fp_jacobian_penalty=outputs.fp_jacobian_penalty,
         )), stages
 
     # ------------------------------------------------------------------------------------------ generation
@@ -603,7 +616,7 @@ class FPMambaForCausalLM(FPMambaPreTrainedModel, GenerationMixin):
         stages = StageFlags()
         hidden_states = self.backbone.embeddings(input_ids)
         stages.add("the embeddings", hidden_states)
-        hidden_states, _, fp_iterations, fp_residual = self.backbone.run_blocks(
+        hidden_states, _, fp_iterations, fp_residual, _ = self.backbone.run_blocks(
             hidden_states, cache, None, fp_max_iter, fp_tol, stages)
         logits = acc(self.lm_head(hidden_states.to(self.lm_head.weight.dtype)))
         stages.add("the LM head", logits)

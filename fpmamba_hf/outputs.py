@@ -16,19 +16,23 @@ class FPMambaOutput(ModelOutput):
     fp_iterations: LongTensor (batch, num_layers), fixed-point iterations each layer used per sequence in this call
     (with fp_solve_chunk: map evaluations per token, rounded up);
     fp_residual: FloatTensor (batch, num_layers), the relative residual each layer stopped at (below fp_tol when
-    converged, above it when the cap was hit)."""
+    converged, above it when the cap was hit);
+    fp_jacobian_penalty: FloatTensor (), the Jacobian penalty's mean over rows and layers (a training forward with
+    autograd and config.fp_jacobian_reg > 0 only; else None)."""
 
     last_hidden_state: torch.Tensor | None = None
     cache: Cache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     fp_iterations: torch.LongTensor | None = None
     fp_residual: torch.FloatTensor | None = None
+    fp_jacobian_penalty: torch.FloatTensor | None = None
 
 
 @dataclass
 class FPMambaCausalLMOutput(ModelOutput):
     """loss (labels shifted inside, -100 ignored); logits (batch, T, vocab) fp32; cache (also cache_params);
-    hidden_states; fp_iterations: LongTensor (batch, num_layers); fp_residual: FloatTensor (batch, num_layers)."""
+    hidden_states; fp_iterations: LongTensor (batch, num_layers); fp_residual: FloatTensor (batch, num_layers);
+    fp_jacobian_penalty: FloatTensor () (see FPMambaOutput; the loss includes fp_jacobian_reg x it)."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
@@ -36,3 +40,4 @@ class FPMambaCausalLMOutput(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
     fp_iterations: torch.LongTensor | None = None
     fp_residual: torch.FloatTensor | None = None
+    fp_jacobian_penalty: torch.FloatTensor | None = None

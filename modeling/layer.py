@@ -37,6 +37,8 @@ from .fixed_point import (
     solve,
     solve_constant,
 )
+from .jacobian_penalty import jacobian_penalty
+from .kernels import backend_for
 from .mixers import ChannelMixer, is_plain_linear
 from .precision import acc
 from .settings import FP_BACKWARDS, FixedPointSettings, LayerSettings, check_call_budget
@@ -54,12 +56,15 @@ def _load_former_mixer_names(module: nn.Module, state_dict: dict, prefix: str, *
 
 @dataclass
 class LayerOutput:
-    """out: (b, T, hidden); state: the backbone's state after the call (if asked for); iterations, residual: (b,)."""
+    """out: (b, T, hidden); state: the backbone's state after the call (if asked for); iterations, residual: (b,);
+    jacobian_penalty: (b,) the Jacobian penalty at y* (`jacobian_penalty`), in a training forward with autograd and
+    solver.jacobian_reg > 0 only, else None."""
 
     out: torch.Tensor
     state: Any
     iterations: torch.Tensor
     residual: torch.Tensor
+    jacobian_penalty: torch.Tensor | None = None
 
 
 @dataclass
@@ -331,7 +336,21 @@ class FixedPointLayer(nn.Module):
         # mixer gain and of the y-projections depend on where it is applied (they are what lets training leave Q = I).
         fin = self.finish(f, y_star, plain)
         new_state = self.next_state(pre, y_star.detach(), fin.yhat.detach(), fin.aux) if return_state else None
-        return LayerOutput(self.output(fin.yhat, pre), new_state, iterations, residual)
+        return LayerOutput(self.output(fin.yhat, pre), new_state, iterations, residual,
+                           self.jacobian_penalty_at(f, y_star))
+
+    def jacobian_penalty_at(self, f: IterationMap, y_star: torch.Tensor) -> torch.Tensor | None:
+        """(b,) the Jacobian penalty of f at y* (modeling/jacobian_penalty.py) in a training forward with autograd
+        and solver.jacobian_reg > 0, else None. It differentiates f twice, which the Triton kernels cannot: refused
+        where a kernel would run the map."""
+        if not (self.training and torch.is_grad_enabled() and self.solver.jacobian_reg > 0):
+            return None
+        if backend_for(y_star) == "triton":
+            raise NotImplementedError(
+                "fp_jacobian_reg > 0 differentiates the fixed-point map twice, which the Triton kernels cannot: "
+                "train with the PyTorch path (FPMAMBA_KERNELS=reference) or fp_jacobian_reg=0")
+        rows = torch.arange(y_star.shape[0], device=y_star.device)
+        return jacobian_penalty(lambda y: f(y, rows).yhat, y_star)[1]
 
     def solve_map(self, f: IterationMap, pre: Any, settings: SolverSettings, constant: bool,
                   sync: ContinueSync | None) -> SolveResult:

@@ -101,7 +101,9 @@ class FixedPointSettings:
     which a training solve stops; solver: one of SOLVERS; anderson_m: Anderson's memory; decode_solver: one of
     DECODE_SOLVERS; backward: one of FP_BACKWARDS, with backward_steps (one-step applications) and
     backward_max_iter / backward_tol (the implicit gradient's adjoint solve); solve_chunk: 0 (the whole sequence) or
-    the chunk length of a chunked solve; compile: whether the solver's evaluations run through torch.compile.
+    the chunk length of a chunked solve; compile: whether the solver's evaluations run through torch.compile;
+    jacobian_reg: > 0 makes a training forward with autograd also return the Jacobian penalty at y*
+    (modeling/jacobian_penalty.py; the model weighs it into the loss).
     """
 
     max_iter: int
@@ -122,6 +124,7 @@ class FixedPointSettings:
     backward_tol: float
     solve_chunk: int
     compile: bool
+    jacobian_reg: float
 
     def __post_init__(self) -> None:
         for name, choices in (("solver", SOLVERS), ("decode_solver", DECODE_SOLVERS), ("backward", FP_BACKWARDS)):
@@ -132,6 +135,8 @@ class FixedPointSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.jacobian_reg, bool) or not (math.isfinite(self.jacobian_reg) and self.jacobian_reg >= 0):
+            raise ValueError(f"jacobian_reg must be a finite number >= 0, got {self.jacobian_reg!r}")
 
     def solve_settings(self, max_iter: int, tol: float) -> SolverSettings:
         """One solve's settings: these knobs with the cap `max_iter` and the tolerance `tol`."""

@@ -32,6 +32,7 @@ SOLVER = dict(
     fp_damping=1.0, fp_damping_decay=0.9, fp_damping_patience=5, fp_train_quantile=0.9, fp_solver="picard",
     fp_anderson_m=5, fp_decode_solver="picard", fp_backward="one_step", fp_backward_steps=1,
     fp_backward_max_iter=32, fp_backward_tol=1e-4, fp_solve_chunk=0, fp_compile=False,
+    fp_jacobian_reg=0.0,
 )
 
 
