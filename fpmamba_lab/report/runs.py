@@ -163,9 +163,9 @@ def _model_settings(run: Run) -> dict[str, Any]:
 
 def model_label(run: Run, kind: str, with_length: bool = True) -> str:
     """A model of a `task train` run as the tables name it: its kind plus what tells it apart from the other runs
-    of a task (backbone and mixer for FP-Mamba, backbone for the diagonal ablation, width, depth, gradient, steps,
-    and with `with_length` the training length). Two settings may share a label: the results column and the run
-    sections tell them apart."""
+    of a task (backbone and mixer for FP-Mamba, backbone for the diagonal ablation, width, depth, gradient,
+    penalty, steps, and with `with_length` the training length). Two settings may share a label: the results column
+    and the run sections tell them apart."""
     model = _model_settings(run)
     layers = model["num_layers"] or DEFAULT_LAYERS[kind]
     parts = []
@@ -179,6 +179,8 @@ def model_label(run: Run, kind: str, with_length: bool = True) -> str:
         if model.get("fp_max_iter_gamma_shape"):
             parts.append(f"training cap ~ Gamma({model['fp_max_iter_gamma_shape']:g}, "
                          f"{model['fp_max_iter_gamma_scale']:g})")
+        if model.get("fp_jacobian_reg"):
+            parts.append(f"Jacobian penalty {model['fp_jacobian_reg']:g}")
     parts += [f"d{model['hidden_size']}", f"{layers} layer{'s' if layers > 1 else ''}",
               f"{run.config['training']['steps']:,} steps"]
     if with_length:
