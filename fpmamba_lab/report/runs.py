@@ -232,6 +232,11 @@ class Setting:
         """Per seed, the shortest evaluated length >= factor x the training length (None where not evaluated)."""
         return [at_factor(results, run.train_length, factor) for run, results in self.members]
 
+    @property
+    def backbone(self) -> str | None:
+        """The FP-Mamba backbone of an fpmamba or diagonal setting (None for the other kinds)."""
+        return _model_settings(self.first)["backbone"] if self.kind in ("fpmamba", "diagonal") else None
+
     def learned(self) -> int:
         """How many seeds reached ACCURACY_THRESHOLD at the training length."""
         return sum(p is not None and p.accuracy >= ACCURACY_THRESHOLD for p in self.at_factor(1))
