@@ -227,8 +227,9 @@ class FPMambaConfig(PreTrainedConfig):
             Weight of the Jacobian penalty in training (0 = off): each layer's training forward adds a Hutchinson
             estimate of ||J_f(y*)||_F^2 / n (one vector-Jacobian product at the fixed point, differentiated through
             the map a second time) and the causal LM adds fp_jacobian_reg x its mean over rows and layers to the loss
-            (`fp_jacobian_penalty` in the output). It keeps the map contractive, so the fixed point takes fewer
-            iterations (docs/method.md, "How many iterations"). PyTorch path only: the Triton kernels have no
+            (`fp_jacobian_penalty` in the output). It pulls the map towards contraction, so the fixed point takes
+            fewer iterations; on state tracking (S3) the weights that flatten the count cost the length
+            generalisation (docs/method.md, "How many iterations"). PyTorch path only: the Triton kernels have no
             second derivative, and a CUDA model with the kernels refuses it.
         fp_max_iter_gamma_shape (`float`, *optional*, defaults to `0.0`):
             Shape k of a random training cap (the paper's Fig. 6: l_max ~ Gamma(4, 1)); 0 = off, the cap is
