@@ -141,12 +141,12 @@ def test_config_refuses_a_misspelled_field():
 # ------------------------------------------------------------------ huge finite inputs to the RMSNorms
 @pytest.mark.parametrize("scale", [1e20, 1e30, 1e37])
 def test_rms_norms_normalise_large_finite_inputs(scale):
-    """Their squares overflowed fp32 and the norm returned 0; now scale-invariant, and bit-identical to the plain
-    formula for ordinary inputs."""
+    """Their squares overflowed fp32 and the norm returned 0; now scale-invariant, and the plain formula to fp32
+    rounding for ordinary inputs (the mean of squares is taken in fp64)."""
     x = torch.randn(3, 5, 32)
     norm = FPMambaRMSNorm(32, eps=1e-5)
     plain = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
-    assert torch.equal(norm(x), plain)
+    torch.testing.assert_close(norm(x), plain, rtol=2e-7, atol=0)
     torch.testing.assert_close(norm(x * scale), x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)))
     z = torch.randn(3, 5, 32)
     groups = (x * F.silu(z)).reshape(3, 5, 2, 16)
